@@ -1,0 +1,136 @@
+//! Rademacher directions from counter-mode ChaCha8, and the two operations that use them on the
+//! CPU: perturb (into a scratch buffer) and update (in place).
+//!
+//! Parameter `i` of direction `seed` is `+1` when bit `i % 32` of ChaCha word `i / 32` is set,
+//! `-1` otherwise (seed scheme v1, see `protocol::seed`). Words are addressed by position, so any
+//! slice of the direction can be computed alone; the functions here walk the stream in order
+//! because that is the same thing, and faster ([`word_at`] is the random-access form).
+//!
+//! The update `θ_i ← θ_i + c·z_i` is one correctly rounded f32 addition of `±c` (a product with
+//! `±1` is exact), followed by flushing a subnormal result to `+0`. GPUs may flush subnormals on
+//! their own; flushing them everywhere, explicitly, keeps every backend's bits the same.
+
+use protocol::DirectionSeed;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+/// The ChaCha8 generator of a direction, positioned at word 0.
+pub fn direction_rng(seed: &DirectionSeed) -> ChaCha8Rng {
+    ChaCha8Rng::from_seed(seed.0)
+}
+
+/// The 32-bit word at `word_pos` of the direction's stream, computed without the words before it.
+pub fn word_at(seed: &DirectionSeed, word_pos: u64) -> u32 {
+    let mut rng = direction_rng(seed);
+    rng.set_word_pos(u128::from(word_pos));
+    rng.next_u32()
+}
+
+/// `z_i`: the sign of parameter `i` in direction `seed`, by random access.
+pub fn sign_at(seed: &DirectionSeed, i: u64) -> f32 {
+    sign_of_bit(word_at(seed, i / 32), (i % 32) as u32)
+}
+
+#[inline(always)]
+fn sign_of_bit(word: u32, bit: u32) -> f32 {
+    if (word >> bit) & 1 == 1 { 1.0 } else { -1.0 }
+}
+
+/// Flush subnormals to `+0`, the same on every backend.
+#[inline(always)]
+pub fn flush_subnormal(x: f32) -> f32 {
+    if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x }
+}
+
+/// Calls `f(i, z_i)` for every parameter `i < d` of the direction, in order.
+#[inline(always)]
+fn for_each_sign(seed: &DirectionSeed, d: usize, mut f: impl FnMut(usize, f32)) {
+    let mut rng = direction_rng(seed);
+    let mut i = 0;
+    while i < d {
+        let word = rng.next_u32();
+        let end = (i + 32).min(d);
+        for (bit, idx) in (i..end).enumerate() {
+            f(idx, sign_of_bit(word, bit as u32));
+        }
+        i = end;
+    }
+}
+
+/// `out = θ + scale·z`, leaving `θ` untouched.
+pub fn perturb_into(theta: &[f32], seed: &DirectionSeed, scale: f32, out: &mut [f32]) {
+    assert_eq!(theta.len(), out.len(), "scratch buffer must match θ");
+    for_each_sign(seed, theta.len(), |i, z| out[i] = theta[i] + scale * z);
+}
+
+/// `θ ← θ + c·z`, in place, with subnormals flushed.
+pub fn apply_update(theta: &mut [f32], seed: &DirectionSeed, c: f32) {
+    for_each_sign(seed, theta.len(), |i, z| {
+        theta[i] = flush_subnormal(theta[i] + c * z)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Counter, JobId, PeerId};
+
+    fn seed(n: u64) -> DirectionSeed {
+        DirectionSeed::derive(JobId(7), PeerId(3), Counter(n))
+    }
+
+    #[test]
+    fn rng_is_counter_based() {
+        // Random access to any word equals reading the sequential stream up to it.
+        for n in 0..8 {
+            let s = seed(n);
+            let mut rng = direction_rng(&s);
+            let stream: Vec<u32> = (0..300).map(|_| rng.next_u32()).collect();
+            for (pos, &w) in stream.iter().enumerate().rev() {
+                assert_eq!(word_at(&s, pos as u64), w, "seed {n} word {pos}");
+            }
+        }
+        // And far into the stream, past 2^32 parameters (2^27 words), both ways agree.
+        let s = seed(99);
+        let far = (1u64 << 27) + 12_345;
+        let mut rng = direction_rng(&s);
+        rng.set_word_pos(u128::from(far - 3));
+        let seq: Vec<u32> = (0..6).map(|_| rng.next_u32()).collect();
+        let random: Vec<u32> = (far - 3..far + 3).map(|p| word_at(&s, p)).collect();
+        assert_eq!(seq, random);
+    }
+
+    #[test]
+    fn signs_are_balanced_and_match_random_access() {
+        let s = seed(1);
+        let d = 10_000;
+        let mut theta = vec![0.0f32; d];
+        perturb_into(&vec![0.0; d], &s, 1.0, &mut theta);
+        let plus = theta.iter().filter(|&&v| v == 1.0).count();
+        assert!((4_700..5_300).contains(&plus), "{plus} of {d} are +1");
+        for i in [0usize, 31, 32, 33, 999, 9_999] {
+            assert_eq!(theta[i], sign_at(&s, i as u64));
+        }
+    }
+
+    #[test]
+    fn update_is_one_rounded_add_per_parameter() {
+        let s = seed(2);
+        let theta0: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut theta = theta0.clone();
+        let c = -0.012_345_f32;
+        apply_update(&mut theta, &s, c);
+        for i in 0..100 {
+            let z = sign_at(&s, i as u64);
+            assert_eq!(theta[i].to_bits(), (theta0[i] + if z > 0.0 { c } else { -c }).to_bits());
+        }
+    }
+
+    #[test]
+    fn subnormal_results_flush_to_positive_zero() {
+        assert_eq!(flush_subnormal(1e-40).to_bits(), 0);
+        assert_eq!(flush_subnormal(-1e-40).to_bits(), 0);
+        assert_eq!(flush_subnormal(-0.0).to_bits(), 0);
+        assert_eq!(flush_subnormal(1.5), 1.5);
+    }
+}

@@ -1,0 +1,304 @@
+//! A training job: what every replica must agree on (model, initial weights, hyper-parameters,
+//! quantizer), loadable from TOML with validated values.
+
+use crate::data::Builtin;
+use crate::model::{Model, ModelError, ModelSpec};
+use protocol::{JobId, Quantizer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use thiserror::Error;
+
+/// A job file as written by a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    pub job: JobSection,
+    #[serde(default)]
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub task: TaskSpec,
+    #[serde(default)]
+    pub hyper: HyperParams,
+}
+
+/// Identity of the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSection {
+    /// Human-readable name; the job id is derived from it unless `id` is given.
+    pub name: String,
+    /// Explicit job id (all seeds are derived under it).
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Seed of the initial weights.
+    #[serde(default = "default_init_seed")]
+    pub init_seed: u64,
+}
+
+fn default_init_seed() -> u64 {
+    1
+}
+
+/// The shape of the learning problem: what the model reads and predicts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Input features per example.
+    pub features: usize,
+    /// Number of classes.
+    pub classes: usize,
+    /// The data peers use when they bring none of their own.
+    #[serde(default = "default_dataset")]
+    pub dataset: Builtin,
+}
+
+fn default_dataset() -> Builtin {
+    Builtin::Spirals
+}
+
+impl Default for TaskSpec {
+    fn default() -> Self {
+        TaskSpec {
+            features: 2,
+            classes: 2,
+            dataset: Builtin::Spirals,
+        }
+    }
+}
+
+/// The optimizer's hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HyperParams {
+    /// η: each log entry moves θ by `η·D(q)` along its direction.
+    pub learning_rate: f32,
+    /// ε: the perturbation size of the two forward passes.
+    pub epsilon: f32,
+    /// Examples per gradient estimate.
+    pub batch_size: usize,
+    /// Oldest `base_version` accepted, counted back from the log's head.
+    pub staleness_bound: u64,
+    /// The one-byte codec.
+    pub quantizer: Quantizer,
+}
+
+impl Default for HyperParams {
+    fn default() -> Self {
+        HyperParams {
+            learning_rate: 0.002,
+            epsilon: 1e-3,
+            batch_size: 32,
+            staleness_bound: 64,
+            quantizer: Quantizer::default(),
+        }
+    }
+}
+
+/// A job file that cannot be used, with the reason.
+#[derive(Debug, Error)]
+pub enum JobError {
+    #[error("cannot read job file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("job file is not valid: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("hyper.{field} = {value}: {why}")]
+    Hyper {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("hyper.quantizer: {0}")]
+    Quantizer(#[from] protocol::QuantizeError),
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    #[error("job.name must not be empty")]
+    EmptyName,
+}
+
+impl HyperParams {
+    /// Checks every value, naming the first bad one.
+    pub fn validate(&self) -> Result<(), JobError> {
+        let bad = |field, value: String, why| Err(JobError::Hyper { field, value, why });
+        if !(self.learning_rate.is_normal() && self.learning_rate > 0.0) {
+            return bad(
+                "learning_rate",
+                self.learning_rate.to_string(),
+                "must be a finite number > 0",
+            );
+        }
+        if !(self.epsilon.is_normal() && self.epsilon > 0.0 && self.epsilon < 1.0) {
+            return bad(
+                "epsilon",
+                self.epsilon.to_string(),
+                "must be a number in (0, 1)",
+            );
+        }
+        if !(1..=65_536).contains(&self.batch_size) {
+            return bad(
+                "batch_size",
+                self.batch_size.to_string(),
+                "must be between 1 and 65536",
+            );
+        }
+        if self.staleness_bound == 0 {
+            return bad("staleness_bound", "0".into(), "must be at least 1");
+        }
+        self.quantizer.validate()?;
+        // The smallest non-zero step must stay a normal f32, or the update would flush it away.
+        let smallest = self.learning_rate * self.quantizer.decode(1).abs();
+        let largest = self.learning_rate * self.quantizer.decode(0x7f).abs();
+        if !smallest.is_normal() || !largest.is_finite() {
+            return bad(
+                "learning_rate",
+                self.learning_rate.to_string(),
+                "times the quantizer's range must stay within normal f32 numbers",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A validated job, ready for replicas.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub config: JobConfig,
+    pub id: JobId,
+    pub model: Model,
+}
+
+impl Job {
+    /// Validates a config and builds its model.
+    pub fn new(config: JobConfig) -> Result<Self, JobError> {
+        if config.job.name.trim().is_empty() {
+            return Err(JobError::EmptyName);
+        }
+        config.hyper.validate()?;
+        let model = Model::new(&config.model, config.task.features, config.task.classes)?;
+        let id = config.job.id.map(JobId).unwrap_or_else(|| {
+            let digest = Sha256::digest(config.job.name.as_bytes());
+            JobId(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
+        });
+        Ok(Job { config, id, model })
+    }
+
+    /// Parses and validates TOML.
+    pub fn from_toml(text: &str) -> Result<Self, JobError> {
+        Job::new(toml::from_str(text)?)
+    }
+
+    /// Reads, parses and validates a job file.
+    pub fn from_file(path: &Path) -> Result<Self, JobError> {
+        let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Job::from_toml(&text)
+    }
+
+    /// The built-in demo: spirals with a 2-32-32-2 tanh MLP.
+    pub fn demo() -> Self {
+        Job::new(JobConfig {
+            job: JobSection {
+                name: "spirals-demo".into(),
+                id: None,
+                init_seed: 1,
+            },
+            model: ModelSpec::default(),
+            task: TaskSpec::default(),
+            hyper: HyperParams::default(),
+        })
+        .expect("the demo job is valid")
+    }
+
+    /// The hyper-parameters.
+    pub fn hyper(&self) -> &HyperParams {
+        &self.config.hyper
+    }
+
+    /// Initial weights, generated on the CPU.
+    pub fn initial_weights(&self) -> Vec<f32> {
+        self.model
+            .init(protocol::seed::init_key(self.id, self.config.job.init_seed))
+    }
+
+    /// The job as TOML, as a relay would serve it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.config).expect("job configs serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_job_round_trips_through_toml() {
+        let job = Job::demo();
+        let again = Job::from_toml(&job.to_toml()).unwrap();
+        assert_eq!(again.config, job.config);
+        assert_eq!(again.id, job.id);
+    }
+
+    #[test]
+    fn minimal_job_file_uses_defaults() {
+        let job = Job::from_toml("[job]\nname = \"x\"\n").unwrap();
+        assert_eq!(job.config.hyper, HyperParams::default());
+        assert_eq!(job.model.layout().d(), Job::demo().model.layout().d());
+    }
+
+    #[test]
+    fn full_job_file_parses() {
+        let text = r#"
+            [job]
+            name = "iris"
+            id = 42
+            init_seed = 7
+            [model]
+            kind = "mlp"
+            hidden = [16]
+            activation = "relu"
+            [task]
+            features = 4
+            classes = 3
+            [hyper]
+            learning_rate = 0.01
+            epsilon = 0.001
+            batch_size = 16
+            staleness_bound = 10
+            quantizer = { kind = "linear", step = 0.1 }
+        "#;
+        let job = Job::from_toml(text).unwrap();
+        assert_eq!(job.id, JobId(42));
+        assert_eq!(job.model.layout().d(), 4 * 16 + 16 + 16 * 3 + 3);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("learning_rate = -1.0", "hyper.learning_rate"),
+            ("epsilon = 0.0", "hyper.epsilon"),
+            ("batch_size = 0", "hyper.batch_size"),
+            ("staleness_bound = 0", "hyper.staleness_bound"),
+            (
+                "quantizer = { kind = \"log\", min = 1.0, max = 0.5 }",
+                "hyper.quantizer",
+            ),
+            ("learning_rate = 1e-36", "within normal f32"),
+        ];
+        for (line, needle) in cases {
+            let text = format!("[job]\nname = \"x\"\n[hyper]\n{line}\n");
+            let err = Job::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "`{line}` gave `{err}`");
+        }
+        let err = Job::from_toml("[job]\nname = \"x\"\nlearning_rate = 1\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        assert!(matches!(
+            Job::from_file(Path::new("/no/such/job.toml")),
+            Err(JobError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,34 @@
+//! The onebyte training engine: shared-randomness zeroth-order SPSA over burn.
+//!
+//! A [`Replica`] holds θ at a log version. It proposes contributions (two perturbed forward
+//! passes on local data, one byte out) and applies log entries (`θ ← θ − η·D(q)·z`). Everything
+//! that touches θ is deterministic and bit-exact across platforms; forward passes run on whatever
+//! burn device the replica is given.
+
+pub mod data;
+pub mod direction;
+pub mod hash;
+pub mod job;
+pub mod layout;
+pub mod model;
+pub mod replica;
+pub mod sim;
+pub mod snapshot;
+
+pub use data::{BatchSampler, Builtin, DataSource, Dataset, Split};
+pub use job::{HyperParams, Job, JobConfig};
+pub use model::{Model, ModelSpec};
+pub use replica::{EngineError, Evaluation, Proposal, Replica};
+pub use sim::{Exchange, Simulation, Traffic};
+pub use snapshot::Snapshot;
+
+/// burn's pure-Rust CPU device: the reference backend.
+pub fn cpu_device() -> burn::tensor::Device {
+    burn::tensor::Device::flex()
+}
+
+/// Runs a future to completion on this thread. The CPU backend never actually waits, so this is
+/// how native callers use the engine's async API (which exists for WebGPU in the browser).
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    futures_lite::future::block_on(f)
+}

@@ -1,0 +1,205 @@
+//! Models: a parameter layout, initial weights from a seed, and a forward pass over a flat `θ`.
+//!
+//! A forward pass takes `θ` as one 1-D tensor and slices it into the model's tensors, so the
+//! engine can hand it a perturbed copy (or, on a GPU, a kernel's output buffer) without knowing
+//! anything about layers.
+
+use crate::layout::ParamLayout;
+use burn::tensor::{Tensor, activation};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A model as a job file describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// A multi-layer perceptron classifier.
+    Mlp {
+        /// Widths of the hidden layers.
+        hidden: Vec<usize>,
+        #[serde(default)]
+        activation: Activation,
+    },
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec::Mlp {
+            hidden: vec![32, 32],
+            activation: Activation::Tanh,
+        }
+    }
+}
+
+/// Hidden-layer non-linearity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Tanh,
+    Relu,
+}
+
+/// A model spec that cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ModelError {
+    #[error("an MLP needs at least one hidden layer")]
+    NoHiddenLayers,
+    #[error("layer widths must be between 1 and 4096; got {0}")]
+    Width(usize),
+}
+
+/// A model built for a given number of input features and classes.
+#[derive(Debug, Clone)]
+pub struct Model {
+    spec: ModelSpec,
+    /// Widths from input to output.
+    widths: Vec<usize>,
+    layout: ParamLayout,
+}
+
+impl Model {
+    /// Builds the model for `features` inputs and `classes` outputs.
+    pub fn new(spec: &ModelSpec, features: usize, classes: usize) -> Result<Self, ModelError> {
+        let ModelSpec::Mlp { hidden, .. } = spec;
+        if hidden.is_empty() {
+            return Err(ModelError::NoHiddenLayers);
+        }
+        let mut widths = vec![features];
+        widths.extend(hidden);
+        widths.push(classes);
+        if let Some(&w) = widths.iter().find(|&&w| w == 0 || w > 4096) {
+            return Err(ModelError::Width(w));
+        }
+        let mut layout = ParamLayout::default();
+        for (l, w) in widths.windows(2).enumerate() {
+            layout.push(format!("layer{l}.weight"), &[w[0], w[1]]);
+            layout.push(format!("layer{l}.bias"), &[w[1]]);
+        }
+        Ok(Model {
+            spec: spec.clone(),
+            widths,
+            layout,
+        })
+    }
+
+    /// The parameter order.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// The spec this model was built from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Number of output classes.
+    pub fn classes(&self) -> usize {
+        *self.widths.last().expect("widths has input and output")
+    }
+
+    /// Number of input features.
+    pub fn features(&self) -> usize {
+        self.widths[0]
+    }
+
+    /// Initial weights, generated on the CPU from a ChaCha key: uniform in `±gain·√(3/fan_in)`
+    /// for weights (LeCun-uniform scaled by the activation's gain), zero biases. Integer
+    /// arithmetic and single roundings only, so every platform gets the same bits.
+    pub fn init(&self, key: [u8; 32]) -> Vec<f32> {
+        let ModelSpec::Mlp { activation, .. } = &self.spec;
+        let gain = match activation {
+            Activation::Tanh => 5.0 / 3.0,
+            Activation::Relu => std::f64::consts::SQRT_2,
+        };
+        let mut rng = ChaCha8Rng::from_seed(key);
+        let mut theta = vec![0.0f32; self.layout.d()];
+        for p in self.layout.params() {
+            if p.shape.len() == 2 {
+                let bound = (gain * (3.0 / p.shape[0] as f64).sqrt()) as f32;
+                for v in &mut theta[p.range()] {
+                    // 24 random bits -> [0, 1) exactly, then one rounded multiply-add.
+                    let unit = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+                    *v = (2.0 * unit - 1.0) * bound;
+                }
+            }
+        }
+        theta
+    }
+
+    /// Logits `[batch, classes]` for inputs `x: [batch, features]` under weights `theta: [d]`.
+    pub fn forward(&self, theta: &Tensor<1>, x: Tensor<2>) -> Tensor<2> {
+        let ModelSpec::Mlp { activation, .. } = &self.spec;
+        let layers = self.widths.len() - 1;
+        let mut h = x;
+        for (l, w) in self.widths.windows(2).enumerate() {
+            let weight_spec = &self.layout.params()[2 * l];
+            let bias_spec = &self.layout.params()[2 * l + 1];
+            let weight = theta
+                .clone()
+                .narrow(0, weight_spec.offset, weight_spec.len())
+                .reshape([w[0], w[1]]);
+            let bias = theta
+                .clone()
+                .narrow(0, bias_spec.offset, bias_spec.len())
+                .reshape([1, w[1]]);
+            h = h.matmul(weight) + bias;
+            if l + 1 < layers {
+                h = match activation {
+                    Activation::Tanh => h.tanh(),
+                    Activation::Relu => activation::relu(h),
+                };
+            }
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mlp_layout_is_stable() {
+        let m = Model::new(&ModelSpec::default(), 2, 2).unwrap();
+        let names: Vec<_> = m.layout().params().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "layer0.weight",
+                "layer0.bias",
+                "layer1.weight",
+                "layer1.bias",
+                "layer2.weight",
+                "layer2.bias"
+            ]
+        );
+        assert_eq!(m.layout().d(), 2 * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2);
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        let none = ModelSpec::Mlp {
+            hidden: vec![],
+            activation: Activation::Tanh,
+        };
+        assert_eq!(Model::new(&none, 2, 2).unwrap_err(), ModelError::NoHiddenLayers);
+        assert_eq!(
+            Model::new(&ModelSpec::default(), 0, 2).unwrap_err(),
+            ModelError::Width(0)
+        );
+    }
+
+    #[test]
+    fn init_is_deterministic_and_bounded() {
+        let m = Model::new(&ModelSpec::default(), 2, 2).unwrap();
+        let a = m.init([1; 32]);
+        assert_eq!(a, m.init([1; 32]));
+        assert_ne!(a, m.init([2; 32]));
+        let bound = (5.0f64 / 3.0 * (3.0f64 / 2.0).sqrt()) as f32;
+        assert!(a[..64].iter().all(|v| v.abs() <= bound));
+        assert!(a[64..96].iter().all(|&v| v == 0.0));
+    }
+}

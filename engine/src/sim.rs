@@ -1,0 +1,188 @@
+//! Many peers in one process, talking through an in-memory ordered log exactly as they would
+//! through a relay: every peer proposes against its own replica, the log orders the
+//! contributions, and every replica applies the whole log, its own entries included.
+//!
+//! Peers work in rounds: each proposes at the current version, then the round's entries are
+//! appended to the log in peer order and broadcast in one batch. A contribution is therefore up
+//! to `peers − 1` versions stale when applied, as with a relay under load.
+
+use crate::data::{BatchSampler, Dataset, Split};
+use crate::job::Job;
+use crate::replica::{EngineError, Evaluation, Replica};
+use burn::tensor::Device;
+use protocol::{Counter, LogEntry, Message, PeerId, Version, WeightHash, framing};
+use std::sync::Arc;
+
+/// What peers send the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Exchange {
+    /// One byte per gradient estimate (the protocol).
+    #[default]
+    Byte,
+    /// The raw f32 projected gradient, for comparison (not a protocol mode).
+    RawF32,
+}
+
+/// Traffic counters, with WebSocket framing as a real relay would see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Peer → relay: `Contribute` frames.
+    pub uplink: u64,
+    /// Relay → peers: `LogBatch` frames, one per peer per round.
+    pub downlink: u64,
+    /// What a ring all-reduce of fp32 gradients would send for the same rounds:
+    /// `2 (N − 1) · 4d` bytes per round over all peers.
+    pub fp32_allreduce: u64,
+}
+
+struct SimPeer {
+    id: PeerId,
+    replica: Replica,
+    shard: Split,
+    sampler: BatchSampler,
+    next_counter: Counter,
+}
+
+/// N peers, one log.
+pub struct Simulation {
+    job: Arc<Job>,
+    peers: Vec<SimPeer>,
+    log: Vec<LogEntry>,
+    exchange: Exchange,
+    traffic: Traffic,
+    last_losses: Vec<f32>,
+}
+
+impl Simulation {
+    /// `peers` replicas of `job`, each with its own shard of `data.train`.
+    pub fn new(
+        job: Arc<Job>,
+        data: &Dataset,
+        peers: usize,
+        seed: u64,
+        exchange: Exchange,
+        device: Device,
+    ) -> Self {
+        assert!(peers > 0, "a simulation needs at least one peer");
+        let replica = Replica::new(job.clone(), device);
+        let peers = (0..peers)
+            .map(|i| SimPeer {
+                id: PeerId(i as u32),
+                replica: replica.clone(),
+                shard: data.train.shard(i, peers),
+                sampler: BatchSampler::new(seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1))),
+                next_counter: Counter(0),
+            })
+            .collect();
+        Simulation {
+            job,
+            peers,
+            log: Vec::new(),
+            exchange,
+            traffic: Traffic::default(),
+            last_losses: Vec::new(),
+        }
+    }
+
+    /// One round: every peer proposes, the log orders and broadcasts, every replica applies.
+    /// Returns the number of entries logged.
+    pub async fn round(&mut self) -> Result<usize, EngineError> {
+        let batch_size = self.job.hyper().batch_size;
+        let mut entries = Vec::with_capacity(self.peers.len());
+        let mut raw = Vec::with_capacity(self.peers.len());
+        self.last_losses.clear();
+        for peer in &mut self.peers {
+            let batch = peer.sampler.sample(&peer.shard, batch_size);
+            let counter = peer.next_counter;
+            peer.next_counter = Counter(counter.0 + 1);
+            let p = peer.replica.propose(peer.id, counter, &batch).await?;
+            self.last_losses.push(p.loss);
+            let frame = Message::Contribute {
+                counter,
+                base_version: p.base_version,
+                byte: p.byte,
+            }
+            .encode();
+            self.traffic.uplink += match self.exchange {
+                Exchange::Byte => framing::client_frame_len(frame.len()),
+                // The byte replaced by four.
+                Exchange::RawF32 => framing::client_frame_len(frame.len() + 3),
+            } as u64;
+            entries.push(LogEntry {
+                peer: peer.id,
+                counter,
+                byte: p.byte,
+            });
+            raw.push(p.g);
+        }
+        let batch = Message::LogBatch {
+            first_version: Version(self.log.len() as u64),
+            entries: entries.clone(),
+        }
+        .encode();
+        let extra = if self.exchange == Exchange::RawF32 {
+            3 * entries.len()
+        } else {
+            0
+        };
+        let n = self.peers.len() as u64;
+        self.traffic.downlink += n * framing::server_frame_len(batch.len() + extra) as u64;
+        self.traffic.fp32_allreduce += 2 * (n - 1) * 4 * self.job.model.layout().d() as u64;
+
+        for peer in &mut self.peers {
+            match self.exchange {
+                Exchange::Byte => peer.replica.apply(&entries),
+                Exchange::RawF32 => {
+                    let lr = self.job.hyper().learning_rate;
+                    for (e, g) in entries.iter().zip(&raw) {
+                        let seed = peer.replica.seed(e.peer, e.counter);
+                        peer.replica.apply_step(&seed, -(lr * g));
+                    }
+                }
+            }
+        }
+        self.log.extend(entries);
+        Ok(self.peers.len())
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> &[LogEntry] {
+        &self.log
+    }
+
+    /// The replicas' common version.
+    pub fn version(&self) -> Version {
+        Version(self.log.len() as u64)
+    }
+
+    /// Every replica's weight hash, in peer order.
+    pub fn hashes(&self) -> Vec<WeightHash> {
+        self.peers.iter().map(|p| p.replica.weight_hash()).collect()
+    }
+
+    /// Peer `i`'s replica.
+    pub fn replica(&self, i: usize) -> &Replica {
+        &self.peers[i].replica
+    }
+
+    /// Number of peers.
+    pub fn peers(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Bytes exchanged so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// Mean local loss of the last round's proposals.
+    pub fn last_loss(&self) -> Option<f32> {
+        (!self.last_losses.is_empty())
+            .then(|| self.last_losses.iter().sum::<f32>() / self.last_losses.len() as f32)
+    }
+
+    /// Peer 0's replica on `split`.
+    pub async fn evaluate(&self, split: &Split) -> Result<Evaluation, EngineError> {
+        self.peers[0].replica.evaluate(split).await
+    }
+}

@@ -1,0 +1,45 @@
+//! Small integer identifiers. They are varint-coded on the wire, so small values cost one byte.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! id {
+    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub $inner);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id!(
+    /// A training job. Every seed is derived under a job id, so two jobs never share directions.
+    JobId(u64)
+);
+id!(
+    /// A peer within one job, assigned by the relay (or by the simulator).
+    PeerId(u32)
+);
+id!(
+    /// A peer's own contribution counter. Together with the job and peer it names a direction.
+    Counter(u64)
+);
+id!(
+    /// A position in the job's log: the weights at version `v` have applied `log[0..v)`.
+    Version(u64)
+);
+
+impl Version {
+    /// The version after applying one more entry.
+    pub fn next(self) -> Self {
+        Version(self.0 + 1)
+    }
+}

@@ -1,0 +1,555 @@
+//! Wire messages and their binary codec.
+//!
+//! Every message is one WebSocket binary frame: a tag byte, then the fields in order. Integers
+//! are LEB128 varints (see [`crate::varint`]), so identifiers below 128 cost one byte; strings and
+//! lists are a varint length then their contents. Hashes are 32 raw bytes; losses 4 bytes f32 LE.
+//!
+//! Encoded sizes, with `v(x)` the varint length of `x` (1 byte below 128, 2 below 16 384):
+//!
+//! | message | direction | bytes |
+//! |---|---|---|
+//! | `Hello` | peer → relay | 1 + 2 + v(job) + 1 + v(peer)? + v(len) + token |
+//! | `Welcome` | relay → peer | 1 + v(peer) + v(job) + v(version) + v(next_counter) |
+//! | `Contribute` | peer → relay | 1 + v(counter) + v(base_version) + 1 |
+//! | `Accepted` | relay → peer | 1 + v(counter) + v(version) |
+//! | `Rejected` | relay → peer | 1 + v(counter) + 1 + v(len) + detail |
+//! | `LogBatch` | relay → peers | 1 + v(first_version) + v(n) + Σ (v(peer) + v(counter) + 1) |
+//! | `HashReport` | peer → relay | 1 + v(version) + 32 |
+//! | `LossReport` | peer → relay | 1 + v(version) + 4 |
+//! | `Resync` | relay → peer | 1 + v(version) + v(len) + reason |
+//! | `Error` | either | 1 + v(code) + v(len) + message |
+//!
+//! A `Contribute` with small counters is 4 bytes; a `LogBatch` entry of a peer below 128 with a
+//! counter below 128 is 3 bytes. Decoding accepts exactly these layouts: unknown tags, short or
+//! trailing bytes, overlong varints and oversized lengths are errors, never panics.
+
+use crate::{Counter, DecodeError, JobId, PeerId, Version, varint};
+
+/// Longest string field accepted by the decoder (tokens, reasons, error messages).
+pub const MAX_STRING: u64 = 1024;
+/// Most entries in one `LogBatch` accepted by the decoder.
+pub const MAX_BATCH: u64 = 65_536;
+
+/// SHA-256 over a replica's f32 weight bits in parameter order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WeightHash(pub [u8; 32]);
+
+impl std::fmt::Debug for WeightHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WeightHash({})", self.to_hex())
+    }
+}
+
+impl WeightHash {
+    /// Lower-case hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// One position of the log: whose direction, and the byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogEntry {
+    pub peer: PeerId,
+    pub counter: Counter,
+    pub byte: u8,
+}
+
+/// Why the relay refused a contribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RejectReason {
+    /// `base_version` is older than the job's staleness bound allows.
+    Stale = 1,
+    /// The counter is not greater than the peer's last accepted counter.
+    CounterNotIncreasing = 2,
+    /// The peer sends faster than its rate limit.
+    RateLimited = 3,
+    /// The job is paused by its administrator.
+    Paused = 4,
+    /// `base_version` is ahead of the log.
+    FromTheFuture = 5,
+}
+
+impl RejectReason {
+    fn from_code(code: u8) -> Result<Self, DecodeError> {
+        Ok(match code {
+            1 => Self::Stale,
+            2 => Self::CounterNotIncreasing,
+            3 => Self::RateLimited,
+            4 => Self::Paused,
+            5 => Self::FromTheFuture,
+            other => {
+                return Err(DecodeError::OutOfRange {
+                    field: "reason",
+                    value: u64::from(other),
+                });
+            }
+        })
+    }
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// First frame from a peer: which job, which protocol, an optional join token, and the peer
+    /// id it had before (to resume its counter after a reconnect).
+    Hello {
+        protocol: u16,
+        job: JobId,
+        resume: Option<PeerId>,
+        token: String,
+    },
+    /// The relay's answer to `Hello`: the peer's id, the log's current version and the next
+    /// counter the peer must use.
+    Welcome {
+        peer: PeerId,
+        job: JobId,
+        version: Version,
+        next_counter: Counter,
+    },
+    /// One gradient estimate: the direction's counter, the version it was computed at, one byte.
+    Contribute {
+        counter: Counter,
+        base_version: Version,
+        byte: u8,
+    },
+    /// The contribution `counter` is durable at log position `version`.
+    Accepted { counter: Counter, version: Version },
+    /// The contribution `counter` was not logged.
+    Rejected {
+        counter: Counter,
+        reason: RejectReason,
+        detail: String,
+    },
+    /// Consecutive log entries starting at position `first_version`.
+    LogBatch {
+        first_version: Version,
+        entries: Vec<LogEntry>,
+    },
+    /// A peer's weight hash after applying `log[0..version)`.
+    HashReport { version: Version, hash: WeightHash },
+    /// A peer's local training loss at `version` (a scalar; no data).
+    LossReport { version: Version, loss: f32 },
+    /// The relay found this peer diverged: reload the snapshot and replay from there.
+    Resync { version: Version, reason: String },
+    /// A fatal problem with the connection or the job.
+    Error { code: u16, message: String },
+}
+
+mod tag {
+    pub const HELLO: u8 = 0x01;
+    pub const WELCOME: u8 = 0x02;
+    pub const CONTRIBUTE: u8 = 0x03;
+    pub const ACCEPTED: u8 = 0x04;
+    pub const REJECTED: u8 = 0x05;
+    pub const LOG_BATCH: u8 = 0x06;
+    pub const HASH_REPORT: u8 = 0x07;
+    pub const LOSS_REPORT: u8 = 0x08;
+    pub const RESYNC: u8 = 0x09;
+    pub const ERROR: u8 = 0x0a;
+}
+
+impl Message {
+    /// Encodes into a fresh buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Hello {
+                protocol,
+                job,
+                resume,
+                token,
+            } => {
+                out.push(tag::HELLO);
+                out.extend_from_slice(&protocol.to_le_bytes());
+                varint::put(out, job.0);
+                match resume {
+                    Some(p) => {
+                        out.push(1);
+                        varint::put(out, u64::from(p.0));
+                    }
+                    None => out.push(0),
+                }
+                put_str(out, token);
+            }
+            Message::Welcome {
+                peer,
+                job,
+                version,
+                next_counter,
+            } => {
+                out.push(tag::WELCOME);
+                varint::put(out, u64::from(peer.0));
+                varint::put(out, job.0);
+                varint::put(out, version.0);
+                varint::put(out, next_counter.0);
+            }
+            Message::Contribute {
+                counter,
+                base_version,
+                byte,
+            } => {
+                out.push(tag::CONTRIBUTE);
+                varint::put(out, counter.0);
+                varint::put(out, base_version.0);
+                out.push(*byte);
+            }
+            Message::Accepted { counter, version } => {
+                out.push(tag::ACCEPTED);
+                varint::put(out, counter.0);
+                varint::put(out, version.0);
+            }
+            Message::Rejected {
+                counter,
+                reason,
+                detail,
+            } => {
+                out.push(tag::REJECTED);
+                varint::put(out, counter.0);
+                out.push(*reason as u8);
+                put_str(out, detail);
+            }
+            Message::LogBatch {
+                first_version,
+                entries,
+            } => {
+                out.push(tag::LOG_BATCH);
+                varint::put(out, first_version.0);
+                varint::put(out, entries.len() as u64);
+                for e in entries {
+                    varint::put(out, u64::from(e.peer.0));
+                    varint::put(out, e.counter.0);
+                    out.push(e.byte);
+                }
+            }
+            Message::HashReport { version, hash } => {
+                out.push(tag::HASH_REPORT);
+                varint::put(out, version.0);
+                out.extend_from_slice(&hash.0);
+            }
+            Message::LossReport { version, loss } => {
+                out.push(tag::LOSS_REPORT);
+                varint::put(out, version.0);
+                out.extend_from_slice(&loss.to_le_bytes());
+            }
+            Message::Resync { version, reason } => {
+                out.push(tag::RESYNC);
+                varint::put(out, version.0);
+                put_str(out, reason);
+            }
+            Message::Error { code, message } => {
+                out.push(tag::ERROR);
+                varint::put(out, u64::from(*code));
+                put_str(out, message);
+            }
+        }
+    }
+
+    /// Decodes exactly one message from `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (&tag, mut r) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        let r = &mut r;
+        let msg = match tag {
+            tag::HELLO => {
+                let protocol = u16::from_le_bytes(take::<2>(r, "protocol")?);
+                let job = JobId(varint::get(r, "job")?);
+                let resume = match take::<1>(r, "resume")?[0] {
+                    0 => None,
+                    1 => Some(get_peer(r)?),
+                    other => {
+                        return Err(DecodeError::OutOfRange {
+                            field: "resume",
+                            value: u64::from(other),
+                        });
+                    }
+                };
+                let token = get_str(r, "token")?;
+                Message::Hello {
+                    protocol,
+                    job,
+                    resume,
+                    token,
+                }
+            }
+            tag::WELCOME => Message::Welcome {
+                peer: get_peer(r)?,
+                job: JobId(varint::get(r, "job")?),
+                version: Version(varint::get(r, "version")?),
+                next_counter: Counter(varint::get(r, "next_counter")?),
+            },
+            tag::CONTRIBUTE => Message::Contribute {
+                counter: Counter(varint::get(r, "counter")?),
+                base_version: Version(varint::get(r, "base_version")?),
+                byte: take::<1>(r, "byte")?[0],
+            },
+            tag::ACCEPTED => Message::Accepted {
+                counter: Counter(varint::get(r, "counter")?),
+                version: Version(varint::get(r, "version")?),
+            },
+            tag::REJECTED => Message::Rejected {
+                counter: Counter(varint::get(r, "counter")?),
+                reason: RejectReason::from_code(take::<1>(r, "reason")?[0])?,
+                detail: get_str(r, "detail")?,
+            },
+            tag::LOG_BATCH => {
+                let first_version = Version(varint::get(r, "first_version")?);
+                let n = varint::get(r, "entries")?;
+                if n > MAX_BATCH {
+                    return Err(DecodeError::TooLong {
+                        field: "entries",
+                        len: n,
+                        limit: MAX_BATCH,
+                    });
+                }
+                // Each entry is at least 3 bytes: do not trust `n` for the allocation.
+                let mut entries = Vec::with_capacity((n as usize).min(r.len() / 3));
+                for _ in 0..n {
+                    entries.push(LogEntry {
+                        peer: get_peer(r)?,
+                        counter: Counter(varint::get(r, "counter")?),
+                        byte: take::<1>(r, "byte")?[0],
+                    });
+                }
+                Message::LogBatch {
+                    first_version,
+                    entries,
+                }
+            }
+            tag::HASH_REPORT => Message::HashReport {
+                version: Version(varint::get(r, "version")?),
+                hash: WeightHash(take::<32>(r, "hash")?),
+            },
+            tag::LOSS_REPORT => Message::LossReport {
+                version: Version(varint::get(r, "version")?),
+                loss: f32::from_le_bytes(take::<4>(r, "loss")?),
+            },
+            tag::RESYNC => Message::Resync {
+                version: Version(varint::get(r, "version")?),
+                reason: get_str(r, "reason")?,
+            },
+            tag::ERROR => {
+                let code = varint::get(r, "code")?;
+                let code = u16::try_from(code).map_err(|_| DecodeError::OutOfRange {
+                    field: "code",
+                    value: code,
+                })?;
+                Message::Error {
+                    code,
+                    message: get_str(r, "message")?,
+                }
+            }
+            other => return Err(DecodeError::UnknownTag(other)),
+        };
+        if !r.is_empty() {
+            return Err(DecodeError::TrailingBytes(r.len()));
+        }
+        Ok(msg)
+    }
+}
+
+fn take<const N: usize>(r: &mut &[u8], field: &'static str) -> Result<[u8; N], DecodeError> {
+    if r.len() < N {
+        return Err(DecodeError::Truncated(field));
+    }
+    let (head, rest) = r.split_at(N);
+    *r = rest;
+    Ok(head.try_into().expect("split_at gave N bytes"))
+}
+
+fn get_peer(r: &mut &[u8]) -> Result<PeerId, DecodeError> {
+    let v = varint::get(r, "peer")?;
+    u32::try_from(v)
+        .map(PeerId)
+        .map_err(|_| DecodeError::OutOfRange {
+            field: "peer",
+            value: v,
+        })
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    varint::put(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn get_str(r: &mut &[u8], field: &'static str) -> Result<String, DecodeError> {
+    let len = varint::get(r, field)?;
+    if len > MAX_STRING {
+        return Err(DecodeError::TooLong {
+            field,
+            len,
+            limit: MAX_STRING,
+        });
+    }
+    let len = len as usize;
+    if r.len() < len {
+        return Err(DecodeError::Truncated(field));
+    }
+    let (head, rest) = r.split_at(len);
+    *r = rest;
+    String::from_utf8(head.to_vec()).map_err(|_| DecodeError::InvalidUtf8(field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_string() -> impl Strategy<Value = String> {
+        proptest::string::string_regex(".{0,40}").unwrap()
+    }
+
+    fn any_message() -> impl Strategy<Value = Message> {
+        let reason = prop_oneof![
+            Just(RejectReason::Stale),
+            Just(RejectReason::CounterNotIncreasing),
+            Just(RejectReason::RateLimited),
+            Just(RejectReason::Paused),
+            Just(RejectReason::FromTheFuture),
+        ];
+        let entry = (any::<u32>(), any::<u64>(), any::<u8>()).prop_map(|(p, c, b)| LogEntry {
+            peer: PeerId(p),
+            counter: Counter(c),
+            byte: b,
+        });
+        prop_oneof![
+            (any::<u16>(), any::<u64>(), any::<Option<u32>>(), any_string()).prop_map(
+                |(protocol, job, resume, token)| Message::Hello {
+                    protocol,
+                    job: JobId(job),
+                    resume: resume.map(PeerId),
+                    token
+                }
+            ),
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(p, j, v, c)| {
+                Message::Welcome {
+                    peer: PeerId(p),
+                    job: JobId(j),
+                    version: Version(v),
+                    next_counter: Counter(c),
+                }
+            }),
+            (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(c, v, b)| Message::Contribute {
+                counter: Counter(c),
+                base_version: Version(v),
+                byte: b
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(c, v)| Message::Accepted {
+                counter: Counter(c),
+                version: Version(v)
+            }),
+            (any::<u64>(), reason, any_string()).prop_map(|(c, reason, detail)| {
+                Message::Rejected {
+                    counter: Counter(c),
+                    reason,
+                    detail,
+                }
+            }),
+            (any::<u64>(), proptest::collection::vec(entry, 0..20)).prop_map(|(v, entries)| {
+                Message::LogBatch {
+                    first_version: Version(v),
+                    entries,
+                }
+            }),
+            (any::<u64>(), any::<[u8; 32]>()).prop_map(|(v, h)| Message::HashReport {
+                version: Version(v),
+                hash: WeightHash(h)
+            }),
+            (any::<u64>(), -1e6f32..1e6).prop_map(|(v, loss)| Message::LossReport {
+                version: Version(v),
+                loss
+            }),
+            (any::<u64>(), any_string()).prop_map(|(v, reason)| Message::Resync {
+                version: Version(v),
+                reason
+            }),
+            (any::<u16>(), any_string()).prop_map(|(code, message)| Message::Error {
+                code,
+                message
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn codec_round_trips(msg in any_message()) {
+            let bytes = msg.encode();
+            prop_assert_eq!(Message::decode(&bytes), Ok(msg));
+        }
+
+        #[test]
+        fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Message::decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_mutated_messages_never_panics(msg in any_message(), flip in any::<(usize, u8)>(), cut in any::<usize>()) {
+            let mut bytes = msg.encode();
+            let i = flip.0 % bytes.len();
+            bytes[i] ^= flip.1;
+            let _ = Message::decode(&bytes);
+            bytes.truncate(cut % (bytes.len() + 1));
+            let _ = Message::decode(&bytes);
+        }
+
+        #[test]
+        fn truncated_messages_are_errors(msg in any_message()) {
+            let bytes = msg.encode();
+            for n in 0..bytes.len() {
+                prop_assert!(Message::decode(&bytes[..n]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn documented_sizes_hold() {
+        let contribute = Message::Contribute {
+            counter: Counter(5),
+            base_version: Version(100),
+            byte: 0x81,
+        };
+        assert_eq!(contribute.encode().len(), 4);
+        let batch = Message::LogBatch {
+            first_version: Version(1000),
+            entries: vec![
+                LogEntry {
+                    peer: PeerId(3),
+                    counter: Counter(7),
+                    byte: 1
+                };
+                64
+            ],
+        };
+        // 1 tag + 2 (version 1000) + 1 (n = 64) + 64 × 3
+        assert_eq!(batch.encode().len(), 1 + 2 + 1 + 64 * 3);
+    }
+
+    #[test]
+    fn trailing_bytes_and_unknown_tags_are_errors() {
+        let mut bytes = Message::Accepted {
+            counter: Counter(1),
+            version: Version(2),
+        }
+        .encode();
+        bytes.push(0);
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(Message::decode(&[0xee]), Err(DecodeError::UnknownTag(0xee)));
+        assert_eq!(Message::decode(&[]), Err(DecodeError::Empty));
+    }
+
+    #[test]
+    fn huge_declared_lengths_are_refused_without_allocating() {
+        let mut bytes = vec![tag::LOG_BATCH, 0];
+        varint::put(&mut bytes, u64::MAX);
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(DecodeError::TooLong { .. })
+        ));
+    }
+}

@@ -1,0 +1,224 @@
+//! The one-byte codec `Q`/`D` for a projected gradient `g`.
+//!
+//! Two codecs, chosen by the job:
+//!
+//! * **Log-magnitude** (the default, after the paper's own quantiser): bit 7 is the sign, bits 0..7
+//!   a magnitude level `m`. `m = 0` is zero; `m = 1..=127` decodes to `min · r^(m-1)` with
+//!   `r = (max/min)^(1/126)`, geometrically spaced over the job's range `[min, max]`.
+//! * **Linear int8**: the byte is a two's-complement `k ∈ [-127, 127]`, decoding to `k · step`.
+//!
+//! Defined edge cases, the same for both: `Q(0) = 0x00`, `Q(NaN) = 0x00` (a broken estimate
+//! contributes nothing), `Q(±∞)` and out-of-range values saturate at the largest level of their
+//! sign. `D` is defined on all 256 bytes (0x80 and the linear -128 decode to 0 and to `-127·step`),
+//! and `D(Q(g))` is monotone non-decreasing in `g`.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Number of non-zero magnitude levels of the log codec.
+const LOG_LEVELS: u8 = 127;
+
+/// A job's choice of one-byte codec.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Quantizer {
+    /// Sign + 7-bit log magnitude over `[min, max]`.
+    Log { min: f32, max: f32 },
+    /// Linear int8 with the given step.
+    Linear { step: f32 },
+}
+
+/// A quantizer whose parameters cannot work.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum QuantizeError {
+    #[error("log quantizer needs 0 < min < max, both finite and normal; got min={min}, max={max}")]
+    LogRange { min: f32, max: f32 },
+    #[error("linear quantizer needs a finite, normal step > 0; got {0}")]
+    LinearStep(f32),
+}
+
+impl Default for Quantizer {
+    fn default() -> Self {
+        Quantizer::Log {
+            min: 1e-3,
+            max: 100.0,
+        }
+    }
+}
+
+impl Quantizer {
+    /// Checks that the parameters make a working codec.
+    pub fn validate(&self) -> Result<(), QuantizeError> {
+        match *self {
+            Quantizer::Log { min, max } => {
+                if !(min.is_normal() && max.is_finite() && min > 0.0 && max > min) {
+                    return Err(QuantizeError::LogRange { min, max });
+                }
+            }
+            Quantizer::Linear { step } => {
+                if !(step.is_normal() && step > 0.0) {
+                    return Err(QuantizeError::LinearStep(step));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `Q`: the byte for `g`.
+    pub fn encode(&self, g: f32) -> u8 {
+        if g.is_nan() || g == 0.0 {
+            return 0;
+        }
+        match *self {
+            Quantizer::Log { min, max } => {
+                let (min, max) = (f64::from(min), f64::from(max));
+                let ln_ratio = (max / min).ln() / f64::from(LOG_LEVELS - 1);
+                let mag = f64::from(g.abs());
+                // Levels are geometric; below half the first level's log step is zero.
+                let pos = (mag / min).ln() / ln_ratio; // level - 1, fractional
+                let level = if pos < -0.5 {
+                    0
+                } else if pos.is_infinite() || pos >= f64::from(LOG_LEVELS - 1) {
+                    LOG_LEVELS
+                } else {
+                    (pos.round() as u8).clamp(0, LOG_LEVELS - 1) + 1
+                };
+                if level == 0 {
+                    0
+                } else if g < 0.0 {
+                    0x80 | level
+                } else {
+                    level
+                }
+            }
+            Quantizer::Linear { step } => {
+                let k = (f64::from(g) / f64::from(step)).round().clamp(-127.0, 127.0) as i8;
+                k as u8
+            }
+        }
+    }
+
+    /// `D`: the value a byte stands for. Every replica computes this on the CPU in f32.
+    pub fn decode(&self, byte: u8) -> f32 {
+        match *self {
+            Quantizer::Log { min, max } => {
+                let level = byte & 0x7f;
+                if level == 0 {
+                    return 0.0;
+                }
+                // Computed in f64 and rounded once, so every platform gets the same f32.
+                let (min, max) = (f64::from(min), f64::from(max));
+                let t = f64::from(level - 1) / f64::from(LOG_LEVELS - 1);
+                let mag = (min.ln() + t * (max / min).ln()).exp() as f32;
+                if byte & 0x80 != 0 { -mag } else { mag }
+            }
+            Quantizer::Linear { step } => {
+                let k = (byte as i8).max(-127);
+                f32::from(k) * step
+            }
+        }
+    }
+
+    /// The ratio between neighbouring magnitudes (log codec) or the step (linear codec):
+    /// `D(Q(g))` is within half of it of `g` for any `g` inside the range.
+    pub fn resolution(&self) -> f32 {
+        match *self {
+            Quantizer::Log { min, max } => {
+                ((f64::from(max) / f64::from(min)).ln() / f64::from(LOG_LEVELS - 1)).exp() as f32
+            }
+            Quantizer::Linear { step } => step,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LOG: Quantizer = Quantizer::Log {
+        min: 1e-3,
+        max: 100.0,
+    };
+    const LIN: Quantizer = Quantizer::Linear { step: 0.05 };
+
+    #[test]
+    fn zero_and_nan_encode_to_zero() {
+        for q in [LOG, LIN] {
+            assert_eq!(q.encode(0.0), 0);
+            assert_eq!(q.encode(-0.0), 0);
+            assert_eq!(q.encode(f32::NAN), 0);
+            assert_eq!(q.decode(0), 0.0);
+        }
+    }
+
+    #[test]
+    fn infinities_saturate_with_their_sign() {
+        assert_eq!(LOG.encode(f32::INFINITY), 127);
+        assert_eq!(LOG.encode(f32::NEG_INFINITY), 0xff);
+        assert!((LOG.decode(127) - 100.0).abs() < 1e-3);
+        assert_eq!(LIN.encode(f32::INFINITY) as i8, 127);
+        assert_eq!(LIN.encode(f32::NEG_INFINITY) as i8, -127);
+    }
+
+    #[test]
+    fn every_byte_decodes_to_a_finite_value() {
+        for q in [LOG, LIN] {
+            for b in 0..=255u8 {
+                assert!(q.decode(b).is_finite());
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_ranges_are_refused() {
+        assert!(Quantizer::Log { min: 0.0, max: 1.0 }.validate().is_err());
+        assert!(Quantizer::Log { min: 2.0, max: 1.0 }.validate().is_err());
+        assert!(
+            Quantizer::Log {
+                min: 1.0,
+                max: f32::INFINITY
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(Quantizer::Linear { step: -1.0 }.validate().is_err());
+        assert!(LOG.validate().is_ok() && LIN.validate().is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn quantizer_is_monotone(a in -1e4f32..1e4, b in -1e4f32..1e4) {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            for q in [LOG, LIN] {
+                prop_assert!(q.decode(q.encode(lo)) <= q.decode(q.encode(hi)));
+            }
+        }
+
+        #[test]
+        fn log_quantizer_round_trips_within_half_a_step(mag in 1e-3f32..100.0, neg: bool) {
+            let g = if neg { -mag } else { mag };
+            let back = LOG.decode(LOG.encode(g));
+            prop_assert_eq!(back.signum(), g.signum());
+            let ratio = f64::from(back / g);
+            let half_step = f64::from(LOG.resolution()).sqrt();
+            prop_assert!(ratio <= half_step * 1.000_01 && ratio >= 1.0 / half_step / 1.000_01,
+                "g={g} back={back}");
+        }
+
+        #[test]
+        fn linear_quantizer_round_trips_within_half_a_step(g in -6.35f32..6.35) {
+            let back = LIN.decode(LIN.encode(g));
+            prop_assert!((back - g).abs() <= 0.025 + 1e-6);
+        }
+
+        #[test]
+        fn decode_of_encode_is_a_fixed_point(b: u8) {
+            for q in [LOG, LIN] {
+                let v = q.decode(b);
+                let canonical = q.decode(q.encode(v));
+                prop_assert_eq!(v, canonical);
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! `onebyte`: the command-line peer.
+
+mod simulate;
+
+use clap::{Parser, Subcommand};
+
+/// onebyte: train one model from many peers, one byte per gradient estimate.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run N peers in this process through an in-memory log, then report accuracy, every
+    /// replica's weight hash and the bytes they exchanged.
+    Simulate(simulate::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Simulate(args) => simulate::run(args),
+    }
+}

@@ -1,0 +1,171 @@
+//! `onebyte simulate`: a swarm in one process.
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use engine::{Builtin, DataSource, Dataset, Exchange, Job, Simulation, block_on, cpu_device};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Number of simulated peers, each with its own replica and data shard.
+    #[arg(long, default_value_t = 8)]
+    peers: usize,
+    /// Data: spirals, moons, circles, or a CSV file (numeric features, label in the last column).
+    #[arg(long, default_value = "spirals")]
+    dataset: String,
+    /// Total contributions to log before stopping.
+    #[arg(long, default_value_t = 16_000)]
+    contributions: u64,
+    /// Seed of the dataset and of each peer's batch draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Job file (TOML); the built-in spirals demo job when absent.
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// What peers send: the protocol's one byte, or the raw f32 estimate for comparison.
+    #[arg(long, value_enum, default_value_t = ExchangeArg::Byte)]
+    exchange: ExchangeArg,
+    /// Print one JSON object as the last line of standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExchangeArg {
+    Byte,
+    F32,
+}
+
+/// The `--json` report.
+#[derive(Serialize)]
+struct Report {
+    accuracy: f32,
+    test_loss: f32,
+    version: u64,
+    peers: usize,
+    hashes: Vec<String>,
+    bytes_exchanged: u64,
+    uplink_bytes: u64,
+    downlink_bytes: u64,
+    fp32_allreduce_bytes: u64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.peers == 0 {
+        bail!("--peers must be at least 1");
+    }
+    let job = match &args.job {
+        Some(path) => Job::from_file(path)?,
+        None => Job::demo(),
+    };
+    let data = load_data(&args.dataset, args.seed)?;
+    let job = Arc::new(job);
+    if data.features() != job.model.features() || data.classes > job.model.classes() {
+        bail!(
+            "dataset `{}` has {} features and {} classes, but the job's model reads {} features \
+             and predicts {} classes; pass a matching --job file",
+            args.dataset,
+            data.features(),
+            data.classes,
+            job.model.features(),
+            job.model.classes()
+        );
+    }
+    let exchange = match args.exchange {
+        ExchangeArg::Byte => Exchange::Byte,
+        ExchangeArg::F32 => Exchange::RawF32,
+    };
+    let mut sim = Simulation::new(
+        job.clone(),
+        &data,
+        args.peers,
+        args.seed,
+        exchange,
+        cpu_device(),
+    );
+
+    let bar = ProgressBar::new(args.contributions);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} contributions  {msg}",
+        )
+        .expect("valid template"),
+    );
+    while sim.version().0 < args.contributions {
+        block_on(sim.round())?;
+        bar.set_position(sim.version().0.min(args.contributions));
+        if sim.version().0 % (args.peers as u64 * 50) < args.peers as u64 {
+            if let Some(loss) = sim.last_loss() {
+                bar.set_message(format!("loss {loss:.4}"));
+            }
+        }
+    }
+    bar.finish_and_clear();
+
+    let eval = block_on(sim.evaluate(&data.test))?;
+    let hashes: Vec<String> = sim.hashes().iter().map(|h| h.to_hex()).collect();
+    let traffic = sim.traffic();
+    let exchanged = traffic.uplink + traffic.downlink;
+    println!(
+        "{} peers, {} contributions on {} (d = {})",
+        args.peers,
+        sim.version(),
+        data.name,
+        job.model.layout().d()
+    );
+    println!(
+        "test accuracy {:.2} %, test loss {:.4}",
+        eval.accuracy * 100.0,
+        eval.loss
+    );
+    let all_equal = hashes.windows(2).all(|w| w[0] == w[1]);
+    println!(
+        "replica hashes ({}):",
+        if all_equal { "all equal" } else { "DIVERGED" }
+    );
+    for (i, h) in hashes.iter().enumerate() {
+        println!("  peer {i}: {h}");
+    }
+    println!(
+        "bytes exchanged {} (up {}, down {}); an fp32 all-reduce of the same steps: {} ({:.0}x more)",
+        exchanged,
+        traffic.uplink,
+        traffic.downlink,
+        traffic.fp32_allreduce,
+        traffic.fp32_allreduce as f64 / exchanged.max(1) as f64
+    );
+    if args.json {
+        let report = Report {
+            accuracy: eval.accuracy,
+            test_loss: eval.loss,
+            version: sim.version().0,
+            peers: args.peers,
+            hashes,
+            bytes_exchanged: exchanged,
+            uplink_bytes: traffic.uplink,
+            downlink_bytes: traffic.downlink,
+            fp32_allreduce_bytes: traffic.fp32_allreduce,
+        };
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    if !all_equal {
+        bail!("replicas diverged: this is a bug in the engine");
+    }
+    Ok(())
+}
+
+fn load_data(spec: &str, seed: u64) -> Result<Dataset> {
+    Ok(match spec.parse::<DataSource>()? {
+        DataSource::Builtin(b) => b.generate(4_000, 1_000, seed),
+        DataSource::Csv(path) => engine::data::load_csv_file(&path, seed)
+            .with_context(|| format!("loading --dataset {path}"))?,
+    })
+}
+
+#[allow(dead_code)]
+fn _builtins() -> [Builtin; 3] {
+    Builtin::ALL
+}
