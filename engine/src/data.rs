@@ -38,11 +38,7 @@ impl Split {
             x.extend_from_slice(&self.x[i * f..(i + 1) * f]);
             y.push(self.y[i]);
         }
-        Split {
-            features: f,
-            x,
-            y,
-        }
+        Split { features: f, x, y }
     }
 
     /// Peer `index`'s share of `count` disjoint, interleaved shards.
@@ -142,7 +138,10 @@ impl Builtin {
                     (1.0 - a.cos(), 0.5 - a.sin())
                 };
                 // Centre on the origin and fit into [-1, 1].
-                ((x - 0.5) / 1.5 + noise(rng, 0.05), (y - 0.25) / 1.5 + noise(rng, 0.05))
+                (
+                    (x - 0.5) / 1.5 + noise(rng, 0.05),
+                    (y - 0.25) / 1.5 + noise(rng, 0.05),
+                )
             }
             Builtin::Circles => {
                 let a = unit(rng) * TAU;
@@ -299,7 +298,11 @@ pub fn load_csv(name: &str, text: &str, seed: u64) -> Result<Dataset, DataError>
     class_names.sort();
     class_names.dedup();
     if class_names.iter().all(|l| l.parse::<f64>().is_ok()) {
-        class_names.sort_by(|a, b| a.parse::<f64>().unwrap().total_cmp(&b.parse::<f64>().unwrap()));
+        class_names.sort_by(|a, b| {
+            a.parse::<f64>()
+                .unwrap()
+                .total_cmp(&b.parse::<f64>().unwrap())
+        });
     }
     if class_names.len() < 2 {
         return Err(DataError::OneClass(class_names.remove(0)));
@@ -410,7 +413,10 @@ mod tests {
             assert_eq!(a.train.len(), 200);
             assert_eq!(a.test.len(), 100);
             assert_eq!(a.train.y.iter().filter(|&&y| y == 1).count(), 100);
-            assert!(a.train.x.iter().all(|v| v.abs() <= 1.2), "{b:?} fits in [-1.2, 1.2]");
+            assert!(
+                a.train.x.iter().all(|v| v.abs() <= 1.2),
+                "{b:?} fits in [-1.2, 1.2]"
+            );
         }
     }
 
@@ -442,7 +448,12 @@ mod tests {
     fn csv_rows(n: usize) -> String {
         let mut s = String::from("a,b,label\n");
         for i in 0..n {
-            s += &format!("{},{},{}\n", i, i * 2, if i % 3 == 0 { "cat" } else { "dog" });
+            s += &format!(
+                "{},{},{}\n",
+                i,
+                i * 2,
+                if i % 3 == 0 { "cat" } else { "dog" }
+            );
         }
         s
     }
@@ -455,7 +466,10 @@ mod tests {
         assert_eq!(d.train.len() + d.test.len(), 50);
         assert_eq!(d.test.len(), 10);
         let mean: f32 = d.train.x.iter().step_by(2).sum::<f32>() / d.train.len() as f32;
-        assert!(mean.abs() < 1e-4, "standardised features have mean 0, got {mean}");
+        assert!(
+            mean.abs() < 1e-4,
+            "standardised features have mean 0, got {mean}"
+        );
     }
 
     #[test]
@@ -473,16 +487,32 @@ mod tests {
         let ragged = csv_rows(20) + "1,2\n";
         assert!(matches!(
             load_csv("t", &ragged, 1),
-            Err(DataError::Ragged { expected: 3, got: 2, .. })
+            Err(DataError::Ragged {
+                expected: 3,
+                got: 2,
+                ..
+            })
         ));
         let nan = csv_rows(20) + "1,x,dog\n";
         let err = load_csv("t", &nan, 1).unwrap_err();
-        assert!(matches!(err, DataError::NotANumber { column: 2, .. }), "{err}");
+        assert!(
+            matches!(err, DataError::NotANumber { column: 2, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("`x` is not a number"));
-        assert!(matches!(load_csv("t", &csv_rows(5), 1), Err(DataError::TooFewRows(5))));
-        assert!(matches!(load_csv("t", "1\n2\n", 1), Err(DataError::TooFewColumns(1))));
+        assert!(matches!(
+            load_csv("t", &csv_rows(5), 1),
+            Err(DataError::TooFewRows(5))
+        ));
+        assert!(matches!(
+            load_csv("t", "1\n2\n", 1),
+            Err(DataError::TooFewColumns(1))
+        ));
         let one = (0..20).map(|i| format!("{i},x\n")).collect::<String>();
-        assert!(matches!(load_csv("t", &one, 1), Err(DataError::OneClass(_))));
+        assert!(matches!(
+            load_csv("t", &one, 1),
+            Err(DataError::OneClass(_))
+        ));
         assert!(matches!(
             load_csv_file("/nonexistent/file.csv", 1),
             Err(DataError::Read { .. })

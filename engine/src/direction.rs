@@ -122,7 +122,10 @@ mod tests {
         apply_update(&mut theta, &s, c);
         for i in 0..100 {
             let z = sign_at(&s, i as u64);
-            assert_eq!(theta[i].to_bits(), (theta0[i] + if z > 0.0 { c } else { -c }).to_bits());
+            assert_eq!(
+                theta[i].to_bits(),
+                (theta0[i] + if z > 0.0 { c } else { -c }).to_bits()
+            );
         }
     }
 

@@ -164,7 +164,12 @@ mod tests {
     #[test]
     fn mlp_layout_is_stable() {
         let m = Model::new(&ModelSpec::default(), 2, 2).unwrap();
-        let names: Vec<_> = m.layout().params().iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<_> = m
+            .layout()
+            .params()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(
             names,
             [
@@ -185,7 +190,10 @@ mod tests {
             hidden: vec![],
             activation: Activation::Tanh,
         };
-        assert_eq!(Model::new(&none, 2, 2).unwrap_err(), ModelError::NoHiddenLayers);
+        assert_eq!(
+            Model::new(&none, 2, 2).unwrap_err(),
+            ModelError::NoHiddenLayers
+        );
         assert_eq!(
             Model::new(&ModelSpec::default(), 0, 2).unwrap_err(),
             ModelError::Width(0)

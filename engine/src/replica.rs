@@ -175,6 +175,14 @@ impl Replica {
         })
     }
 
+    /// Mean cross-entropy of the current (unperturbed) weights on `batch`: one forward pass.
+    pub async fn batch_loss(&self, batch: &Split) -> Result<f32, EngineError> {
+        let (x, targets) = self.batch_tensors(batch)?;
+        let theta = self.theta_tensor(&self.theta);
+        let logits = self.job.model.forward(&theta, x);
+        Ok(read_f32(cross_entropy_with_logits(logits, targets)).await?[0])
+    }
+
     /// Mean cross-entropy and accuracy of the current weights on `split`.
     pub async fn evaluate(&self, split: &Split) -> Result<Evaluation, EngineError> {
         let (x, targets) = self.batch_tensors(split)?;
@@ -200,14 +208,15 @@ impl Replica {
     /// Class scores for each row of `x` (`rows × features`, row-major): the softmax of the logits.
     pub async fn predict(&self, x: &[f32]) -> Result<Vec<f32>, EngineError> {
         let features = self.job.model.features();
-        if x.len() % features != 0 {
+        if !x.len().is_multiple_of(features) {
             return Err(EngineError::Features {
                 expected: features,
                 got: x.len(),
             });
         }
         let rows = x.len() / features;
-        let input = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, features]), &self.device);
+        let input =
+            Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, features]), &self.device);
         let theta = self.theta_tensor(&self.theta);
         let probs = burn::tensor::activation::softmax(self.job.model.forward(&theta, input), 1);
         read_f32(probs.reshape([rows * self.job.model.classes()])).await
@@ -220,7 +229,10 @@ impl Replica {
     }
 
     fn theta_tensor(&self, values: &[f32]) -> Tensor<1> {
-        Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), &self.device)
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            &self.device,
+        )
     }
 
     /// Inputs and one-hot targets on the device.
@@ -247,7 +259,10 @@ impl Replica {
             TensorData::new(batch.x.clone(), [batch.len(), batch.features]),
             &self.device,
         );
-        let t = Tensor::from_data(TensorData::new(onehot, [batch.len(), classes]), &self.device);
+        let t = Tensor::from_data(
+            TensorData::new(onehot, [batch.len(), classes]),
+            &self.device,
+        );
         Ok((x, t))
     }
 }

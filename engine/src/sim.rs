@@ -70,7 +70,9 @@ impl Simulation {
                 id: PeerId(i as u32),
                 replica: replica.clone(),
                 shard: data.train.shard(i, peers),
-                sampler: BatchSampler::new(seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1))),
+                sampler: BatchSampler::new(
+                    seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)),
+                ),
                 next_counter: Counter(0),
             })
             .collect();

@@ -5,8 +5,8 @@
 //! all share this crate, so it must stay small and portable (it builds for wasm32 unchanged).
 
 mod error;
-mod ids;
 pub mod framing;
+mod ids;
 pub mod message;
 pub mod quant;
 pub mod seed;

@@ -419,14 +419,18 @@ mod tests {
             byte: b,
         });
         prop_oneof![
-            (any::<u16>(), any::<u64>(), any::<Option<u32>>(), any_string()).prop_map(
-                |(protocol, job, resume, token)| Message::Hello {
+            (
+                any::<u16>(),
+                any::<u64>(),
+                any::<Option<u32>>(),
+                any_string()
+            )
+                .prop_map(|(protocol, job, resume, token)| Message::Hello {
                     protocol,
                     job: JobId(job),
                     resume: resume.map(PeerId),
                     token
-                }
-            ),
+                }),
             (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(p, j, v, c)| {
                 Message::Welcome {
                     peer: PeerId(p),
@@ -469,10 +473,8 @@ mod tests {
                 version: Version(v),
                 reason
             }),
-            (any::<u16>(), any_string()).prop_map(|(code, message)| Message::Error {
-                code,
-                message
-            }),
+            (any::<u16>(), any_string())
+                .prop_map(|(code, message)| Message::Error { code, message }),
         ]
     }
 

@@ -92,7 +92,9 @@ impl Quantizer {
                 }
             }
             Quantizer::Linear { step } => {
-                let k = (f64::from(g) / f64::from(step)).round().clamp(-127.0, 127.0) as i8;
+                let k = (f64::from(g) / f64::from(step))
+                    .round()
+                    .clamp(-127.0, 127.0) as i8;
                 k as u8
             }
         }

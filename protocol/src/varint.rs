@@ -21,9 +21,7 @@ pub fn len(value: u64) -> usize {
 pub fn get(input: &mut &[u8], field: &'static str) -> Result<u64, DecodeError> {
     let mut value: u64 = 0;
     for i in 0..10 {
-        let (&byte, rest) = input
-            .split_first()
-            .ok_or(DecodeError::Truncated(field))?;
+        let (&byte, rest) = input.split_first().ok_or(DecodeError::Truncated(field))?;
         *input = rest;
         let bits = u64::from(byte & 0x7f);
         if i == 9 && bits > 1 {

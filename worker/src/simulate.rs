@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use engine::{Builtin, DataSource, Dataset, Exchange, Job, Simulation, block_on, cpu_device};
+use engine::{DataSource, Dataset, Exchange, Job, Simulation, block_on, cpu_device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -97,10 +97,8 @@ pub fn run(args: Args) -> Result<()> {
     while sim.version().0 < args.contributions {
         block_on(sim.round())?;
         bar.set_position(sim.version().0.min(args.contributions));
-        if sim.version().0 % (args.peers as u64 * 50) < args.peers as u64 {
-            if let Some(loss) = sim.last_loss() {
-                bar.set_message(format!("loss {loss:.4}"));
-            }
+        if let Some(loss) = sim.last_loss() {
+            bar.set_message(format!("loss {loss:.4}"));
         }
     }
     bar.finish_and_clear();
@@ -163,9 +161,4 @@ fn load_data(spec: &str, seed: u64) -> Result<Dataset> {
         DataSource::Csv(path) => engine::data::load_csv_file(&path, seed)
             .with_context(|| format!("loading --dataset {path}"))?,
     })
-}
-
-#[allow(dead_code)]
-fn _builtins() -> [Builtin; 3] {
-    Builtin::ALL
 }

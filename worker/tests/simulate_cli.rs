@@ -1,0 +1,106 @@
+//! `onebyte simulate` as a person runs it: a real process, its exit code and its JSON line.
+
+use std::process::Command;
+
+fn onebyte() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_onebyte"))
+}
+
+#[test]
+fn simulate_reports_accuracy_hashes_and_bytes_as_json() {
+    let out = onebyte()
+        .args([
+            "simulate",
+            "--peers",
+            "3",
+            "--contributions",
+            "600",
+            "--json",
+        ])
+        .output()
+        .expect("run onebyte");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().expect("some output");
+    let report: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    assert_eq!(report["version"], 600);
+    let accuracy = report["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    let hashes = report["hashes"].as_array().unwrap();
+    assert_eq!(hashes.len(), 3);
+    assert!(
+        hashes
+            .iter()
+            .all(|h| h == &hashes[0] && h.as_str().unwrap().len() == 64)
+    );
+    let exchanged = report["bytes_exchanged"].as_u64().unwrap();
+    assert!(exchanged > 0 && report["fp32_allreduce_bytes"].as_u64().unwrap() > exchanged);
+}
+
+#[test]
+fn simulate_trains_on_a_csv_file() {
+    let dir = std::env::temp_dir().join(format!("onebyte-csv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("blobs.csv");
+    let mut text = String::from("x,y,label\n");
+    for i in 0..400 {
+        let (cx, cy, label) = if i % 2 == 0 {
+            (-1.0, -1.0, "a")
+        } else {
+            (1.0, 1.0, "b")
+        };
+        let jitter = (i as f64 * 0.618).fract() - 0.5;
+        text += &format!("{},{},{label}\n", cx + jitter, cy - jitter);
+    }
+    std::fs::write(&csv, text).unwrap();
+    let out = onebyte()
+        .args([
+            "simulate",
+            "--peers",
+            "2",
+            "--contributions",
+            "400",
+            "--json",
+            "--dataset",
+        ])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(report["accuracy"].as_f64().unwrap() > 0.9, "{report}");
+}
+
+#[test]
+fn bad_arguments_get_clear_messages() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["simulate", "--dataset", "swirls"],
+            "unknown dataset `swirls`",
+        ),
+        (
+            &["simulate", "--dataset", "/no/such.csv"],
+            "cannot read /no/such.csv",
+        ),
+        (&["simulate", "--peers", "0"], "--peers must be at least 1"),
+        (
+            &["simulate", "--job", "/no/job.toml"],
+            "cannot read job file",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = onebyte().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,45 @@
+//! `cargo xtask`: the project's commands, runnable on a fresh machine.
+//!
+//! Each step says what it is doing before it does it, and installs what it needs when missing.
+
+mod steps;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(about = "onebyte project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every check and test: rustfmt, clippy (warnings are errors), all native tests.
+    Test,
+    /// Start the demo: until the relay exists, a simulated 8-peer swarm on spirals.
+    Demo {
+        /// Arguments passed to `onebyte simulate`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks: figures and ratios measured in one run, printed.
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let result: Result<()> = match Cli::parse().command {
+        Command::Test => steps::test(),
+        Command::Demo { args } => steps::demo(&args),
+        Command::Bench => steps::bench(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nxtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
