@@ -1,4 +1,89 @@
-//! WGSL kernels: the ChaCha8 block function the engine uses for directions, perturb and update.
+//! WGSL kernels of onebyte, as source text for whoever launches them (the engine's GPU path).
 //!
-//! Not written yet: the WebGPU kernels issue fills this crate. Until then the engine's CPU path
-//! (`engine::direction`) is the only implementation, and the reference the kernels must match.
+//! Every kernel reproduces a CPU reference in `engine::direction` bit for bit:
+//!
+//! * [`CHACHA_WORDS`]: one word of the ChaCha8 stream per query, for testing the block function;
+//! * [`PERTURB`]: `out = θ + s·z(seed)` without touching θ;
+//! * [`UPDATE`]: `θ += Σ_j c_j·z(seed_j)` for a batch of log entries, in log order, in place.
+//!
+//! Each thread computes one ChaCha block in registers and handles its 512 parameters, so no
+//! buffer holding `z` exists anywhere. Buffers and uniforms are laid out as the `#[repr(C)]`
+//! structs below describe.
+
+/// The shared library: ChaCha8 block function and the subnormal flush.
+pub const CHACHA_LIB: &str = include_str!("wgsl/chacha.wgsl");
+
+/// Parameters per thread: one ChaCha block of 16 words × 32 bits.
+pub const PARAMS_PER_THREAD: u32 = 512;
+/// Threads per workgroup in every kernel.
+pub const WORKGROUP_SIZE: u32 = 64;
+
+/// Test kernel: bindings `0: array<ChachaQuery>` (read), `1: array<u32>` (out).
+pub fn chacha_words_source() -> String {
+    format!("{CHACHA_LIB}\n{}", include_str!("wgsl/chacha_words.wgsl"))
+}
+
+/// Perturb kernel: bindings `0: θ` (read), `1: out` (read-write), `2: PerturbParams` (storage, read).
+pub fn perturb_source() -> String {
+    format!("{CHACHA_LIB}\n{}", include_str!("wgsl/perturb.wgsl"))
+}
+
+/// Update kernel: bindings `0: θ` (read-write), `1: array<UpdateEntry>` (read),
+/// `2: UpdateParams` (storage, read).
+pub fn update_source() -> String {
+    format!("{CHACHA_LIB}\n{}", include_str!("wgsl/update.wgsl"))
+}
+
+/// A query of the test kernel: a ChaCha key and a 64-bit word position.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ChachaQuery {
+    pub key: [u32; 8],
+    pub pos_lo: u32,
+    pub pos_hi: u32,
+}
+
+/// Parameters of the perturb kernel.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PerturbParams {
+    pub key: [u32; 8],
+    pub scale: f32,
+    pub d: u32,
+    pub _pad: [u32; 2],
+}
+
+/// One log entry for the update kernel: the direction's key and its step `c = −η·D(q)`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct UpdateEntry {
+    pub key: [u32; 8],
+    pub c: f32,
+    pub _pad: [u32; 3],
+}
+
+/// Parameters of the update kernel.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct UpdateParams {
+    pub d: u32,
+    pub entries: u32,
+    pub _pad: [u32; 2],
+}
+
+/// A 32-byte ChaCha key as the eight little-endian words the kernels read.
+pub fn key_words(seed: &[u8; 32]) -> [u32; 8] {
+    std::array::from_fn(|i| u32::from_le_bytes(seed[4 * i..4 * i + 4].try_into().expect("4 bytes")))
+}
+
+/// Workgroups to dispatch for `d` parameters, as `(x, y)`: `y > 1` only when `x` would pass the
+/// 65 535 limit on one dimension.
+pub fn dispatch_size(d: u32) -> (u32, u32) {
+    let threads = d.div_ceil(PARAMS_PER_THREAD);
+    let groups = threads.div_ceil(WORKGROUP_SIZE).max(1);
+    if groups <= 65_535 {
+        (groups, 1)
+    } else {
+        (65_535, groups.div_ceil(65_535))
+    }
+}

@@ -65,6 +65,7 @@ pub fn test() -> Result<()> {
     let start = Instant::now();
     ensure_component("rustfmt", &["fmt", "--version"])?;
     ensure_component("clippy", &["clippy", "--version"])?;
+    ensure_lavapipe()?;
 
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
@@ -118,4 +119,59 @@ pub fn bench() -> Result<()> {
         "bench",
     ]);
     run("engine benchmarks (CPU backend)", cmd)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Debian packages missing from this machine, of those named.
+fn missing_debs(packages: &[&str]) -> Vec<String> {
+    packages
+        .iter()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+/// Installs Debian packages when running as root; otherwise says what to install.
+fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
+    let missing = missing_debs(packages);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "{why} needs the Debian packages {}; install them (sudo apt-get install {}) and rerun",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-qq"]);
+    run(&format!("{why}: refreshing Debian's package lists"), update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(&format!("{why}: installing {}", missing.join(", ")), install)
+}
+
+/// Mesa's lavapipe: a software Vulkan driver, so wgpu tests have an adapter without a GPU.
+fn ensure_lavapipe() -> Result<()> {
+    ensure_debs(
+        &["mesa-vulkan-drivers", "libvulkan1"],
+        "GPU kernel tests on software Vulkan (lavapipe)",
+    )
 }

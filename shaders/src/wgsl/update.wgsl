@@ -1,0 +1,40 @@
+// θ += Σ_j c_j·z(seed_j), entries in log order, in place. One thread per ChaCha block (512
+// parameters); each thread walks the entries in order, so every parameter sees the same
+// sequence of single rounded adds as on the CPU (engine::direction::apply_update).
+
+struct Entry {
+    key: array<u32, 8>,
+    c: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Update {
+    d: u32,
+    entries: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> theta: array<f32>;
+@group(0) @binding(1) var<storage, read> entries: array<Entry>;
+@group(0) @binding(2) var<storage, read> params: Update;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let block_index = gid.x + gid.y * groups.x * 64u;
+    let first = block_index * 512u;
+    if (first >= params.d) {
+        return;
+    }
+    let last = min(first + 512u, params.d);
+    for (var j = 0u; j < params.entries; j = j + 1u) {
+        let entry = entries[j];
+        let block = chacha8_block(entry.key, block_index, 0u);
+        for (var i = first; i < last; i = i + 1u) {
+            let word = block[(i - first) >> 5u];
+            let bit = (i - first) & 31u;
+            let step = select(-entry.c, entry.c, ((word >> bit) & 1u) == 1u);
+            theta[i] = flush_subnormal(theta[i] + step);
+        }
+    }
+}
