@@ -7,6 +7,8 @@
 
 pub mod data;
 pub mod direction;
+#[cfg(feature = "wgpu")]
+pub mod gpu;
 pub mod hash;
 pub mod job;
 pub mod layout;

@@ -26,6 +26,9 @@ pub enum EngineError {
     Device(String),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[cfg(feature = "wgpu")]
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
 }
 
 /// One gradient estimate, ready to send.
@@ -48,14 +51,23 @@ pub struct Evaluation {
     pub accuracy: f32,
 }
 
+/// Where θ lives.
+#[derive(Debug)]
+enum WeightStore {
+    /// On the CPU: the reference.
+    Host { theta: Vec<f32>, scratch: Vec<f32> },
+    /// In GPU buffers, changed only by the `shaders` kernels.
+    #[cfg(feature = "wgpu")]
+    Gpu(crate::gpu::GpuWeights),
+}
+
 /// θ at a version, following one job's log.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Replica {
     job: Arc<Job>,
     device: Device,
-    theta: Vec<f32>,
+    store: WeightStore,
     version: Version,
-    scratch: Vec<f32>,
 }
 
 impl Replica {
@@ -76,10 +88,47 @@ impl Replica {
         Replica {
             job,
             device,
-            theta,
+            store: WeightStore::Host { theta, scratch },
             version,
-            scratch,
         }
+    }
+
+    /// A replica at version 0 whose θ lives on the GPU of `gpu`.
+    #[cfg(feature = "wgpu")]
+    pub fn new_gpu(job: Arc<Job>, gpu: &crate::gpu::GpuContext) -> Self {
+        let theta = job.initial_weights();
+        Replica::at_gpu(job, gpu, &theta, Version(0))
+    }
+
+    /// A GPU replica restored from a snapshot.
+    #[cfg(feature = "wgpu")]
+    pub fn from_snapshot_gpu(
+        job: Arc<Job>,
+        gpu: &crate::gpu::GpuContext,
+        bytes: &[u8],
+    ) -> Result<Self, EngineError> {
+        let snap = Snapshot::from_bytes(bytes, job.id, job.model.layout())?;
+        Ok(Replica::at_gpu(job, gpu, &snap.theta, snap.version))
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn at_gpu(
+        job: Arc<Job>,
+        gpu: &crate::gpu::GpuContext,
+        theta: &[f32],
+        version: Version,
+    ) -> Self {
+        Replica {
+            job,
+            device: gpu.device.clone(),
+            store: WeightStore::Gpu(crate::gpu::GpuWeights::new(gpu.kernels.clone(), theta)),
+            version,
+        }
+    }
+
+    /// Whether θ lives on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        !matches!(self.store, WeightStore::Host { .. })
     }
 
     /// The job this replica follows.
@@ -97,24 +146,32 @@ impl Replica {
         self.version
     }
 
-    /// θ, in parameter order.
-    pub fn weights(&self) -> &[f32] {
-        &self.theta
+    /// θ, in parameter order (read back from the GPU when it lives there).
+    pub async fn read_weights(&self) -> Result<Vec<f32>, EngineError> {
+        match &self.store {
+            WeightStore::Host { theta, .. } => Ok(theta.clone()),
+            #[cfg(feature = "wgpu")]
+            WeightStore::Gpu(gpu) => Ok(gpu.read().await?),
+        }
     }
 
     /// SHA-256 of θ's bits.
-    pub fn weight_hash(&self) -> WeightHash {
-        weight_hash(&self.theta)
+    pub async fn weight_hash(&self) -> Result<WeightHash, EngineError> {
+        match &self.store {
+            WeightStore::Host { theta, .. } => Ok(weight_hash(theta)),
+            #[cfg(feature = "wgpu")]
+            WeightStore::Gpu(_) => Ok(weight_hash(&self.read_weights().await?)),
+        }
     }
 
     /// θ and its version as safetensors bytes.
-    pub fn snapshot(&self) -> Vec<u8> {
-        Snapshot {
+    pub async fn snapshot(&self) -> Result<Vec<u8>, EngineError> {
+        Ok(Snapshot {
             job: self.job.id,
             version: self.version,
-            theta: self.theta.clone(),
+            theta: self.read_weights().await?,
         }
-        .to_bytes(self.job.model.layout())
+        .to_bytes(self.job.model.layout()))
     }
 
     /// The direction seed of a contribution in this job.
@@ -130,20 +187,31 @@ impl Replica {
 
     /// Applies log entries in order: `θ ← θ + c·z` for each.
     pub fn apply(&mut self, entries: &[LogEntry]) {
-        for e in entries {
-            let c = self.step_for(e.byte);
-            let seed = self.seed(e.peer, e.counter);
-            self.apply_step(&seed, c);
-        }
+        let steps: Vec<(DirectionSeed, f32)> = entries
+            .iter()
+            .map(|e| (self.seed(e.peer, e.counter), self.step_for(e.byte)))
+            .collect();
+        self.apply_steps(&steps);
     }
 
-    /// Applies one step of size `c` along `seed`'s direction and advances the version.
-    /// `c = 0` leaves θ untouched (and still counts as a log position).
-    pub fn apply_step(&mut self, seed: &DirectionSeed, c: f32) {
-        if c != 0.0 {
-            apply_update(&mut self.theta, seed, c);
+    /// Applies steps of size `c` along each seed's direction, in order, advancing the version
+    /// by one each. `c = 0` leaves θ untouched (and still counts as a log position).
+    pub fn apply_steps(&mut self, steps: &[(DirectionSeed, f32)]) {
+        match &mut self.store {
+            WeightStore::Host { theta, .. } => {
+                for (seed, c) in steps {
+                    if *c != 0.0 {
+                        apply_update(theta, seed, *c);
+                    }
+                }
+            }
+            #[cfg(feature = "wgpu")]
+            WeightStore::Gpu(gpu) => {
+                let nonzero: Vec<_> = steps.iter().filter(|(_, c)| *c != 0.0).copied().collect();
+                gpu.apply(&nonzero);
+            }
         }
-        self.version = self.version.next();
+        self.version = Version(self.version.0 + steps.len() as u64);
     }
 
     /// Estimates the projected gradient of contribution `(peer, counter)` on `batch`:
@@ -158,10 +226,10 @@ impl Replica {
         let eps = self.job.hyper().epsilon;
         let (x, targets) = self.batch_tensors(batch)?;
 
-        perturb_into(&self.theta, &seed, eps, &mut self.scratch);
-        let plus = self.loss(&x, &targets);
-        perturb_into(&self.theta, &seed, -eps, &mut self.scratch);
-        let minus = self.loss(&x, &targets);
+        let theta_plus = self.perturbed(&seed, eps).await?;
+        let plus = self.loss_at(theta_plus, &x, &targets);
+        let theta_minus = self.perturbed(&seed, -eps).await?;
+        let minus = self.loss_at(theta_minus, &x, &targets);
 
         let losses = read_f32(Tensor::cat(vec![plus, minus], 0)).await?;
         let (lp, lm) = (losses[0], losses[1]);
@@ -178,7 +246,7 @@ impl Replica {
     /// Mean cross-entropy of the current (unperturbed) weights on `batch`: one forward pass.
     pub async fn batch_loss(&self, batch: &Split) -> Result<f32, EngineError> {
         let (x, targets) = self.batch_tensors(batch)?;
-        let theta = self.theta_tensor(&self.theta);
+        let theta = self.theta_tensor().await?;
         let logits = self.job.model.forward(&theta, x);
         Ok(read_f32(cross_entropy_with_logits(logits, targets)).await?[0])
     }
@@ -186,7 +254,7 @@ impl Replica {
     /// Mean cross-entropy and accuracy of the current weights on `split`.
     pub async fn evaluate(&self, split: &Split) -> Result<Evaluation, EngineError> {
         let (x, targets) = self.batch_tensors(split)?;
-        let theta = self.theta_tensor(&self.theta);
+        let theta = self.theta_tensor().await?;
         let logits = self.job.model.forward(&theta, x);
         let loss = cross_entropy_with_logits(logits.clone(), targets.clone());
         let predicted = logits.argmax(1).reshape([split.len()]);
@@ -217,22 +285,45 @@ impl Replica {
         let rows = x.len() / features;
         let input =
             Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, features]), &self.device);
-        let theta = self.theta_tensor(&self.theta);
+        let theta = self.theta_tensor().await?;
         let probs = burn::tensor::activation::softmax(self.job.model.forward(&theta, input), 1);
         read_f32(probs.reshape([rows * self.job.model.classes()])).await
     }
 
-    fn loss(&self, x: &Tensor<2>, targets: &Tensor<2>) -> Tensor<1> {
-        let theta = self.theta_tensor(&self.scratch);
+    fn loss_at(&self, theta: Tensor<1>, x: &Tensor<2>, targets: &Tensor<2>) -> Tensor<1> {
         let logits = self.job.model.forward(&theta, x.clone());
         cross_entropy_with_logits(logits, targets.clone())
     }
 
-    fn theta_tensor(&self, values: &[f32]) -> Tensor<1> {
-        Tensor::from_data(
-            TensorData::new(values.to_vec(), [values.len()]),
-            &self.device,
-        )
+    /// `θ + scale·z(seed)` as a tensor on the replica's device; θ itself is not touched.
+    async fn perturbed(
+        &mut self,
+        seed: &DirectionSeed,
+        scale: f32,
+    ) -> Result<Tensor<1>, EngineError> {
+        let values = match &mut self.store {
+            WeightStore::Host { theta, scratch } => {
+                perturb_into(theta, seed, scale, scratch);
+                scratch.clone()
+            }
+            // The kernel writes the perturbed copy on the GPU; it reaches burn through the CPU
+            // until burn can wrap our buffer as a tensor (see ARCHITECTURE.md).
+            #[cfg(feature = "wgpu")]
+            WeightStore::Gpu(gpu) => {
+                gpu.perturb(seed, scale);
+                gpu.read_scratch().await?
+            }
+        };
+        Ok(self.tensor_1d(values))
+    }
+
+    async fn theta_tensor(&self) -> Result<Tensor<1>, EngineError> {
+        Ok(self.tensor_1d(self.read_weights().await?))
+    }
+
+    fn tensor_1d(&self, values: Vec<f32>) -> Tensor<1> {
+        let n = values.len();
+        Tensor::from_data(TensorData::new(values, [n]), &self.device)
     }
 
     /// Inputs and one-hot targets on the device.

@@ -64,11 +64,33 @@ impl Simulation {
         device: Device,
     ) -> Self {
         assert!(peers > 0, "a simulation needs at least one peer");
-        let replica = Replica::new(job.clone(), device);
-        let peers = (0..peers)
-            .map(|i| SimPeer {
+        Simulation::with_replicas(
+            job.clone(),
+            data,
+            (0..peers)
+                .map(|_| Replica::new(job.clone(), device.clone()))
+                .collect(),
+            seed,
+            exchange,
+        )
+    }
+
+    /// A simulation over replicas made by the caller (on any backends, all at version 0).
+    pub fn with_replicas(
+        job: Arc<Job>,
+        data: &Dataset,
+        replicas: Vec<Replica>,
+        seed: u64,
+        exchange: Exchange,
+    ) -> Self {
+        assert!(!replicas.is_empty(), "a simulation needs at least one peer");
+        let peers = replicas.len();
+        let peers = replicas
+            .into_iter()
+            .enumerate()
+            .map(|(i, replica)| SimPeer {
                 id: PeerId(i as u32),
-                replica: replica.clone(),
+                replica,
                 shard: data.train.shard(i, peers),
                 sampler: BatchSampler::new(
                     seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)),
@@ -136,10 +158,12 @@ impl Simulation {
                 Exchange::Byte => peer.replica.apply(&entries),
                 Exchange::RawF32 => {
                     let lr = self.job.hyper().learning_rate;
-                    for (e, g) in entries.iter().zip(&raw) {
-                        let seed = peer.replica.seed(e.peer, e.counter);
-                        peer.replica.apply_step(&seed, -(lr * g));
-                    }
+                    let steps: Vec<_> = entries
+                        .iter()
+                        .zip(&raw)
+                        .map(|(e, g)| (peer.replica.seed(e.peer, e.counter), -(lr * g)))
+                        .collect();
+                    peer.replica.apply_steps(&steps);
                 }
             }
         }
@@ -158,8 +182,12 @@ impl Simulation {
     }
 
     /// Every replica's weight hash, in peer order.
-    pub fn hashes(&self) -> Vec<WeightHash> {
-        self.peers.iter().map(|p| p.replica.weight_hash()).collect()
+    pub async fn hashes(&self) -> Result<Vec<WeightHash>, EngineError> {
+        let mut hashes = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            hashes.push(p.replica.weight_hash().await?);
+        }
+        Ok(hashes)
     }
 
     /// Peer `i`'s replica.

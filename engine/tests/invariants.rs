@@ -38,7 +38,7 @@ fn replicas_are_bit_identical() {
     for (i, e) in log.iter().enumerate() {
         a.apply(std::slice::from_ref(e));
         if (i + 1) % 500 == 0 {
-            hashes_a.push((a.version(), a.weight_hash()));
+            hashes_a.push((a.version(), block_on(a.weight_hash()).unwrap()));
         }
     }
     let mut at = 0;
@@ -52,23 +52,24 @@ fn replicas_are_bit_identical() {
         b.apply(&log[at..end]);
         at = end;
         if at % 500 == 0 {
-            hashes_b.push((b.version(), b.weight_hash()));
+            hashes_b.push((b.version(), block_on(b.weight_hash()).unwrap()));
             if at == 5_000 {
-                snapshot = Some(b.snapshot());
+                snapshot = Some(block_on(b.snapshot()).unwrap());
             }
         }
     }
     assert_eq!(hashes_a.len(), 20);
     assert_eq!(hashes_a, hashes_b, "replicas differ at some 500th version");
-    assert_eq!(a.weights().len(), job.model.layout().d());
-    assert!(a.weights().iter().all(|v| v.is_finite()));
+    let weights = block_on(a.read_weights()).unwrap();
+    assert_eq!(weights.len(), job.model.layout().d());
+    assert!(weights.iter().all(|v| v.is_finite()));
 
     let mut c = Replica::from_snapshot(job.clone(), cpu_device(), &snapshot.unwrap()).unwrap();
     assert_eq!(c.version(), Version(5_000));
     let mut hashes_c = Vec::new();
     for chunk in log[5_000..].chunks(500) {
         c.apply(chunk);
-        hashes_c.push((c.version(), c.weight_hash()));
+        hashes_c.push((c.version(), block_on(c.weight_hash()).unwrap()));
     }
     assert_eq!(
         hashes_c,
@@ -101,7 +102,10 @@ fn replicas_are_bit_identical_to_the_random_access_definition() {
         }
     }
     let bits = |t: &[f32]| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(replica.weights()), bits(&theta));
+    assert_eq!(
+        bits(&block_on(replica.read_weights()).unwrap()),
+        bits(&theta)
+    );
 }
 
 #[test]
@@ -110,18 +114,18 @@ fn perturbation_does_not_mutate_weights() {
     let data = Builtin::Spirals.generate(256, 16, 3);
     let mut replica = Replica::new(job.clone(), cpu_device());
     replica.apply(&synthetic_log(10, 1));
-    let before = replica.weights().to_vec();
-    let hash = replica.weight_hash();
+    let before = block_on(replica.read_weights()).unwrap();
+    let hash = block_on(replica.weight_hash()).unwrap();
     for counter in 0..200 {
         let p = block_on(replica.propose(PeerId(1), Counter(counter), &data.train)).unwrap();
         assert_eq!(p.base_version, Version(10));
         assert!(p.g.is_finite() && p.loss.is_finite());
     }
-    assert_eq!(replica.weight_hash(), hash);
+    assert_eq!(block_on(replica.weight_hash()).unwrap(), hash);
     assert_eq!(replica.version(), Version(10));
     assert!(
-        replica
-            .weights()
+        block_on(replica.read_weights())
+            .unwrap()
             .iter()
             .zip(&before)
             .all(|(a, b)| a.to_bits() == b.to_bits())
@@ -155,7 +159,7 @@ fn simulate(exchange: Exchange, contributions: u64) -> (f32, Simulation) {
 fn spirals_converges() {
     let (accuracy, sim) = simulate(Exchange::Byte, 16_000);
     assert!(accuracy >= 0.97, "test accuracy {accuracy}");
-    let hashes = sim.hashes();
+    let hashes = block_on(sim.hashes()).unwrap();
     assert_eq!(hashes.len(), 8);
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "replicas diverged");
     let traffic = sim.traffic();

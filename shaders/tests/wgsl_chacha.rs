@@ -82,7 +82,9 @@ fn run_queries(queries: &[ChachaQuery]) -> Vec<u32> {
     }
     encoder.copy_buffer_to_buffer(&output, 0, &staging, 0, size);
     queue.submit([encoder.finish()]);
-    staging.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
     device
         .poll(wgpu::PollType::wait_indefinitely())
         .expect("poll");
@@ -117,7 +119,12 @@ fn wgsl_chacha_matches_rand_chacha() {
     let words = run_queries(&queries);
     for (i, (got, want)) in words.iter().zip(&expected).enumerate() {
         let q = &queries[i];
-        assert_eq!(got, want, "query {i} at word position {}", (u64::from(q.pos_hi) << 32) | u64::from(q.pos_lo));
+        assert_eq!(
+            got,
+            want,
+            "query {i} at word position {}",
+            (u64::from(q.pos_hi) << 32) | u64::from(q.pos_lo)
+        );
     }
     assert_eq!(words.len(), 4_096);
 }

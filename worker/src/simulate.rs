@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use engine::{DataSource, Dataset, Exchange, Job, Simulation, block_on, cpu_device};
+use engine::{DataSource, Dataset, Exchange, Job, Replica, Simulation, block_on, cpu_device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -28,9 +28,19 @@ pub struct Args {
     /// What peers send: the protocol's one byte, or the raw f32 estimate for comparison.
     #[arg(long, value_enum, default_value_t = ExchangeArg::Byte)]
     exchange: ExchangeArg,
+    /// Where the peers' weights and forward passes live: burn's CPU backend, or wgpu (θ on the
+    /// GPU, updated by onebyte's WGSL kernels).
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
     /// Print one JSON object as the last line of standard output.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Cpu,
+    Wgpu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,14 +88,24 @@ pub fn run(args: Args) -> Result<()> {
         ExchangeArg::Byte => Exchange::Byte,
         ExchangeArg::F32 => Exchange::RawF32,
     };
-    let mut sim = Simulation::new(
-        job.clone(),
-        &data,
-        args.peers,
-        args.seed,
-        exchange,
-        cpu_device(),
-    );
+    let replicas: Vec<Replica> = match args.backend {
+        BackendArg::Cpu => (0..args.peers)
+            .map(|_| Replica::new(job.clone(), cpu_device()))
+            .collect(),
+        #[cfg(not(feature = "wgpu"))]
+        BackendArg::Wgpu => {
+            bail!("this onebyte was built without wgpu; rebuild it with `--features wgpu`")
+        }
+        #[cfg(feature = "wgpu")]
+        BackendArg::Wgpu => {
+            let gpu = block_on(engine::gpu::GpuContext::init())?;
+            eprintln!("wgpu adapter: {}", gpu.adapter);
+            (0..args.peers)
+                .map(|_| Replica::new_gpu(job.clone(), &gpu))
+                .collect()
+        }
+    };
+    let mut sim = Simulation::with_replicas(job.clone(), &data, replicas, args.seed, exchange);
 
     let bar = ProgressBar::new(args.contributions);
     bar.set_style(
@@ -104,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
     bar.finish_and_clear();
 
     let eval = block_on(sim.evaluate(&data.test))?;
-    let hashes: Vec<String> = sim.hashes().iter().map(|h| h.to_hex()).collect();
+    let hashes: Vec<String> = block_on(sim.hashes())?.iter().map(|h| h.to_hex()).collect();
     let traffic = sim.traffic();
     let exchanged = traffic.uplink + traffic.downlink;
     println!(

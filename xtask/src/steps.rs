@@ -109,16 +109,19 @@ pub fn demo(args: &[String]) -> Result<()> {
 }
 
 pub fn bench() -> Result<()> {
+    ensure_lavapipe()?;
     let mut cmd = cargo();
     cmd.args([
         "run",
         "--quiet",
         "-p",
         "onebyte-engine",
+        "--features",
+        "wgpu",
         "--example",
         "bench",
     ]);
-    run("engine benchmarks (CPU backend)", cmd)
+    run("engine benchmarks (CPU backend and wgpu)", cmd)
 }
 
 fn is_root() -> bool {
@@ -165,7 +168,10 @@ fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    run(&format!("{why}: installing {}", missing.join(", ")), install)
+    run(
+        &format!("{why}: installing {}", missing.join(", ")),
+        install,
+    )
 }
 
 /// Mesa's lavapipe: a software Vulkan driver, so wgpu tests have an adapter without a GPU.

@@ -1,0 +1,141 @@
+//! The CPU reference and the GPU path (our WGSL kernels on burn's wgpu device; lavapipe in CI)
+//! hold the same bits. A missing adapter fails these tests: they never skip.
+#![cfg(feature = "wgpu")]
+
+use engine::gpu::GpuContext;
+use engine::{Builtin, Exchange, Job, Replica, Simulation, block_on, cpu_device};
+use protocol::{Counter, LogEntry, PeerId};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use std::sync::{Arc, OnceLock};
+
+fn gpu() -> &'static GpuContext {
+    static GPU: OnceLock<GpuContext> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = block_on(GpuContext::init()).expect(
+            "no wgpu adapter: install Mesa's lavapipe (Debian: mesa-vulkan-drivers); \
+             `cargo xtask test` does this when run as root",
+        );
+        eprintln!("GPU adapter: {}", gpu.adapter);
+        gpu
+    })
+}
+
+fn synthetic_log(len: usize, seed: u64) -> Vec<LogEntry> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len)
+        .map(|i| LogEntry {
+            peer: PeerId(rng.next_u32() % 16),
+            counter: Counter(i as u64),
+            byte: ((rng.next_u32() % 81) as u8) | if rng.next_u32() % 2 == 0 { 0 } else { 0x80 },
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_are_bit_identical_across_backends() {
+    let job = Arc::new(Job::demo());
+    let log = synthetic_log(10_000, 5);
+    let mut cpu = Replica::new(job.clone(), cpu_device());
+    let mut gpu = Replica::new_gpu(job.clone(), gpu());
+    assert!(gpu.on_gpu());
+    assert_eq!(
+        block_on(cpu.weight_hash()).unwrap(),
+        block_on(gpu.weight_hash()).unwrap(),
+        "initial weights differ"
+    );
+    // The GPU applies uneven batches (one dispatch per ≤ 128 entries); the CPU one at a time.
+    let mut sizes = [1usize, 300, 7, 128, 129, 64].into_iter().cycle();
+    let mut at = 0;
+    let mut compared = 0;
+    while at < log.len() {
+        let mark = (at / 500 + 1) * 500;
+        let end = (at + sizes.next().unwrap()).min(mark);
+        gpu.apply(&log[at..end]);
+        for e in &log[at..end] {
+            cpu.apply(std::slice::from_ref(e));
+        }
+        at = end;
+        if at % 500 == 0 {
+            assert_eq!(cpu.version(), gpu.version());
+            assert_eq!(
+                block_on(cpu.weight_hash()).unwrap(),
+                block_on(gpu.weight_hash()).unwrap(),
+                "backends differ at version {at}"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 20);
+}
+
+#[test]
+fn gpu_replica_restored_from_a_cpu_snapshot_continues_identically() {
+    let job = Arc::new(Job::demo());
+    let log = synthetic_log(1_000, 9);
+    let mut cpu = Replica::new(job.clone(), cpu_device());
+    cpu.apply(&log[..400]);
+    let snapshot = block_on(cpu.snapshot()).unwrap();
+    let mut gpu = Replica::from_snapshot_gpu(job, gpu(), &snapshot).unwrap();
+    cpu.apply(&log[400..]);
+    gpu.apply(&log[400..]);
+    assert_eq!(
+        block_on(cpu.weight_hash()).unwrap(),
+        block_on(gpu.weight_hash()).unwrap()
+    );
+}
+
+#[test]
+fn perturbed_losses_match_across_backends() {
+    let job = Arc::new(Job::demo());
+    let data = Builtin::Spirals.generate(512, 64, 2);
+    let log = synthetic_log(50, 3);
+    let mut cpu = Replica::new(job.clone(), cpu_device());
+    let mut gpu = Replica::new_gpu(job, gpu());
+    cpu.apply(&log);
+    gpu.apply(&log);
+    let before = block_on(gpu.weight_hash()).unwrap();
+    for counter in 0..20 {
+        let batch = data.train.shard(counter as usize % 8, 8);
+        let a = block_on(cpu.propose(PeerId(4), Counter(counter), &batch)).unwrap();
+        let b = block_on(gpu.propose(PeerId(4), Counter(counter), &batch)).unwrap();
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
+            "loss {} vs {}",
+            a.loss,
+            b.loss
+        );
+        // g divides a loss difference by 2ε, which magnifies rounding differences.
+        assert!(
+            (a.g - b.g).abs() <= 2e-2 + 1e-2 * a.g.abs(),
+            "g {} vs {}",
+            a.g,
+            b.g
+        );
+    }
+    assert_eq!(
+        block_on(gpu.weight_hash()).unwrap(),
+        before,
+        "perturbing changed θ on the GPU"
+    );
+}
+
+#[test]
+fn spirals_converges_on_wgpu() {
+    let job = Arc::new(Job::demo());
+    let data = Builtin::Spirals.generate(4_000, 1_000, 1);
+    let replicas = (0..8)
+        .map(|_| Replica::new_gpu(job.clone(), gpu()))
+        .collect();
+    let mut sim = Simulation::with_replicas(job, &data, replicas, 1, Exchange::Byte);
+    while sim.version().0 < 16_000 {
+        block_on(sim.round()).unwrap();
+    }
+    let accuracy = block_on(sim.evaluate(&data.test)).unwrap().accuracy;
+    assert!(accuracy >= 0.97, "test accuracy {accuracy}");
+    let hashes = block_on(sim.hashes()).unwrap();
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "GPU replicas diverged"
+    );
+}
