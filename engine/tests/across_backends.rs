@@ -2,11 +2,12 @@
 //! hold the same bits. A missing adapter fails these tests: they never skip.
 #![cfg(feature = "wgpu")]
 
+mod common;
+
+use common::synthetic_log;
 use engine::gpu::GpuContext;
 use engine::{Builtin, Exchange, Job, Replica, Simulation, block_on, cpu_device};
-use protocol::{Counter, LogEntry, PeerId};
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
+use protocol::{Counter, PeerId};
 use std::sync::{Arc, OnceLock};
 
 fn gpu() -> &'static GpuContext {
@@ -19,17 +20,6 @@ fn gpu() -> &'static GpuContext {
         eprintln!("GPU adapter: {}", gpu.adapter);
         gpu
     })
-}
-
-fn synthetic_log(len: usize, seed: u64) -> Vec<LogEntry> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..len)
-        .map(|i| LogEntry {
-            peer: PeerId(rng.next_u32() % 16),
-            counter: Counter(i as u64),
-            byte: ((rng.next_u32() % 81) as u8) | if rng.next_u32() % 2 == 0 { 0 } else { 0x80 },
-        })
-        .collect()
 }
 
 #[test]
