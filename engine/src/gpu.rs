@@ -9,10 +9,7 @@ use shaders::{PerturbParams, UpdateEntry, UpdateParams, dispatch_size, key_words
 use wgpu::util::DeviceExt;
 
 /// Log entries per update dispatch: one kernel launch applies at most this many, in order.
-///
-/// On lavapipe (Mesa 22.3), a dispatch of more than 128 entries applied entries past the 128th
-/// wrongly; not understood yet (see the closing notes). Up to 128 matches the CPU bit for bit.
-pub const MAX_ENTRIES_PER_DISPATCH: usize = 128;
+pub const MAX_ENTRIES_PER_DISPATCH: usize = 256;
 
 /// The compiled kernels on one device.
 #[derive(Debug, Clone)]

@@ -34,8 +34,8 @@ fn replicas_are_bit_identical_across_backends() {
         block_on(gpu.weight_hash()).unwrap(),
         "initial weights differ"
     );
-    // The GPU applies uneven batches (one dispatch per ≤ 128 entries); the CPU one at a time.
-    let mut sizes = [1usize, 300, 7, 128, 129, 64].into_iter().cycle();
+    // The GPU applies uneven batches (one dispatch per ≤ 256 entries); the CPU one at a time.
+    let mut sizes = [1usize, 300, 7, 256, 129, 64].into_iter().cycle();
     let mut at = 0;
     let mut compared = 0;
     while at < log.len() {

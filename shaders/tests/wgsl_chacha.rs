@@ -29,6 +29,7 @@ fn gpu() -> (wgpu::Device, wgpu::Queue) {
 
 fn run_queries(queries: &[ChachaQuery]) -> Vec<u32> {
     let (device, queue) = gpu();
+    let _ = &queue;
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("chacha_words"),
         source: wgpu::ShaderSource::Wgsl(chacha_words_source().into()),

@@ -1,6 +1,8 @@
 // θ += Σ_j c_j·z(seed_j), entries in log order, in place. One thread per ChaCha block (512
 // parameters); each thread walks the entries in order, so every parameter sees the same
 // sequence of single rounded adds as on the CPU (engine::direction::apply_update).
+// Words are walked with constant-bound loops (word, then bit), as in perturb.wgsl: indexing the
+// block with an expression of the parameter index was miscompiled by lavapipe (Mesa 22.3).
 
 struct Entry {
     key: array<u32, 8>,
@@ -26,15 +28,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (first >= params.d) {
         return;
     }
-    let last = min(first + 512u, params.d);
     for (var j = 0u; j < params.entries; j = j + 1u) {
         let entry = entries[j];
         let block = chacha8_block(entry.key, block_index, 0u);
-        for (var i = first; i < last; i = i + 1u) {
-            let word = block[(i - first) >> 5u];
-            let bit = (i - first) & 31u;
-            let step = select(-entry.c, entry.c, ((word >> bit) & 1u) == 1u);
-            theta[i] = flush_subnormal(theta[i] + step);
+        for (var w = 0u; w < 16u; w = w + 1u) {
+            let word = block[w];
+            for (var bit = 0u; bit < 32u; bit = bit + 1u) {
+                let i = first + w * 32u + bit;
+                if (i < params.d) {
+                    let step = select(-entry.c, entry.c, ((word >> bit) & 1u) == 1u);
+                    theta[i] = flush_subnormal(theta[i] + step);
+                }
+            }
         }
     }
 }
