@@ -2,10 +2,12 @@
 //! many entries, in log order, bit for bit. An earlier kernel, indexing the block's words with an
 //! expression of the parameter index, went wrong on lavapipe (Mesa 22.3) past ~100 entries.
 
+mod common;
+
+use common::run_kernel;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use shaders::{UpdateEntry, UpdateParams, dispatch_size, key_words, update_source};
-use wgpu::util::DeviceExt;
 
 fn reference(theta: &mut [f32], entries: &[([u8; 32], f32)]) {
     for (seed, c) in entries {
@@ -27,109 +29,30 @@ fn reference(theta: &mut [f32], entries: &[([u8; 32], f32)]) {
 }
 
 fn run_update(theta: &[f32], entries: &[([u8; 32], f32)]) -> Vec<f32> {
-    pollster::block_on(async {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: wgpu::Backends::VULKAN,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions::default())
-            .await
-            .expect("no Vulkan adapter: install Mesa's lavapipe (mesa-vulkan-drivers)");
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor::default())
-            .await
-            .expect("device");
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: None,
-            source: wgpu::ShaderSource::Wgsl(update_source().into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: None,
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        let init = |label, contents: &[u8], usage| {
-            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage,
-            })
-        };
-        let theta_buf = init(
-            "theta",
+    let list: Vec<UpdateEntry> = entries
+        .iter()
+        .map(|(seed, c)| UpdateEntry {
+            key: key_words(seed),
+            c: *c,
+            _pad: [0; 3],
+        })
+        .collect();
+    let params = UpdateParams {
+        d: theta.len() as u32,
+        entries: list.len() as u32,
+        _pad: [0; 2],
+    };
+    let bytes = run_kernel(
+        update_source(),
+        &[
             bytemuck::cast_slice(theta),
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        );
-        let list: Vec<UpdateEntry> = entries
-            .iter()
-            .map(|(seed, c)| UpdateEntry {
-                key: key_words(seed),
-                c: *c,
-                _pad: [0; 3],
-            })
-            .collect();
-        let entries_buf = init(
-            "entries",
             bytemuck::cast_slice(&list),
-            wgpu::BufferUsages::STORAGE,
-        );
-        let params = UpdateParams {
-            d: theta.len() as u32,
-            entries: list.len() as u32,
-            _pad: [0; 2],
-        };
-        let params_buf = init(
-            "params",
             bytemuck::bytes_of(&params),
-            wgpu::BufferUsages::STORAGE,
-        );
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: theta_buf.size(),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: theta_buf.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: entries_buf.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: params_buf.as_entire_binding(),
-                },
-            ],
-        });
-        let mut encoder = device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            let (x, y) = dispatch_size(theta.len() as u32);
-            pass.dispatch_workgroups(x, y, 1);
-        }
-        encoder.copy_buffer_to_buffer(&theta_buf, 0, &staging, 0, theta_buf.size());
-        queue.submit([encoder.finish()]);
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .expect("poll");
-        let view = staging.slice(..).get_mapped_range().expect("mapped");
-        bytemuck::cast_slice(&view).to_vec()
-    })
+        ],
+        0,
+        dispatch_size(theta.len() as u32),
+    );
+    bytemuck::cast_slice(&bytes).to_vec()
 }
 
 fn check(d: usize, n: usize) -> Result<(), String> {
