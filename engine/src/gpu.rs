@@ -147,19 +147,6 @@ impl GpuWeights {
         }
     }
 
-    /// A copy on fresh buffers (θ's bits as they are now).
-    pub async fn duplicate(&self) -> Result<Self, GpuError> {
-        Ok(GpuWeights::new(self.kernels.clone(), &self.read().await?))
-    }
-
-    /// Replaces θ's contents.
-    pub fn load(&self, theta: &[f32]) {
-        assert_eq!(theta.len(), self.d as usize, "θ must keep its size");
-        self.kernels
-            .queue
-            .write_buffer(&self.theta, 0, bytemuck::cast_slice(theta));
-    }
-
     /// `θ += c_j·z(seed_j)` for each step in order, in dispatches of up to
     /// [`MAX_ENTRIES_PER_DISPATCH`] entries.
     pub fn apply(&self, steps: &[(DirectionSeed, f32)]) {
