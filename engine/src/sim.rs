@@ -10,7 +10,9 @@ use crate::data::{BatchSampler, Dataset, Split};
 use crate::job::Job;
 use crate::replica::{EngineError, Evaluation, Replica};
 use burn::tensor::Device;
-use protocol::{Counter, LogEntry, Message, PeerId, Version, WeightHash, framing};
+use protocol::{
+    Counter, LogCursor, LogEntry, Message, PeerId, Serial, Version, WeightHash, framing,
+};
 use std::sync::Arc;
 
 /// What peers send the log.
@@ -48,6 +50,8 @@ pub struct Simulation {
     job: Arc<Job>,
     peers: Vec<SimPeer>,
     log: Vec<LogEntry>,
+    /// Packs each round's entries as the relay would.
+    cursor: LogCursor,
     exchange: Exchange,
     traffic: Traffic,
     last_losses: Vec<f32>,
@@ -102,6 +106,7 @@ impl Simulation {
             job,
             peers,
             log: Vec::new(),
+            cursor: LogCursor::default(),
             exchange,
             traffic: Traffic::default(),
             last_losses: Vec::new(),
@@ -122,8 +127,8 @@ impl Simulation {
             let p = peer.replica.propose(peer.id, counter, &batch).await?;
             self.last_losses.push(p.loss);
             let frame = Message::Contribute {
-                counter,
-                base_version: p.base_version,
+                counter: Serial::of(counter.0),
+                base_version: Serial::of(p.base_version.0),
                 byte: p.byte,
             }
             .encode();
@@ -139,11 +144,7 @@ impl Simulation {
             });
             raw.push(p.g);
         }
-        let batch = Message::LogBatch {
-            first_version: Version(self.log.len() as u64),
-            entries: entries.clone(),
-        }
-        .encode();
+        let batch = self.cursor.pack(&entries).encode();
         let extra = if self.exchange == Exchange::RawF32 {
             3 * entries.len()
         } else {

@@ -4,19 +4,28 @@
 //! No async and no burn here: the relay, the engine, the native worker and the browser client
 //! all share this crate, so it must stay small and portable (it builds for wasm32 unchanged).
 
+pub mod close;
 mod error;
 pub mod framing;
 mod ids;
+pub mod log;
 pub mod message;
 pub mod quant;
 pub mod seed;
+pub mod serial;
 pub mod varint;
 
 pub use error::DecodeError;
 pub use ids::{Counter, JobId, PeerId, Version};
-pub use message::{LogEntry, Message, RejectReason, WeightHash};
+pub use log::{LogCursor, LogError};
+pub use message::{LogEntry, Message, PackedEntry, RejectReason, WeightHash};
 pub use quant::{QuantizeError, Quantizer};
 pub use seed::DirectionSeed;
+pub use serial::Serial;
+
+/// Peers report their weight hash at every version that is a multiple of this; the relay's
+/// follower hashes the same versions and compares.
+pub const HASH_REPORT_INTERVAL: u64 = 256;
 
 /// Version of the wire format. A peer and a relay that disagree refuse each other in `Hello`.
 pub const PROTOCOL_VERSION: u16 = 1;

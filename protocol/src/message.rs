@@ -8,21 +8,24 @@
 //!
 //! | message | direction | bytes |
 //! |---|---|---|
-//! | `Hello` | peer → relay | 1 + 2 + v(job) + 1 + v(peer)? + v(len) + token |
+//! | `Hello` | peer → relay | 1 + 2 + v(job) + 1 + v(peer)? + v(from) + v(len) + token |
 //! | `Welcome` | relay → peer | 1 + v(peer) + v(job) + v(version) + v(next_counter) |
-//! | `Contribute` | peer → relay | 1 + v(counter) + v(base_version) + 1 |
+//! | `Contribute` | peer → relay | 1 + 2 + 2 + 1 (16-bit serials, see [`crate::serial`]) |
 //! | `Accepted` | relay → peer | 1 + v(counter) + v(version) |
 //! | `Rejected` | relay → peer | 1 + v(counter) + 1 + v(len) + detail |
-//! | `LogBatch` | relay → peers | 1 + v(first_version) + v(n) + Σ (v(peer) + v(counter) + 1) |
+//! | `LogBatch` | relay → peers | 1 + v(first_version) + v(n) + Σ (v(2·peer+f) + [v(counter)] + 1) |
+//! | `CounterTable` | relay → peer | 1 + v(version) + v(n) + Σ (v(peer) + v(counter)) |
 //! | `HashReport` | peer → relay | 1 + v(version) + 32 |
 //! | `LossReport` | peer → relay | 1 + v(version) + 4 |
 //! | `Resync` | relay → peer | 1 + v(version) + v(len) + reason |
 //! | `Error` | either | 1 + v(code) + v(len) + message |
 //!
-//! A `Contribute` with small counters is 4 bytes; a `LogBatch` entry of a peer below 128 with a
-//! counter below 128 is 3 bytes. Decoding accepts exactly these layouts: unknown tags, short or
+//! A `Contribute` is always 6 bytes (12 on the wire). A `LogBatch` entry whose counter follows
+//! on from that peer's previous one (flag `f` clear, see [`crate::log`]) is 2 bytes for peers
+//! below 64 and 3 below 8 192. Decoding accepts exactly these layouts: unknown tags, short or
 //! trailing bytes, overlong varints and oversized lengths are errors, never panics.
 
+use crate::serial::Serial;
 use crate::{Counter, DecodeError, JobId, PeerId, Version, varint};
 
 /// Longest string field accepted by the decoder (tokens, reasons, error messages).
@@ -52,6 +55,15 @@ impl WeightHash {
 pub struct LogEntry {
     pub peer: PeerId,
     pub counter: Counter,
+    pub byte: u8,
+}
+
+/// A log entry as a `LogBatch` carries it: the counter only when it does not follow on from the
+/// peer's previous entry. [`crate::LogCursor`] packs and resolves these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedEntry {
+    pub peer: PeerId,
+    pub counter: Option<Counter>,
     pub byte: u8,
 }
 
@@ -92,12 +104,14 @@ impl RejectReason {
 /// Every message of the protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    /// First frame from a peer: which job, which protocol, an optional join token, and the peer
-    /// id it had before (to resume its counter after a reconnect).
+    /// First frame from a peer: which job, which protocol, the peer id it had before (to resume
+    /// its counter after a reconnect), the version its replica is at (the log is streamed from
+    /// there) and an optional join token.
     Hello {
         protocol: u16,
         job: JobId,
         resume: Option<PeerId>,
+        from: Version,
         token: String,
     },
     /// The relay's answer to `Hello`: the peer's id, the log's current version and the next
@@ -108,10 +122,11 @@ pub enum Message {
         version: Version,
         next_counter: Counter,
     },
-    /// One gradient estimate: the direction's counter, the version it was computed at, one byte.
+    /// One gradient estimate: the direction's counter and the version it was computed at (low 16
+    /// bits of each), and the byte.
     Contribute {
-        counter: Counter,
-        base_version: Version,
+        counter: Serial,
+        base_version: Serial,
         byte: u8,
     },
     /// The contribution `counter` is durable at log position `version`.
@@ -122,10 +137,17 @@ pub enum Message {
         reason: RejectReason,
         detail: String,
     },
-    /// Consecutive log entries starting at position `first_version`.
+    /// Consecutive log entries starting at position `first_version`, packed by a
+    /// [`crate::LogCursor`].
     LogBatch {
         first_version: Version,
-        entries: Vec<LogEntry>,
+        entries: Vec<PackedEntry>,
+    },
+    /// Each peer's last counter in `log[0..version)`: what a joiner needs to resolve the implied
+    /// counters of the batches that follow.
+    CounterTable {
+        version: Version,
+        entries: Vec<(PeerId, Counter)>,
     },
     /// A peer's weight hash after applying `log[0..version)`.
     HashReport { version: Version, hash: WeightHash },
@@ -148,9 +170,27 @@ mod tag {
     pub const LOSS_REPORT: u8 = 0x08;
     pub const RESYNC: u8 = 0x09;
     pub const ERROR: u8 = 0x0a;
+    pub const COUNTER_TABLE: u8 = 0x0b;
 }
 
 impl Message {
+    /// The message's name, for logs and error reasons.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Welcome { .. } => "Welcome",
+            Message::Contribute { .. } => "Contribute",
+            Message::Accepted { .. } => "Accepted",
+            Message::Rejected { .. } => "Rejected",
+            Message::LogBatch { .. } => "LogBatch",
+            Message::CounterTable { .. } => "CounterTable",
+            Message::HashReport { .. } => "HashReport",
+            Message::LossReport { .. } => "LossReport",
+            Message::Resync { .. } => "Resync",
+            Message::Error { .. } => "Error",
+        }
+    }
+
     /// Encodes into a fresh buffer.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8);
@@ -165,6 +205,7 @@ impl Message {
                 protocol,
                 job,
                 resume,
+                from,
                 token,
             } => {
                 out.push(tag::HELLO);
@@ -177,6 +218,7 @@ impl Message {
                     }
                     None => out.push(0),
                 }
+                varint::put(out, from.0);
                 put_str(out, token);
             }
             Message::Welcome {
@@ -197,8 +239,8 @@ impl Message {
                 byte,
             } => {
                 out.push(tag::CONTRIBUTE);
-                varint::put(out, counter.0);
-                varint::put(out, base_version.0);
+                out.extend_from_slice(&counter.0.to_le_bytes());
+                out.extend_from_slice(&base_version.0.to_le_bytes());
                 out.push(*byte);
             }
             Message::Accepted { counter, version } => {
@@ -224,9 +266,21 @@ impl Message {
                 varint::put(out, first_version.0);
                 varint::put(out, entries.len() as u64);
                 for e in entries {
-                    varint::put(out, u64::from(e.peer.0));
-                    varint::put(out, e.counter.0);
+                    let explicit = u64::from(e.counter.is_some());
+                    varint::put(out, (u64::from(e.peer.0) << 1) | explicit);
+                    if let Some(c) = e.counter {
+                        varint::put(out, c.0);
+                    }
                     out.push(e.byte);
+                }
+            }
+            Message::CounterTable { version, entries } => {
+                out.push(tag::COUNTER_TABLE);
+                varint::put(out, version.0);
+                varint::put(out, entries.len() as u64);
+                for (peer, counter) in entries {
+                    varint::put(out, u64::from(peer.0));
+                    varint::put(out, counter.0);
                 }
             }
             Message::HashReport { version, hash } => {
@@ -270,11 +324,13 @@ impl Message {
                         });
                     }
                 };
+                let from = Version(varint::get(r, "from")?);
                 let token = get_str(r, "token")?;
                 Message::Hello {
                     protocol,
                     job,
                     resume,
+                    from,
                     token,
                 }
             }
@@ -285,8 +341,8 @@ impl Message {
                 next_counter: Counter(varint::get(r, "next_counter")?),
             },
             tag::CONTRIBUTE => Message::Contribute {
-                counter: Counter(varint::get(r, "counter")?),
-                base_version: Version(varint::get(r, "base_version")?),
+                counter: Serial(u16::from_le_bytes(take::<2>(r, "counter")?)),
+                base_version: Serial(u16::from_le_bytes(take::<2>(r, "base_version")?)),
                 byte: take::<1>(r, "byte")?[0],
             },
             tag::ACCEPTED => Message::Accepted {
@@ -300,20 +356,25 @@ impl Message {
             },
             tag::LOG_BATCH => {
                 let first_version = Version(varint::get(r, "first_version")?);
-                let n = varint::get(r, "entries")?;
-                if n > MAX_BATCH {
-                    return Err(DecodeError::TooLong {
-                        field: "entries",
-                        len: n,
-                        limit: MAX_BATCH,
-                    });
-                }
-                // Each entry is at least 3 bytes: do not trust `n` for the allocation.
-                let mut entries = Vec::with_capacity((n as usize).min(r.len() / 3));
+                let n = get_count(r)?;
+                // Each entry is at least 2 bytes: do not trust `n` for the allocation.
+                let mut entries = Vec::with_capacity(n.min(r.len() / 2));
                 for _ in 0..n {
-                    entries.push(LogEntry {
-                        peer: get_peer(r)?,
-                        counter: Counter(varint::get(r, "counter")?),
+                    let field = varint::get(r, "peer")?;
+                    let peer = u32::try_from(field >> 1).map(PeerId).map_err(|_| {
+                        DecodeError::OutOfRange {
+                            field: "peer",
+                            value: field >> 1,
+                        }
+                    })?;
+                    let counter = if field & 1 == 1 {
+                        Some(Counter(varint::get(r, "counter")?))
+                    } else {
+                        None
+                    };
+                    entries.push(PackedEntry {
+                        peer,
+                        counter,
                         byte: take::<1>(r, "byte")?[0],
                     });
                 }
@@ -321,6 +382,15 @@ impl Message {
                     first_version,
                     entries,
                 }
+            }
+            tag::COUNTER_TABLE => {
+                let version = Version(varint::get(r, "version")?);
+                let n = get_count(r)?;
+                let mut entries = Vec::with_capacity(n.min(r.len() / 2));
+                for _ in 0..n {
+                    entries.push((get_peer(r)?, Counter(varint::get(r, "counter")?)));
+                }
+                Message::CounterTable { version, entries }
             }
             tag::HASH_REPORT => Message::HashReport {
                 version: Version(varint::get(r, "version")?),
@@ -373,6 +443,18 @@ fn get_peer(r: &mut &[u8]) -> Result<PeerId, DecodeError> {
         })
 }
 
+fn get_count(r: &mut &[u8]) -> Result<usize, DecodeError> {
+    let n = varint::get(r, "entries")?;
+    if n > MAX_BATCH {
+        return Err(DecodeError::TooLong {
+            field: "entries",
+            len: n,
+            limit: MAX_BATCH,
+        });
+    }
+    Ok(n as usize)
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     varint::put(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
@@ -413,22 +495,25 @@ mod tests {
             Just(RejectReason::Paused),
             Just(RejectReason::FromTheFuture),
         ];
-        let entry = (any::<u32>(), any::<u64>(), any::<u8>()).prop_map(|(p, c, b)| LogEntry {
-            peer: PeerId(p),
-            counter: Counter(c),
-            byte: b,
-        });
+        let entry =
+            (any::<u32>(), any::<Option<u64>>(), any::<u8>()).prop_map(|(p, c, b)| PackedEntry {
+                peer: PeerId(p),
+                counter: c.map(Counter),
+                byte: b,
+            });
         prop_oneof![
             (
                 any::<u16>(),
                 any::<u64>(),
                 any::<Option<u32>>(),
+                any::<u64>(),
                 any_string()
             )
-                .prop_map(|(protocol, job, resume, token)| Message::Hello {
+                .prop_map(|(protocol, job, resume, from, token)| Message::Hello {
                     protocol,
                     job: JobId(job),
                     resume: resume.map(PeerId),
+                    from: Version(from),
                     token
                 }),
             (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(p, j, v, c)| {
@@ -439,9 +524,9 @@ mod tests {
                     next_counter: Counter(c),
                 }
             }),
-            (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(c, v, b)| Message::Contribute {
-                counter: Counter(c),
-                base_version: Version(v),
+            (any::<u16>(), any::<u16>(), any::<u8>()).prop_map(|(c, v, b)| Message::Contribute {
+                counter: Serial(c),
+                base_version: Serial(v),
                 byte: b
             }),
             (any::<u64>(), any::<u64>()).prop_map(|(c, v)| Message::Accepted {
@@ -461,6 +546,17 @@ mod tests {
                     entries,
                 }
             }),
+            (
+                any::<u64>(),
+                proptest::collection::vec((any::<u32>(), any::<u64>()), 0..20)
+            )
+                .prop_map(|(v, table)| Message::CounterTable {
+                    version: Version(v),
+                    entries: table
+                        .into_iter()
+                        .map(|(p, c)| (PeerId(p), Counter(c)))
+                        .collect(),
+                }),
             (any::<u64>(), any::<[u8; 32]>()).prop_map(|(v, h)| Message::HashReport {
                 version: Version(v),
                 hash: WeightHash(h)
@@ -512,17 +608,18 @@ mod tests {
     #[test]
     fn documented_sizes_hold() {
         let contribute = Message::Contribute {
-            counter: Counter(5),
-            base_version: Version(100),
+            counter: Serial::of(1 << 40),
+            base_version: Serial::of(100_000),
             byte: 0x81,
         };
-        assert_eq!(contribute.encode().len(), 4);
+        assert_eq!(contribute.encode().len(), 6);
+        assert_eq!(crate::framing::client_frame_len(6), 12);
         let batch = Message::LogBatch {
             first_version: Version(1000),
             entries: vec![
-                LogEntry {
+                PackedEntry {
                     peer: PeerId(3),
-                    counter: Counter(7),
+                    counter: Some(Counter(7)),
                     byte: 1
                 };
                 64

@@ -1,5 +1,19 @@
-//! The relay: one training job's sequencer, durable log and web server.
+//! The onebyte relay: hosts one training job.
 //!
-//! Not written yet: the relay issue fills this crate (axum, a write-ahead log in an embedded
-//! store, snapshots from a CPU follower, consistency checks). `onebyte simulate` stands in for it
-//! with an in-memory log until then.
+//! It serves the job, snapshots and the page, sequences the peers' one-byte contributions into
+//! a durable log ([`store`], [`sequencer`]), broadcasts the log, and keeps its own replica
+//! ([`follower`]) for snapshots and for checking that every peer holds the same weights. It
+//! never receives training data.
+
+pub mod config;
+pub mod follower;
+pub mod http;
+pub mod metrics;
+pub mod peer;
+pub mod sequencer;
+pub mod server;
+pub mod stats;
+pub mod store;
+
+pub use config::RelayConfig;
+pub use server::run;

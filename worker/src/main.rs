@@ -1,5 +1,7 @@
 //! `onebyte`: the command-line peer.
 
+mod data;
+mod join;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +19,9 @@ enum Command {
     /// Run N peers in this process through an in-memory log, then report accuracy, every
     /// replica's weight hash and the bytes they exchanged.
     Simulate(simulate::Args),
+    /// Join a relay as a peer: train on local data, send one byte per gradient estimate,
+    /// follow the shared log. Stops at --contributions or --until-version, or on Ctrl-C.
+    Join(join::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +34,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Simulate(args) => simulate::run(args),
+        Command::Join(args) => join::run(args),
     }
 }

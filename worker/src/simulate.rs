@@ -1,8 +1,9 @@
 //! `onebyte simulate`: a swarm in one process.
 
-use anyhow::{Context, Result, bail};
+use crate::data::load_data;
+use anyhow::{Result, bail};
 use clap::ValueEnum;
-use engine::{DataSource, Dataset, Exchange, Job, Replica, Simulation, block_on, cpu_device};
+use engine::{Exchange, Job, Replica, Simulation, block_on, cpu_device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -173,12 +174,4 @@ pub fn run(args: Args) -> Result<()> {
         bail!("replicas diverged: this is a bug in the engine");
     }
     Ok(())
-}
-
-fn load_data(spec: &str, seed: u64) -> Result<Dataset> {
-    Ok(match spec.parse::<DataSource>()? {
-        DataSource::Builtin(b) => b.generate(4_000, 1_000, seed),
-        DataSource::Csv(path) => engine::data::load_csv_file(&path, seed)
-            .with_context(|| format!("loading --dataset {path}"))?,
-    })
 }

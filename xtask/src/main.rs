@@ -17,11 +17,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every check and test: rustfmt, clippy (warnings are errors), all native tests.
+    /// Every check and test: rustfmt, clippy (warnings are errors), the wasm32 build of the
+    /// engine, all native tests (GPU ones on lavapipe) and the relay end to end.
     Test,
-    /// Start the demo: until the relay exists, a simulated 8-peer swarm on spirals.
+    /// Start the relay with the built-in demo job on localhost, plus two native workers, and
+    /// print the URL.
     Demo {
-        /// Arguments passed to `onebyte simulate`.
+        /// Arguments passed to `onebyte-relay`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -82,9 +82,31 @@ pub fn test() -> Result<()> {
     ]);
     run("lints (clippy, warnings are errors)", clippy)?;
 
+    let build_std = ensure_wasm_target()?;
+    let mut wasm = cargo();
+    wasm.args([
+        "check",
+        "--target",
+        "wasm32-unknown-unknown",
+        "-p",
+        "onebyte-protocol",
+        "-p",
+        "onebyte-engine",
+        "--features",
+        "onebyte-engine/wgpu",
+    ]);
+    wasm_env(&mut wasm, build_std);
+    run(
+        "the engine's GPU path compiles for wasm32 (cargo check)",
+        wasm,
+    )?;
+
     let mut tests = cargo();
     tests.args(["test", "--workspace"]);
-    run("native tests (protocol, engine, worker)", tests)?;
+    run(
+        "native tests (protocol, engine on CPU and lavapipe, relay, workers end to end)",
+        tests,
+    )?;
 
     eprintln!(
         "\nall checks passed in {:.0}s",
@@ -94,18 +116,63 @@ pub fn test() -> Result<()> {
 }
 
 pub fn demo(args: &[String]) -> Result<()> {
-    eprintln!(
-        "The relay is not built yet: the demo runs a swarm of simulated peers in one process,\n\
-         through the same engine and an in-memory log."
-    );
-    let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "-p", "onebyte-worker", "--", "simulate"]);
-    if args.is_empty() {
-        cmd.args(["--peers", "8"]);
-    } else {
-        cmd.args(args);
+    let mut build = cargo();
+    build.args(["build", "--workspace", "--bins"]);
+    run("building the relay and the worker", build)?;
+    let bin = root().join("target").join("debug");
+    let store = root().join("target").join("demo-relay.db");
+    let mut relay = Command::new(bin.join("onebyte-relay"));
+    relay.arg("--store").arg(&store).args(args);
+    if !args.iter().any(|a| a == "--web") && root().join("web").join("index.html").exists() {
+        relay.arg("--web").arg(root().join("web"));
     }
-    run("onebyte simulate", cmd)
+    eprintln!(
+        "\n==> starting the relay with the built-in demo job (store {})",
+        store.display()
+    );
+    eprintln!("    $ {}", describe(&relay));
+    let mut relay = relay
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("could not start onebyte-relay")?;
+    let stdout = relay.stdout.take().expect("piped");
+    let mut url = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(u) = line.strip_prefix("listening on ") {
+            url = Some(u.trim().to_string());
+            break;
+        }
+    }
+    let Some(url) = url else {
+        let status = relay.wait()?;
+        bail!("the relay stopped before listening ({status})");
+    };
+    eprintln!("\n==> two native workers join so the job trains while you watch");
+    let mut workers = Vec::new();
+    for seed in ["1", "2"] {
+        workers.push(
+            Command::new(bin.join("onebyte"))
+                .args(["join", "--relay", &url, "--seed", seed])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("could not start onebyte join")?,
+        );
+    }
+    println!("\nonebyte demo is running at {url}");
+    println!("  status:   {url}/api/status");
+    println!("  metrics:  {url}/metrics");
+    println!("  join another peer:  target/debug/onebyte join --relay {url}");
+    println!("Ctrl-C stops it.");
+    let status = relay.wait()?;
+    for mut w in workers {
+        let _ = w.kill();
+    }
+    if !status.success() {
+        bail!("the relay exited with {status}");
+    }
+    Ok(())
 }
 
 pub fn bench() -> Result<()> {
@@ -121,7 +188,16 @@ pub fn bench() -> Result<()> {
         "--example",
         "bench",
     ]);
-    run("engine benchmarks (CPU backend and wgpu)", cmd)
+    run("engine benchmarks (CPU backend and wgpu)", cmd)?;
+    let mut build = cargo();
+    build.args(["build", "--workspace", "--bins"]);
+    run("building the relay for the load test", build)?;
+    let mut load = cargo();
+    load.args(["run", "--quiet", "-p", "onebyte-e2e", "--example", "load"]);
+    run(
+        "relay under load: 100 and 1 000 websocket peers, then join times",
+        load,
+    )
 }
 
 fn is_root() -> bool {
@@ -172,6 +248,54 @@ fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
         &format!("{why}: installing {}", missing.join(", ")),
         install,
     )
+}
+
+/// Makes the wasm32 standard library available. Returns whether it has to be built from
+/// source (`-Zbuild-std`) because rustup could not download it.
+fn ensure_wasm_target() -> Result<bool> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"))
+        .unwrap_or(false);
+    if installed {
+        return Ok(false);
+    }
+    let script = root().join("../shared/ci/wasm-std.sh");
+    if !script.exists() {
+        let mut add = Command::new("rustup");
+        add.args(["target", "add", "wasm32-unknown-unknown"]);
+        run("installing the wasm32 standard library (rustup)", add)?;
+        return Ok(false);
+    }
+    eprintln!(
+        "\n==> providing the wasm32 standard library ({}: rustup, else the rust-src route)",
+        script.display()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("could not run wasm-std.sh")?;
+    let mode = String::from_utf8_lossy(&out.stdout);
+    match mode.trim() {
+        "mode=target" => Ok(false),
+        "mode=build-std" => {
+            eprintln!("    no prebuilt std: building it from source (-Zbuild-std)");
+            Ok(true)
+        }
+        other => bail!("wasm-std.sh could not provide the wasm32 std ({other})"),
+    }
+}
+
+/// What every wasm32 cargo command needs: getrandom's browser backend, and build-std when the
+/// prebuilt std is missing.
+fn wasm_env(cmd: &mut Command, build_std: bool) {
+    cmd.env("RUSTFLAGS", "--cfg getrandom_backend=\"wasm_js\"");
+    if build_std {
+        cmd.env("RUSTC_BOOTSTRAP", "1")
+            .args(["-Zbuild-std=std,panic_abort"]);
+    }
 }
 
 /// Mesa's lavapipe: a software Vulkan driver, so wgpu tests have an adapter without a GPU.

@@ -1,0 +1,79 @@
+//! The relay's command line.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Hosts one onebyte training job: serves the page and the job, sequences the peers'
+/// one-byte contributions into a durable log and broadcasts it. It never sees training data.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "onebyte-relay", version)]
+pub struct RelayConfig {
+    /// The job to host (TOML). Without it: the job already in --store, or else the built-in demo
+    /// job (an MLP on two spirals).
+    #[arg(long, value_name = "FILE")]
+    pub job: Option<PathBuf>,
+
+    /// The store file (SQLite). Restarting on the same store resumes the job where it was.
+    #[arg(long, value_name = "PATH", default_value = "onebyte-relay.db")]
+    pub store: PathBuf,
+
+    /// Address to listen on. Port 0 picks a free port (the chosen address is printed).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of static files served at `/` (the page and its wasm package).
+    #[arg(long, value_name = "DIR")]
+    pub web: Option<PathBuf>,
+
+    /// Peers must present this token in their Hello.
+    #[arg(long, env = "ONEBYTE_JOIN_TOKEN", value_name = "TOKEN")]
+    pub join_token: Option<String>,
+
+    /// Enables POST /api/admin/pause and /api/admin/resume with `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "ONEBYTE_ADMIN_TOKEN", value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+
+    /// A page origin allowed to open the websocket (repeatable; `*` allows any). Pages served by
+    /// the relay itself and clients that send no Origin (native workers) are always allowed.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+
+    /// Most peers connected at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_peers: usize,
+
+    /// Largest websocket message accepted from a peer, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub max_frame: usize,
+
+    /// Most contributions per second from one peer; faster ones are rejected.
+    #[arg(long, default_value_t = 2000)]
+    pub rate_limit: u32,
+
+    /// How long the sequencer gathers contributions before committing them as one batch (ms).
+    #[arg(long, default_value_t = 5)]
+    pub tick_ms: u64,
+
+    /// The follower stores a snapshot every this many log entries.
+    #[arg(long, default_value_t = 2000)]
+    pub snapshot_every: u64,
+
+    /// Ticks' worth of frames queued for one peer before it counts as too slow and is dropped.
+    #[arg(long, default_value_t = 1024)]
+    pub peer_queue: usize,
+
+    /// Kernel send buffer of each socket, in bytes (the OS default if not given). Small values
+    /// make a peer that stops reading show up in its queue sooner.
+    #[arg(long, value_name = "BYTES")]
+    pub send_buffer: Option<usize>,
+
+    /// TLS certificate chain (PEM). With --tls-key, the relay serves https and wss: browsers
+    /// only allow WebGPU in secure contexts, which off localhost means TLS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}

@@ -1,0 +1,193 @@
+//! The follower: the relay's own CPU replica of the job.
+//!
+//! It applies every durable batch, stores a snapshot every N entries (so a join costs one
+//! snapshot and a short tail), hashes θ at every multiple of [`HASH_REPORT_INTERVAL`] and
+//! compares peers' hash reports with its own. A peer that disagrees is told to resync. It runs
+//! on its own thread: replaying is CPU work that must not hold up the sockets.
+
+use crate::stats::Stats;
+use crate::store::Store;
+use bytes::Bytes;
+use engine::{Job, Replica};
+use protocol::{HASH_REPORT_INTERVAL, LogEntry, Message, PeerId, Version, WeightHash};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::sync::mpsc;
+
+/// What the follower is sent.
+#[derive(Debug)]
+pub enum FollowerInput {
+    /// Durable entries, continuing where the last batch ended.
+    Entries(Vec<LogEntry>),
+    /// A peer's `(version, hash)`; the outbox is where a `Resync` goes if it disagrees.
+    Report {
+        peer: PeerId,
+        version: Version,
+        hash: WeightHash,
+        outbox: mpsc::Sender<Vec<Bytes>>,
+    },
+}
+
+/// Hashes kept for comparing late reports.
+const HASHES_KEPT: usize = 1024;
+
+/// The relay's replica.
+pub struct Follower {
+    replica: Replica,
+    store: Store,
+    snapshot_every: u64,
+    stats: Arc<Stats>,
+    hashes: BTreeMap<Version, WeightHash>,
+    waiting: VecDeque<FollowerInput>,
+}
+
+impl Follower {
+    /// Restores the newest snapshot in the store (or the job's initial weights) and replays the
+    /// log up to its end.
+    pub fn start(
+        job: Arc<Job>,
+        path: PathBuf,
+        snapshot_every: u64,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Self> {
+        let store = Store::reopen(&path)?;
+        let device = engine::cpu_device();
+        let replica = match store.latest_snapshot()? {
+            Some((_, bytes)) => Replica::from_snapshot(job, device, &bytes)?,
+            None => Replica::new(job, device),
+        };
+        let mut follower = Follower {
+            replica,
+            store,
+            snapshot_every: snapshot_every.max(1),
+            stats,
+            hashes: BTreeMap::new(),
+            waiting: VecDeque::new(),
+        };
+        if follower.store.latest_snapshot()?.is_none() {
+            follower.snapshot()?;
+        }
+        let head = follower.store.version()?;
+        let mut at = follower.replica.version();
+        while at < head {
+            let to = Version((at.0 + 65_536).min(head.0));
+            let entries = follower.store.entries(at, to)?;
+            follower.apply(&entries)?;
+            at = to;
+        }
+        follower.publish();
+        Ok(follower)
+    }
+
+    /// The follower's version.
+    pub fn version(&self) -> Version {
+        self.replica.version()
+    }
+
+    /// Serves inputs until the sequencer is gone.
+    pub fn run(mut self, inputs: std::sync::mpsc::Receiver<FollowerInput>) {
+        for input in inputs {
+            let result = match input {
+                FollowerInput::Entries(entries) => self.apply(&entries).map(|()| self.recheck()),
+                report @ FollowerInput::Report { .. } => {
+                    self.waiting.push_back(report);
+                    self.recheck();
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!("follower stopped: {e:#}");
+                return;
+            }
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        self.stats
+            .follower_version
+            .store(self.replica.version().0, Relaxed);
+    }
+
+    /// Applies entries, stopping at every hash and snapshot boundary on the way.
+    fn apply(&mut self, mut entries: &[LogEntry]) -> anyhow::Result<()> {
+        while !entries.is_empty() {
+            let v = self.replica.version().0;
+            let next_hash = (v / HASH_REPORT_INTERVAL + 1) * HASH_REPORT_INTERVAL;
+            let next_snapshot = (v / self.snapshot_every + 1) * self.snapshot_every;
+            let stop = next_hash.min(next_snapshot);
+            let n = ((stop - v) as usize).min(entries.len());
+            self.replica.apply(&entries[..n]);
+            entries = &entries[n..];
+            let v = self.replica.version().0;
+            if v.is_multiple_of(HASH_REPORT_INTERVAL) {
+                let hash = engine::block_on(self.replica.weight_hash())?;
+                self.hashes.insert(Version(v), hash);
+                while self.hashes.len() > HASHES_KEPT {
+                    self.hashes.pop_first();
+                }
+            }
+            if v.is_multiple_of(self.snapshot_every) {
+                self.snapshot()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<(), anyhow::Error> {
+        let bytes = engine::block_on(self.replica.snapshot())?;
+        let hash = engine::block_on(self.replica.weight_hash())?;
+        let version = self.replica.version();
+        self.store.put_snapshot(version, &hash, &bytes)?;
+        self.stats.snapshot_version.store(version.0, Relaxed);
+        Ok(())
+    }
+
+    /// Compares every waiting report the follower has reached.
+    fn recheck(&mut self) {
+        let head = self.replica.version();
+        let waiting = std::mem::take(&mut self.waiting);
+        for report in waiting {
+            let FollowerInput::Report {
+                peer,
+                version,
+                hash,
+                outbox,
+            } = report
+            else {
+                continue;
+            };
+            if version > head {
+                self.waiting.push_back(FollowerInput::Report {
+                    peer,
+                    version,
+                    hash,
+                    outbox,
+                });
+                continue;
+            }
+            // Too old to compare (or not at a hash boundary): nothing to say.
+            let Some(ours) = self.hashes.get(&version) else {
+                continue;
+            };
+            self.stats.hashes_checked.fetch_add(1, Relaxed);
+            if *ours != hash {
+                self.stats.hashes_diverged.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    %peer, %version,
+                    "peer reported hash {} but the relay has {}; telling it to resync",
+                    hash.to_hex(), ours.to_hex()
+                );
+                let resync = Message::Resync {
+                    version,
+                    reason: format!(
+                        "weight hash at version {version} differs from the relay's; reload the snapshot"
+                    ),
+                };
+                let _ = outbox.try_send(vec![Bytes::from(resync.encode())]);
+            }
+        }
+    }
+}

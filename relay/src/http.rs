@@ -1,0 +1,290 @@
+//! Routes: the page, the job, snapshots, the log, status, metrics, admin, and `/ws`.
+
+use crate::peer;
+use crate::sequencer::Command;
+use crate::server::Context;
+use crate::store::Store;
+use anyhow::{Context as _, Result};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use protocol::{LogCursor, Version, varint};
+use serde::Deserialize;
+use std::sync::Arc;
+use tower_http::services::ServeDir;
+
+/// Largest message the websocket layer buffers at all; `--max-frame` is enforced below it
+/// with a proper close code.
+const HARD_MESSAGE_LIMIT: usize = 1 << 20;
+/// Most entries one `GET /api/log` returns; ask again from where it ended.
+const LOG_PAGE: u64 = 1 << 20;
+
+/// The router over a shared context.
+pub fn router(ctx: Arc<Context>) -> Router {
+    let api = Router::new()
+        .route("/api/job", get(job))
+        .route("/api/snapshot", get(snapshot))
+        .route("/api/log", get(log))
+        .route("/api/status", get(status))
+        .route("/api/admin/pause", post(pause))
+        .route("/api/admin/resume", post(resume))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(websocket));
+    let router = match &ctx.config.web {
+        Some(dir) => api.fallback_service(ServeDir::new(dir)),
+        None => api.route("/", get(index)),
+    };
+    router.with_state(ctx)
+}
+
+/// Serves until Ctrl-C or SIGTERM: https and wss with `--tls-cert`/`--tls-key`, else plain.
+pub async fn serve(ctx: Arc<Context>, listener: tokio::net::TcpListener) -> Result<()> {
+    if let (Some(cert), Some(key)) = (&ctx.config.tls_cert, &ctx.config.tls_key) {
+        return serve_tls(ctx.clone(), listener, cert, key).await;
+    }
+    let send_buffer = ctx.config.send_buffer;
+    let listener = listener.tap_io(move |tcp| {
+        let _ = tcp.set_nodelay(true);
+        if let Some(bytes) = send_buffer {
+            let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes);
+        }
+    });
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn serve_tls(
+    ctx: Arc<Context>,
+    listener: tokio::net::TcpListener,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .with_context(|| {
+            format!(
+                "could not load the TLS certificate {} and key {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown().await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+        .handle(handle)
+        .serve(router(ctx).into_make_service())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    eprintln!("onebyte-relay: shutting down");
+}
+
+async fn index(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    let name = &ctx.job.config.job.name;
+    axum::response::Html(format!(
+        "<!doctype html><title>onebyte relay</title><h1>onebyte relay: {name}</h1>\
+         <p>This relay was started without <code>--web</code>, so it serves no page. \
+         <a href=\"/api/status\">/api/status</a> shows the job's progress.</p>"
+    ))
+}
+
+async fn job(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/toml")],
+        ctx.job_toml.clone(),
+    )
+}
+
+async fn snapshot(State(ctx): State<Arc<Context>>) -> Response {
+    let path = ctx.config.store.clone();
+    let read = tokio::task::spawn_blocking(move || Store::reopen(&path)?.latest_snapshot()).await;
+    match read {
+        Ok(Ok(Some((version, bytes)))) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (
+                    header::HeaderName::from_static("x-onebyte-version"),
+                    version.0.to_string(),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no snapshot yet").into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogRange {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+/// `GET /api/log?from=V&to=W`: varint-length-prefixed messages, a `CounterTable` at `V` and
+/// then `LogBatch`es up to `W` (or the durable head, at most 2^20 entries).
+async fn log(State(ctx): State<Arc<Context>>, Query(range): Query<LogRange>) -> Response {
+    let path = ctx.config.store.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<Result<Vec<u8>, String>> {
+        let store = Store::reopen(&path)?;
+        let head = store.version()?;
+        let from = Version(range.from.unwrap_or(0));
+        if from > head {
+            return Ok(Err(format!(
+                "from={from} is past the end of the log ({head} entries)"
+            )));
+        }
+        let to = Version(
+            range
+                .to
+                .unwrap_or(head.0)
+                .min(head.0)
+                .min(from.0 + LOG_PAGE),
+        );
+        let mut cursor = LogCursor::new(from, store.counter_table(from)?);
+        let mut body = Vec::new();
+        push_record(&mut body, &cursor.table_message().encode());
+        let mut at = from;
+        while at < to {
+            let end = Version((at.0 + 4096).min(to.0));
+            let entries = store.entries(at, end)?;
+            push_record(&mut body, &cursor.pack(&entries).encode());
+            at = end;
+        }
+        Ok(Ok(body))
+    })
+    .await;
+    match read {
+        Ok(Ok(Ok(body))) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Body::from(body),
+        )
+            .into_response(),
+        Ok(Ok(Err(bad))) => (StatusCode::RANGE_NOT_SATISFIABLE, bad).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+fn push_record(out: &mut Vec<u8>, message: &[u8]) {
+    varint::put(out, message.len() as u64);
+    out.extend_from_slice(message);
+}
+
+async fn status(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    axum::Json(ctx.stats.status())
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
+    match crate::metrics::render(&ctx.stats) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn pause(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
+    admin(&ctx, &headers, true).await
+}
+
+async fn resume(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
+    admin(&ctx, &headers, false).await
+}
+
+async fn admin(ctx: &Context, headers: &HeaderMap, paused: bool) -> Response {
+    let Some(expected) = &ctx.config.admin_token else {
+        return (
+            StatusCode::NOT_FOUND,
+            "administration is off: start the relay with --admin-token",
+        )
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(expected.as_str()) {
+        return (StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response();
+    }
+    if ctx.sequencer.send(Command::Pause(paused)).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the relay is shutting down",
+        )
+            .into_response();
+    }
+    let word = if paused { "paused" } else { "resumed" };
+    (StatusCode::OK, format!("job {word}\n")).into_response()
+}
+
+async fn websocket(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    State(ctx): State<Arc<Context>>,
+) -> Response {
+    let refused_origin = refused_origin(&ctx, &headers);
+    ws.max_message_size(HARD_MESSAGE_LIMIT)
+        .max_frame_size(HARD_MESSAGE_LIMIT)
+        .on_upgrade(move |socket| peer::serve(socket, ctx, refused_origin))
+}
+
+/// The page's Origin if the relay does not allow it. No Origin (a native client) is allowed, as
+/// is the relay's own origin and anything on the allow-list.
+fn refused_origin(ctx: &Context, headers: &HeaderMap) -> Option<String> {
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("?");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let own = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority == host);
+    let listed = ctx
+        .config
+        .allow_origins
+        .iter()
+        .any(|o| o == "*" || o.trim_end_matches('/') == origin);
+    (!own && !listed).then(|| origin.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!("request failed: {e}");
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+}

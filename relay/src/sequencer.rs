@@ -1,0 +1,413 @@
+//! The sequencer: the one place that decides the log.
+//!
+//! It is a single task. Sockets send it commands; it collects contributions for one tick (a few
+//! milliseconds), validates each against the log as it stands at that position, commits the
+//! accepted ones to the store in one transaction, and only then acknowledges them and sends the
+//! batch to every peer's queue. A peer whose queue is full is dropped; nobody waits for it.
+
+use crate::follower::FollowerInput;
+use crate::stats::Stats;
+use crate::store::{Store, StoreError};
+use bytes::Bytes;
+use protocol::{
+    Counter, LogCursor, LogEntry, Message, PeerId, RejectReason, Serial, Version, close,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Why a socket is being closed: the close code and its reason text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a newly joined peer needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Joined {
+    pub peer: PeerId,
+    pub next_counter: Counter,
+    /// The version of the first entry the peer will receive through its queue; everything
+    /// before it is durable in the store.
+    pub live_from: Version,
+}
+
+/// A request to the sequencer.
+#[derive(Debug)]
+pub enum Command {
+    Join {
+        resume: Option<PeerId>,
+        from: Version,
+        outbox: mpsc::Sender<Vec<Bytes>>,
+        kick: oneshot::Sender<Refusal>,
+        reply: oneshot::Sender<Result<Joined, Refusal>>,
+    },
+    Contribute {
+        peer: PeerId,
+        counter: Serial,
+        base: Serial,
+        byte: u8,
+    },
+    Leave {
+        peer: PeerId,
+    },
+    Pause(bool),
+}
+
+/// Policy the sequencer enforces.
+#[derive(Debug, Clone)]
+pub struct SequencerConfig {
+    pub tick: Duration,
+    pub staleness_bound: u64,
+    pub max_peers: usize,
+}
+
+struct Session {
+    outbox: mpsc::Sender<Vec<Bytes>>,
+    kick: Option<oneshot::Sender<Refusal>>,
+}
+
+struct Pending {
+    peer: PeerId,
+    counter: Serial,
+    base: Serial,
+    byte: u8,
+}
+
+/// The sequencer's state: the store's write connection and the log's head.
+pub struct Sequencer {
+    store: Store,
+    cursor: LogCursor,
+    sessions: HashMap<PeerId, Session>,
+    pending: Vec<Pending>,
+    config: SequencerConfig,
+    stats: Arc<Stats>,
+    follower: std::sync::mpsc::Sender<FollowerInput>,
+}
+
+impl Sequencer {
+    /// A sequencer continuing the log in `store`.
+    pub fn new(
+        store: Store,
+        config: SequencerConfig,
+        stats: Arc<Stats>,
+        follower: std::sync::mpsc::Sender<FollowerInput>,
+    ) -> Result<Self, StoreError> {
+        let version = store.version()?;
+        let table = store.counter_table(version)?;
+        stats.version.store(version.0, Relaxed);
+        Ok(Sequencer {
+            store,
+            cursor: LogCursor::new(version, table),
+            sessions: HashMap::new(),
+            pending: Vec::new(),
+            config,
+            stats,
+            follower,
+        })
+    }
+
+    /// Runs until every command sender is gone. Returns early only if the store fails, in which
+    /// case nothing more is acknowledged.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), StoreError> {
+        while let Some(cmd) = commands.recv().await {
+            self.handle(cmd)?;
+            if self.pending.is_empty() {
+                continue;
+            }
+            let deadline = Instant::now() + self.config.tick;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    cmd = commands.recv() => match cmd {
+                        Some(cmd) => self.handle(cmd)?,
+                        None => break,
+                    },
+                }
+            }
+            self.flush()?;
+        }
+        self.flush()
+    }
+
+    fn handle(&mut self, cmd: Command) -> Result<(), StoreError> {
+        match cmd {
+            Command::Join {
+                resume,
+                from,
+                outbox,
+                kick,
+                reply,
+            } => {
+                let answer = self.join(resume, from)?;
+                if let Ok(joined) = &answer {
+                    self.sessions.insert(
+                        joined.peer,
+                        Session {
+                            outbox,
+                            kick: Some(kick),
+                        },
+                    );
+                    self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+                }
+                let _ = reply.send(answer);
+            }
+            Command::Contribute {
+                peer,
+                counter,
+                base,
+                byte,
+            } => {
+                if self.sessions.contains_key(&peer) {
+                    self.pending.push(Pending {
+                        peer,
+                        counter,
+                        base,
+                        byte,
+                    });
+                }
+            }
+            Command::Leave { peer } => {
+                self.sessions.remove(&peer);
+                self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+            }
+            Command::Pause(paused) => self.stats.paused.store(paused, Relaxed),
+        }
+        Ok(())
+    }
+
+    fn join(
+        &mut self,
+        resume: Option<PeerId>,
+        from: Version,
+    ) -> Result<Result<Joined, Refusal>, StoreError> {
+        if self.sessions.len() >= self.config.max_peers {
+            return Ok(Err(Refusal::new(
+                close::FULL,
+                format!(
+                    "the relay has its maximum of {} peers",
+                    self.config.max_peers
+                ),
+            )));
+        }
+        let head = self.cursor.version();
+        if from > head {
+            return Ok(Err(Refusal::new(
+                close::AHEAD_OF_LOG,
+                format!("asked for the log from version {from}; it has {head} entries"),
+            )));
+        }
+        let peer = match resume {
+            Some(peer) if self.sessions.contains_key(&peer) => {
+                return Ok(Err(Refusal::new(
+                    close::PEER_UNAVAILABLE,
+                    format!("peer {peer} is connected on another socket"),
+                )));
+            }
+            Some(peer) => {
+                if !tokio::task::block_in_place(|| self.store.peer_exists(peer))? {
+                    return Ok(Err(Refusal::new(
+                        close::PEER_UNAVAILABLE,
+                        format!("peer {peer} is not known to this relay"),
+                    )));
+                }
+                peer
+            }
+            None => tokio::task::block_in_place(|| self.store.new_peer())?,
+        };
+        let next_counter = self
+            .cursor
+            .last_counter(peer)
+            .map_or(Counter(0), |c| Counter(c.0 + 1));
+        Ok(Ok(Joined {
+            peer,
+            next_counter,
+            live_from: head,
+        }))
+    }
+
+    /// Validates the tick's contributions, commits the accepted ones, then tells everybody.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let first = self.cursor.version();
+        let paused = self.stats.paused.load(Relaxed);
+        let mut entries = Vec::with_capacity(self.pending.len());
+        let mut packed = Vec::with_capacity(self.pending.len());
+        let mut acks = Vec::with_capacity(self.pending.len());
+        let mut rejections = Vec::new();
+        // Each peer's frames of this tick go into its queue as one item.
+        let mut outgoing: HashMap<PeerId, Vec<Bytes>> = HashMap::new();
+        for p in std::mem::take(&mut self.pending) {
+            let head = self.cursor.version().0;
+            let last = self.cursor.last_counter(p.peer).map(|c| c.0);
+            let verdict = if paused {
+                Err((RejectReason::Paused, "the job is paused".to_string()))
+            } else {
+                validate(&p, head, last, self.config.staleness_bound)
+            };
+            match verdict {
+                Ok(counter) => {
+                    let entry = LogEntry {
+                        peer: p.peer,
+                        counter,
+                        byte: p.byte,
+                    };
+                    packed.push(self.cursor.pack_one(&entry));
+                    entries.push(entry);
+                    acks.push((p.peer, counter, Version(head)));
+                }
+                Err((reason, detail)) => rejections.push((
+                    p.peer,
+                    Message::Rejected {
+                        counter: Counter(u64::from(p.counter.0)),
+                        reason,
+                        detail,
+                    },
+                )),
+            }
+        }
+        if !entries.is_empty() {
+            // Durable before anyone hears of it.
+            tokio::task::block_in_place(|| self.store.append(first, &entries))?;
+            self.stats.version.store(self.cursor.version().0, Relaxed);
+            self.stats.record_accepted(entries.len() as u64);
+            let batch = Bytes::from(
+                Message::LogBatch {
+                    first_version: first,
+                    entries: packed,
+                }
+                .encode(),
+            );
+            let _ = self.follower.send(FollowerInput::Entries(entries));
+            for peer in self.sessions.keys() {
+                outgoing.entry(*peer).or_default().push(batch.clone());
+            }
+            for (peer, counter, version) in acks {
+                let ack = Bytes::from(Message::Accepted { counter, version }.encode());
+                outgoing.entry(peer).or_default().push(ack);
+            }
+        }
+        self.stats
+            .rejected
+            .fetch_add(rejections.len() as u64, Relaxed);
+        for (peer, msg) in rejections {
+            outgoing
+                .entry(peer)
+                .or_default()
+                .push(Bytes::from(msg.encode()));
+        }
+        for (peer, frames) in outgoing {
+            self.send(peer, frames);
+        }
+        Ok(())
+    }
+
+    /// Queues one tick's frames for a peer; drops the peer if its queue is full.
+    fn send(&mut self, peer: PeerId, frames: Vec<Bytes>) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        match session.outbox.try_send(frames) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Some(kick) = session.kick.take() {
+                    let _ = kick.send(Refusal::new(
+                        close::SLOW_CONSUMER,
+                        "dropped: the peer did not read the log fast enough and its queue filled",
+                    ));
+                }
+                self.sessions.remove(&peer);
+                self.stats.slow_consumers_dropped.fetch_add(1, Relaxed);
+                self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.sessions.remove(&peer);
+                self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+            }
+        }
+    }
+}
+
+/// Checks one contribution against the log's head; returns its full counter.
+fn validate(
+    p: &Pending,
+    head: u64,
+    last_counter: Option<u64>,
+    staleness_bound: u64,
+) -> Result<Counter, (RejectReason, String)> {
+    let counter = p.counter.after(last_counter).ok_or_else(|| {
+        (
+            RejectReason::CounterNotIncreasing,
+            format!(
+                "counter (low bits {}) is not after the last logged counter {:?}",
+                p.counter.0, last_counter
+            ),
+        )
+    })?;
+    let base = p.base.at_or_before(head).ok_or_else(|| {
+        (
+            RejectReason::FromTheFuture,
+            format!(
+                "base version (low bits {}) is ahead of the log at {head}",
+                p.base.0
+            ),
+        )
+    })?;
+    let lag = head - base;
+    if lag > staleness_bound {
+        return Err((
+            RejectReason::Stale,
+            format!(
+                "computed at version {base}, {lag} behind the log; the bound is {staleness_bound}"
+            ),
+        ));
+    }
+    Ok(Counter(counter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(counter: u64, base: u64) -> Pending {
+        Pending {
+            peer: PeerId(0),
+            counter: Serial::of(counter),
+            base: Serial::of(base),
+            byte: 1,
+        }
+    }
+
+    #[test]
+    fn contributions_are_validated_against_the_head() {
+        assert_eq!(validate(&pending(0, 0), 0, None, 64), Ok(Counter(0)));
+        assert_eq!(validate(&pending(5, 90), 100, Some(4), 64), Ok(Counter(5)));
+        assert_eq!(
+            validate(&pending(4, 90), 100, Some(4), 64).unwrap_err().0,
+            RejectReason::CounterNotIncreasing
+        );
+        assert_eq!(
+            validate(&pending(5, 10), 100, Some(4), 64).unwrap_err().0,
+            RejectReason::Stale
+        );
+        assert_eq!(
+            validate(&pending(5, 101), 100, Some(4), 64).unwrap_err().0,
+            RejectReason::FromTheFuture
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! Starting a relay: the store, the follower, the sequencer and the HTTP/websocket server.
+
+use crate::config::RelayConfig;
+use crate::follower::{Follower, FollowerInput};
+use crate::http;
+use crate::sequencer::{Command, Sequencer, SequencerConfig};
+use crate::stats::Stats;
+use crate::store::Store;
+use anyhow::{Context as _, Result};
+use engine::Job;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What every request handler and socket shares.
+pub struct Context {
+    pub config: RelayConfig,
+    pub job: Arc<Job>,
+    pub job_toml: String,
+    pub stats: Arc<Stats>,
+    pub sequencer: mpsc::Sender<Command>,
+    pub follower: std::sync::mpsc::Sender<FollowerInput>,
+}
+
+/// Loads the job and the store, replays the log into the follower, and serves until Ctrl-C.
+pub async fn run(config: RelayConfig) -> Result<()> {
+    let given = match &config.job {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("could not read the job file {}", path.display()))?;
+            Job::from_toml(&text)
+                .with_context(|| format!("the job file {} is not valid", path.display()))?;
+            Some(text)
+        }
+        None if config.store.exists() => None,
+        None => Some(Job::demo().to_toml()),
+    };
+    let (store, job_toml) = Store::open(&config.store, given.as_deref())?;
+    let job =
+        Arc::new(Job::from_toml(&job_toml).with_context(|| {
+            format!("the job stored in {} is not valid", config.store.display())
+        })?);
+
+    let stats = Arc::new(Stats::default());
+    let follower = Follower::start(
+        job.clone(),
+        config.store.clone(),
+        config.snapshot_every,
+        stats.clone(),
+    )
+    .context("the follower could not replay the log")?;
+    let (follower_tx, follower_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("follower".into())
+        .spawn(move || follower.run(follower_rx))?;
+
+    let sequencer = Sequencer::new(
+        store,
+        SequencerConfig {
+            tick: Duration::from_millis(config.tick_ms.max(1)),
+            staleness_bound: job.hyper().staleness_bound,
+            max_peers: config.max_peers,
+        },
+        stats.clone(),
+        follower_tx.clone(),
+    )?;
+    let (commands, command_rx) = mpsc::channel(65_536);
+    tokio::spawn(async move {
+        if let Err(e) = sequencer.run(command_rx).await {
+            // Nothing after the failed commit was acknowledged; stop rather than guess.
+            tracing::error!("the log could not be written: {e}; stopping");
+            eprintln!("onebyte-relay: the log could not be written: {e}");
+            std::process::exit(2);
+        }
+    });
+
+    let version = stats.version.load(std::sync::atomic::Ordering::Relaxed);
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        job: job.clone(),
+        job_toml,
+        stats,
+        sequencer: commands,
+        follower: follower_tx,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "onebyte relay: job `{}` (id {}) at version {version}, store {}",
+        job.config.job.name,
+        job.id,
+        config.store.display()
+    );
+    println!("listening on {scheme}://{addr}");
+    http::serve(ctx, listener).await
+}

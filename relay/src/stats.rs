@@ -1,0 +1,125 @@
+//! Counters the sequencer, the follower and the sockets update, and `/api/status` and
+//! `/metrics` read. Plain atomics: nothing here is on the path that decides the log.
+
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Live figures of one relay.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Entries in the durable log.
+    pub version: AtomicU64,
+    /// Peers with an open socket.
+    pub peers: AtomicU64,
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Sockets closed by the relay with a refusal code (bad input, limits, slow consumers).
+    pub refused: AtomicU64,
+    pub slow_consumers_dropped: AtomicU64,
+    /// Bytes of message payload received from and sent to peers (framing not included).
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub paused: AtomicBool,
+    /// The follower's version and its snapshot's.
+    pub follower_version: AtomicU64,
+    pub snapshot_version: AtomicU64,
+    /// Hash reports compared with the follower, and how many disagreed.
+    pub hashes_checked: AtomicU64,
+    pub hashes_diverged: AtomicU64,
+    /// The most recent training loss a peer reported, as f32 bits.
+    pub last_loss_bits: AtomicU64,
+    rate: Mutex<RateWindow>,
+}
+
+/// Accepted contributions per second over the last few seconds.
+#[derive(Debug, Default)]
+struct RateWindow {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+impl Stats {
+    /// Records that `n` more contributions were accepted just now.
+    pub fn record_accepted(&self, n: u64) {
+        let total = self.accepted.fetch_add(n, Relaxed) + n;
+        let now = Instant::now();
+        let mut rate = self.rate.lock().expect("rate window poisoned");
+        rate.samples.push_back((now, total));
+        while rate
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            rate.samples.pop_front();
+        }
+    }
+
+    /// Accepted contributions per second over the last five seconds.
+    pub fn contributions_per_second(&self) -> f64 {
+        let rate = self.rate.lock().expect("rate window poisoned");
+        let now = Instant::now();
+        let recent: Vec<_> = rate
+            .samples
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW)
+            .collect();
+        match (recent.first(), recent.last()) {
+            (Some(first), Some(last)) if last.1 > first.1 => {
+                let span = now.duration_since(first.0).as_secs_f64().max(1.0);
+                (last.1 - first.1) as f64 / span
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// The figures `/api/status` serves.
+    pub fn status(&self) -> Status {
+        let checked = self.hashes_checked.load(Relaxed);
+        let diverged = self.hashes_diverged.load(Relaxed);
+        let loss = f32::from_bits(self.last_loss_bits.load(Relaxed) as u32);
+        Status {
+            version: self.version.load(Relaxed),
+            peers: self.peers.load(Relaxed),
+            contributions_per_s: self.contributions_per_second(),
+            accepted: self.accepted.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            paused: self.paused.load(Relaxed),
+            last_reported_loss: loss.is_finite().then_some(loss).filter(|l| *l != 0.0),
+            consistency: Consistency {
+                follower_version: self.follower_version.load(Relaxed),
+                snapshot_version: self.snapshot_version.load(Relaxed),
+                hashes_checked: checked,
+                hashes_diverged: diverged,
+                consistent: diverged == 0,
+            },
+        }
+    }
+}
+
+/// `GET /api/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub version: u64,
+    pub peers: u64,
+    pub contributions_per_s: f64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub paused: bool,
+    pub last_reported_loss: Option<f32>,
+    pub consistency: Consistency,
+}
+
+/// How the peers' weight hashes compare with the relay's own replica.
+#[derive(Debug, Clone, Serialize)]
+pub struct Consistency {
+    pub follower_version: u64,
+    pub snapshot_version: u64,
+    pub hashes_checked: u64,
+    pub hashes_diverged: u64,
+    /// No peer ever reported a hash that differs from the follower's at the same version.
+    pub consistent: bool,
+}

@@ -1,0 +1,202 @@
+//! A peer that speaks the wire protocol by hand, for tests that need exact control: sending
+//! bad frames, recording every acknowledgement, or not reading at all.
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{
+    Counter, JobId, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId, Serial, Version, varint,
+};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the websocket, with an `Origin` header if given.
+pub async fn connect(ws_url: &str, origin: Option<&str>) -> Result<Socket> {
+    let mut request = ws_url.into_client_request()?;
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", HeaderValue::from_str(origin)?);
+    }
+    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+    Ok(socket)
+}
+
+/// Opens the websocket over a TCP socket with a tiny receive buffer: a peer that stops
+/// reading fills up quickly.
+pub async fn connect_with_small_buffer(addr: std::net::SocketAddr) -> Result<Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_recv_buffer_size(4096)?;
+    socket.connect(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    let tcp = tokio::net::TcpStream::from_std(socket.into())?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp))
+            .await?;
+    Ok(ws)
+}
+
+/// The `Hello` of a new peer reading the log from `from`.
+pub fn hello(job: JobId, from: Version, token: &str) -> Message {
+    Message::Hello {
+        protocol: PROTOCOL_VERSION,
+        job,
+        resume: None,
+        from,
+        token: token.into(),
+    }
+}
+
+/// Sends one message as a binary frame.
+pub async fn send(socket: &mut Socket, msg: &Message) -> Result<()> {
+    socket
+        .send(WsMessage::Binary(msg.encode().into()))
+        .await
+        .context("sending")
+}
+
+/// What the relay sent next.
+#[derive(Debug)]
+pub enum Received {
+    Message(Message),
+    /// A close frame: its code and reason.
+    Closed(u16, String),
+    /// The connection ended without a close frame.
+    Gone,
+}
+
+/// Reads the next protocol message or close.
+pub async fn receive(socket: &mut Socket) -> Received {
+    loop {
+        match socket.next().await {
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                return Received::Message(
+                    Message::decode(&bytes).expect("the relay sends valid messages"),
+                );
+            }
+            Some(Ok(WsMessage::Close(Some(frame)))) => {
+                return Received::Closed(u16::from(frame.code), frame.reason.to_string());
+            }
+            Some(Ok(WsMessage::Close(None))) | None | Some(Err(_)) => return Received::Gone,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Reads until the relay closes; returns the close code and reason.
+pub async fn expect_close(socket: &mut Socket) -> Result<(u16, String)> {
+    let wait = async {
+        loop {
+            match receive(socket).await {
+                Received::Message(_) => continue,
+                Received::Closed(code, reason) => return Ok((code, reason)),
+                Received::Gone => bail!("the connection ended without a close frame"),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), wait)
+        .await
+        .map_err(|_| anyhow!("no close frame within 20 s"))?
+}
+
+/// A joined peer that follows the log and can contribute arbitrary bytes.
+pub struct RawPeer {
+    pub socket: Socket,
+    pub id: PeerId,
+    pub next_counter: Counter,
+    pub cursor: LogCursor,
+    /// `(counter, version)` of every `Accepted` seen.
+    pub accepted: Vec<(Counter, Version)>,
+    pub rejected: u64,
+}
+
+impl RawPeer {
+    /// Joins from version 0.
+    pub async fn join(ws_url: &str, job: JobId, token: &str) -> Result<RawPeer> {
+        let mut socket = connect(ws_url, None).await?;
+        send(&mut socket, &hello(job, Version(0), token)).await?;
+        let (id, next_counter) = match receive(&mut socket).await {
+            Received::Message(Message::Welcome {
+                peer, next_counter, ..
+            }) => (peer, next_counter),
+            other => bail!("expected Welcome, got {other:?}"),
+        };
+        let cursor = match receive(&mut socket).await {
+            Received::Message(Message::CounterTable { version, entries }) => {
+                LogCursor::from_table(version, &entries)
+            }
+            other => bail!("expected CounterTable, got {other:?}"),
+        };
+        Ok(RawPeer {
+            socket,
+            id,
+            next_counter,
+            cursor,
+            accepted: Vec::new(),
+            rejected: 0,
+        })
+    }
+
+    /// Sends a contribution computed "at" the newest version this peer has seen.
+    pub async fn contribute(&mut self, byte: u8) -> Result<()> {
+        let msg = Message::Contribute {
+            counter: Serial::of(self.next_counter.0),
+            base_version: Serial::of(self.cursor.version().0),
+            byte,
+        };
+        self.next_counter = Counter(self.next_counter.0 + 1);
+        send(&mut self.socket, &msg).await
+    }
+
+    /// Handles the next message; `false` once the socket is closed.
+    pub async fn pump(&mut self) -> Result<bool> {
+        match receive(&mut self.socket).await {
+            Received::Message(Message::LogBatch {
+                first_version,
+                entries,
+            }) => {
+                self.cursor.unpack(first_version, &entries)?;
+            }
+            Received::Message(Message::Accepted { counter, version }) => {
+                self.accepted.push((counter, version));
+            }
+            Received::Message(Message::Rejected { .. }) => self.rejected += 1,
+            Received::Message(_) => {}
+            Received::Closed(..) | Received::Gone => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Decodes a `GET /api/log` body: length-prefixed messages, a counter table then batches.
+pub fn decode_log(mut body: &[u8]) -> Result<Vec<LogEntry>> {
+    let mut cursor: Option<LogCursor> = None;
+    let mut log = Vec::new();
+    while !body.is_empty() {
+        let len = varint::get(&mut body, "record")? as usize;
+        if body.len() < len {
+            bail!("truncated log record");
+        }
+        let (record, rest) = body.split_at(len);
+        body = rest;
+        match Message::decode(record)? {
+            Message::CounterTable { version, entries } => {
+                cursor = Some(LogCursor::from_table(version, &entries));
+            }
+            Message::LogBatch {
+                first_version,
+                entries,
+            } => {
+                let cursor = cursor
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("batch before the table"))?;
+                log.extend(cursor.unpack(first_version, &entries)?);
+            }
+            other => bail!("unexpected {} in the log", other.kind()),
+        }
+    }
+    Ok(log)
+}

@@ -1,0 +1,640 @@
+//! `onebyte join`: a peer without a browser.
+//!
+//! Fetches the job and the newest snapshot over HTTP, opens the relay's websocket, catches up
+//! on the log, then trains: proposes contributions from its own data (at most `--window` in
+//! flight), applies every batch the relay broadcasts, and reports its weight hash at every
+//! hash boundary. A lost connection is retried with backoff and resumes the same peer id from
+//! the replica's version; a `Resync` reloads the snapshot.
+
+use crate::data::load_data;
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::ValueEnum;
+use engine::{BatchSampler, Dataset, Job, Replica};
+use futures_util::{SinkExt, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use protocol::{
+    Counter, HASH_REPORT_INTERVAL, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId,
+    RejectReason, Serial, close,
+};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The relay, e.g. http://127.0.0.1:8080 (ws:// works too).
+    #[arg(long)]
+    relay: String,
+    /// Local training data: builtin:spirals, builtin:moons, builtin:circles, or a CSV file
+    /// (numeric features, label in the last column). It never leaves this machine.
+    #[arg(long, default_value = "builtin:spirals")]
+    data: String,
+    /// Where θ and the forward passes live.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// Stop once this many of this peer's contributions were accepted (and send no more).
+    /// `--contributions 0` only follows the log.
+    #[arg(long, value_name = "N")]
+    contributions: Option<u64>,
+    /// Stop once the replica has applied the log up to exactly this version. With
+    /// --contributions too, stop when both hold.
+    #[arg(long, value_name = "V")]
+    until_version: Option<u64>,
+    /// The relay's join token, if it needs one.
+    #[arg(long, env = "ONEBYTE_JOIN_TOKEN", default_value = "")]
+    token: String,
+    /// Seed of the built-in dataset and of this peer's batch draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Contributions sent but not yet answered, at most.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// An extra root certificate (PEM) to trust for an https/wss relay, e.g. a self-signed one.
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Give up when the relay cannot be reached for this long (seconds).
+    #[arg(long, default_value_t = 60)]
+    retry_for: u64,
+    /// Print one JSON object as the last line of standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Cpu,
+    Wgpu,
+}
+
+/// The `--json` report.
+#[derive(Serialize)]
+struct Report {
+    peer: Option<u32>,
+    version: u64,
+    hash: String,
+    accepted: u64,
+    rejected: u64,
+    reconnects: u64,
+    /// The version of the first snapshot this peer loaded.
+    started_from: u64,
+    accuracy: Option<f32>,
+    test_loss: Option<f32>,
+}
+
+/// Where the relay lives.
+struct Endpoints {
+    http: String,
+    ws: String,
+    /// TLS settings for the websocket when `--ca-cert` adds a root.
+    tls: Option<tokio_tungstenite::Connector>,
+}
+
+impl Endpoints {
+    fn parse(relay: &str) -> Result<Self> {
+        let relay = relay.trim_end_matches('/');
+        let (scheme, rest) = relay
+            .split_once("://")
+            .ok_or_else(|| anyhow!("--relay {relay}: expected a URL like http://host:port"))?;
+        let (http, ws) = match scheme {
+            "http" | "ws" => ("http", "ws"),
+            "https" | "wss" => ("https", "wss"),
+            other => {
+                bail!("--relay {relay}: unknown scheme `{other}` (use http, https, ws or wss)")
+            }
+        };
+        let rest = rest.strip_suffix("/ws").unwrap_or(rest);
+        Ok(Endpoints {
+            http: format!("{http}://{rest}"),
+            ws: format!("{ws}://{rest}/ws"),
+            tls: None,
+        })
+    }
+}
+
+/// What the peer keeps across reconnects.
+struct Peer {
+    args: Args,
+    job: Arc<Job>,
+    data: Dataset,
+    replica: Replica,
+    sampler: BatchSampler,
+    id: Option<PeerId>,
+    accepted: u64,
+    rejected: u64,
+    reconnects: u64,
+    last_loss: Option<f32>,
+    backend: Backend,
+    started_from: u64,
+}
+
+enum Backend {
+    Cpu,
+    #[cfg(feature = "wgpu")]
+    Wgpu(engine::gpu::GpuContext),
+}
+
+/// How a websocket session ended.
+enum End {
+    /// The stop condition holds, or Ctrl-C.
+    Done,
+    /// The relay said the replica diverged.
+    Resync(String),
+    /// Worth trying again.
+    Retry(String),
+    /// Trying again cannot help.
+    Fatal(String),
+}
+
+pub fn run(args: Args) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_async(args))
+}
+
+async fn run_async(args: Args) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut endpoints = Endpoints::parse(&args.relay)?;
+    let mut http = reqwest::Client::builder();
+    if let Some(path) = &args.ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("could not read --ca-cert {}", path.display()))?;
+        http =
+            http.add_root_certificate(reqwest::Certificate::from_pem(&pem).with_context(|| {
+                format!("--ca-cert {} is not a PEM certificate", path.display())
+            })?);
+        endpoints.tls = Some(websocket_tls(&pem)?);
+    }
+    let http = http.build()?;
+    let deadline = Duration::from_secs(args.retry_for);
+    let job_toml = with_retries(deadline, || get_text(&http, &endpoints.http, "/api/job")).await?;
+    let job = Arc::new(Job::from_toml(&job_toml).context("the relay's job is not valid")?);
+    let data = load_data(&args.data, args.seed)?;
+    if data.features() != job.model.features() || data.classes > job.model.classes() {
+        bail!(
+            "--data {} has {} features and {} classes; the job `{}` reads {} features and \
+             predicts {} classes",
+            args.data,
+            data.features(),
+            data.classes,
+            job.config.job.name,
+            job.model.features(),
+            job.model.classes()
+        );
+    }
+    let backend = match args.backend {
+        BackendArg::Cpu => Backend::Cpu,
+        #[cfg(feature = "wgpu")]
+        BackendArg::Wgpu => {
+            let gpu = engine::gpu::GpuContext::init().await?;
+            eprintln!("wgpu adapter: {}", gpu.adapter);
+            Backend::Wgpu(gpu)
+        }
+        #[cfg(not(feature = "wgpu"))]
+        BackendArg::Wgpu => bail!("this onebyte was built without wgpu"),
+    };
+    let replica = load_replica(&http, &endpoints, &job, &backend, deadline).await?;
+    let sampler = BatchSampler::new(args.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut peer = Peer {
+        args,
+        job,
+        data,
+        replica,
+        sampler,
+        id: None,
+        accepted: 0,
+        rejected: 0,
+        reconnects: 0,
+        last_loss: None,
+        backend,
+        started_from: 0,
+    };
+    peer.started_from = peer.replica.version().0;
+
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop_tx.send(true);
+        }
+    });
+    let peers_online = Arc::new(AtomicU64::new(0));
+    tokio::spawn(poll_peers(
+        http.clone(),
+        endpoints.http.clone(),
+        peers_online.clone(),
+    ));
+    let bar = progress_bar(&peer);
+
+    let mut backoff = Duration::from_millis(100);
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        let started = Instant::now();
+        match session(&mut peer, &endpoints, stop.clone(), &bar, &peers_online).await {
+            End::Done => break,
+            End::Fatal(why) => {
+                bar.abandon();
+                bail!("{why}");
+            }
+            End::Resync(why) => {
+                bar.println(format!("resync: {why}"));
+                peer.replica =
+                    load_replica(&http, &endpoints, &peer.job, &peer.backend, deadline).await?;
+                backoff = Duration::from_millis(100);
+                unreachable_since = None;
+            }
+            End::Retry(why) => {
+                if started.elapsed() > Duration::from_secs(2) {
+                    backoff = Duration::from_millis(100);
+                    unreachable_since = None;
+                }
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > deadline {
+                    bar.abandon();
+                    bail!(
+                        "gave up after {} s without the relay: {why}",
+                        deadline.as_secs()
+                    );
+                }
+                bar.set_message(format!("reconnecting in {backoff:?}: {why}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                peer.reconnects += 1;
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    report(&peer).await
+}
+
+async fn report(peer: &Peer) -> Result<()> {
+    let hash = peer.replica.weight_hash().await?.to_hex();
+    let eval = if peer.data.test.is_empty() {
+        None
+    } else {
+        Some(peer.replica.evaluate(&peer.data.test).await?)
+    };
+    println!(
+        "peer {} at version {}: {} contributions accepted, {} rejected, {} reconnects",
+        peer.id.map_or("-".into(), |p| p.to_string()),
+        peer.replica.version(),
+        peer.accepted,
+        peer.rejected,
+        peer.reconnects
+    );
+    if let Some(e) = eval {
+        println!(
+            "test accuracy {:.2} %, test loss {:.4}",
+            e.accuracy * 100.0,
+            e.loss
+        );
+    }
+    println!("weight hash {hash}");
+    if peer.args.json {
+        let report = Report {
+            peer: peer.id.map(|p| p.0),
+            version: peer.replica.version().0,
+            hash,
+            accepted: peer.accepted,
+            rejected: peer.rejected,
+            reconnects: peer.reconnects,
+            started_from: peer.started_from,
+            accuracy: eval.map(|e| e.accuracy),
+            test_loss: eval.map(|e| e.loss),
+        };
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn progress_bar(peer: &Peer) -> ProgressBar {
+    let bar = match (peer.args.contributions, peer.args.until_version) {
+        (Some(n), _) => ProgressBar::new(n),
+        (None, Some(v)) => ProgressBar::new(v),
+        (None, None) => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len}  {msg}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+impl Peer {
+    /// Every stop condition given holds (none given: run until Ctrl-C).
+    fn finished(&self) -> bool {
+        let (n, v) = (self.args.contributions, self.args.until_version);
+        if n.is_none() && v.is_none() {
+            return false;
+        }
+        n.is_none_or(|n| self.accepted >= n) && v.is_none_or(|v| self.replica.version().0 >= v)
+    }
+
+    fn wants_to_contribute(&self, in_flight: usize) -> bool {
+        let room = self
+            .args
+            .contributions
+            .is_none_or(|n| self.accepted + (in_flight as u64) < n);
+        room && in_flight < self.args.window.max(1)
+    }
+}
+
+/// One websocket session: join, catch up, train until done or disconnected.
+async fn session(
+    peer: &mut Peer,
+    endpoints: &Endpoints,
+    mut stop: watch::Receiver<bool>,
+    bar: &ProgressBar,
+    peers_online: &AtomicU64,
+) -> End {
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        &endpoints.ws,
+        None,
+        true,
+        endpoints.tls.clone(),
+    );
+    let (ws, _) = match connect.await {
+        Ok(ok) => ok,
+        Err(e) => return End::Retry(format!("cannot open {}: {e}", endpoints.ws)),
+    };
+    let (mut tx, mut rx) = ws.split();
+    let hello = Message::Hello {
+        protocol: PROTOCOL_VERSION,
+        job: peer.job.id,
+        resume: peer.id,
+        from: peer.replica.version(),
+        token: peer.args.token.clone(),
+    };
+    if let Err(e) = tx.send(WsMessage::Binary(hello.encode().into())).await {
+        return End::Retry(format!("sending Hello: {e}"));
+    }
+    let (id, mut counter) = match next_message(&mut rx).await {
+        Ok(Message::Welcome {
+            peer, next_counter, ..
+        }) => (peer, next_counter),
+        Ok(other) => return End::Fatal(format!("expected Welcome, got {}", other.kind())),
+        Err(end) => return end,
+    };
+    peer.id = Some(id);
+    let mut cursor = match next_message(&mut rx).await {
+        Ok(Message::CounterTable { version, entries }) => {
+            if version != peer.replica.version() {
+                return End::Fatal(format!(
+                    "the relay streams from version {version}, the replica is at {}",
+                    peer.replica.version()
+                ));
+            }
+            LogCursor::from_table(version, &entries)
+        }
+        Ok(other) => return End::Fatal(format!("expected CounterTable, got {}", other.kind())),
+        Err(end) => return end,
+    };
+
+    let mut in_flight = 0usize;
+    let mut sent = 0u64;
+    loop {
+        if peer.finished() || *stop.borrow() {
+            let _ = tx.send(WsMessage::Close(None)).await;
+            return End::Done;
+        }
+        let online = peers_online.load(Relaxed);
+        bar.set_position(match peer.args.contributions {
+            Some(_) => peer.accepted,
+            None => peer.replica.version().0,
+        });
+        bar.set_message(format!(
+            "version {} · accepted {} · loss {} · peers {}",
+            peer.replica.version(),
+            peer.accepted,
+            peer.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            if online == 0 {
+                "-".into()
+            } else {
+                online.to_string()
+            }
+        ));
+        let may_send = peer.wants_to_contribute(in_flight);
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {}
+            frame = rx.next() => {
+                let msg = match decode(frame) {
+                    Ok(msg) => msg,
+                    Err(end) => return end,
+                };
+                match msg {
+                    Message::LogBatch { first_version, entries } => {
+                        let entries = match cursor.unpack(first_version, &entries) {
+                            Ok(entries) => entries,
+                            Err(e) => return End::Resync(format!("the log stream broke: {e}")),
+                        };
+                        // Stop exactly at --until-version, so peers compare equal versions.
+                        let room = peer.args.until_version.map_or(usize::MAX, |v| {
+                            v.saturating_sub(peer.replica.version().0) as usize
+                        });
+                        let entries = &entries[..room.min(entries.len())];
+                        if let Err(e) = apply(peer, entries, &mut tx).await {
+                            return e;
+                        }
+                    }
+                    Message::Accepted { .. } => {
+                        in_flight = in_flight.saturating_sub(1);
+                        peer.accepted += 1;
+                    }
+                    Message::Rejected { reason, detail, .. } => {
+                        in_flight = in_flight.saturating_sub(1);
+                        peer.rejected += 1;
+                        if reason == RejectReason::Paused {
+                            // Wait for the administrator rather than spin.
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        tracing::debug!(?reason, %detail, "contribution rejected");
+                    }
+                    Message::Resync { reason, .. } => return End::Resync(reason),
+                    Message::Error { code, message } => {
+                        return End::Fatal(format!("relay error {code}: {message}"));
+                    }
+                    _ => {}
+                }
+            }
+            _ = std::future::ready(()), if may_send => {
+                let batch = peer.sampler.sample(&peer.data.train, peer.job.hyper().batch_size);
+                let proposal = match peer.replica.propose(id, counter, &batch).await {
+                    Ok(p) => p,
+                    Err(e) => return End::Fatal(format!("proposing failed: {e}")),
+                };
+                let contribute = Message::Contribute {
+                    counter: Serial::of(counter.0),
+                    base_version: Serial::of(proposal.base_version.0),
+                    byte: proposal.byte,
+                };
+                if let Err(e) = tx.send(WsMessage::Binary(contribute.encode().into())).await {
+                    return End::Retry(format!("sending: {e}"));
+                }
+                counter = Counter(counter.0 + 1);
+                in_flight += 1;
+                sent += 1;
+                peer.last_loss = Some(proposal.loss);
+                if sent.is_multiple_of(64) {
+                    let report = Message::LossReport { version: proposal.base_version, loss: proposal.loss };
+                    let _ = tx.send(WsMessage::Binary(report.encode().into())).await;
+                }
+            }
+        }
+    }
+}
+
+type Tx = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    WsMessage,
+>;
+
+/// Applies entries, stopping at each hash boundary to report the weight hash.
+async fn apply(peer: &mut Peer, mut entries: &[LogEntry], tx: &mut Tx) -> Result<(), End> {
+    while !entries.is_empty() {
+        let v = peer.replica.version().0;
+        let boundary = (v / HASH_REPORT_INTERVAL + 1) * HASH_REPORT_INTERVAL;
+        let n = ((boundary - v) as usize).min(entries.len());
+        peer.replica.apply(&entries[..n]);
+        entries = &entries[n..];
+        let version = peer.replica.version();
+        if version.0.is_multiple_of(HASH_REPORT_INTERVAL) {
+            let hash = peer
+                .replica
+                .weight_hash()
+                .await
+                .map_err(|e| End::Fatal(format!("hashing failed: {e}")))?;
+            let report = Message::HashReport { version, hash };
+            tx.send(WsMessage::Binary(report.encode().into()))
+                .await
+                .map_err(|e| End::Retry(format!("sending: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+type Rx = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+async fn next_message(rx: &mut Rx) -> Result<Message, End> {
+    decode(rx.next().await)
+}
+
+fn decode(
+    frame: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<Message, End> {
+    match frame {
+        None => Err(End::Retry("the relay closed the connection".into())),
+        Some(Err(e)) => Err(End::Retry(format!("connection lost: {e}"))),
+        Some(Ok(WsMessage::Binary(bytes))) => Message::decode(&bytes)
+            .map_err(|e| End::Fatal(format!("the relay sent a malformed message: {e}"))),
+        Some(Ok(WsMessage::Close(frame))) => Err(match frame {
+            Some(f) if close::is_fatal(u16::from(f.code)) => End::Fatal(format!(
+                "the relay refused this peer: {} (close code {})",
+                f.reason,
+                u16::from(f.code)
+            )),
+            Some(f) => End::Retry(format!(
+                "the relay closed the connection: {} (close code {})",
+                f.reason,
+                u16::from(f.code)
+            )),
+            None => End::Retry("the relay closed the connection".into()),
+        }),
+        Some(Ok(_)) => Err(End::Retry("unexpected frame type".into())),
+    }
+}
+
+async fn load_replica(
+    http: &reqwest::Client,
+    endpoints: &Endpoints,
+    job: &Arc<Job>,
+    backend: &Backend,
+    deadline: Duration,
+) -> Result<Replica> {
+    let bytes = with_retries(deadline, || async {
+        let resp = http
+            .get(format!("{}/api/snapshot", endpoints.http))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(resp.bytes().await?.to_vec())
+    })
+    .await?;
+    let replica = match backend {
+        Backend::Cpu => Replica::from_snapshot(job.clone(), engine::cpu_device(), &bytes)?,
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu(gpu) => Replica::from_snapshot_gpu(job.clone(), gpu, &bytes)?,
+    };
+    Ok(replica)
+}
+
+/// rustls settings trusting the web's roots and the certificate in `pem`.
+fn websocket_tls(pem: &[u8]) -> Result<tokio_tungstenite::Connector> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert.context("--ca-cert holds a bad certificate")?)?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+}
+
+async fn get_text(http: &reqwest::Client, base: &str, path: &str) -> Result<String> {
+    Ok(http
+        .get(format!("{base}{path}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Retries `f` with backoff until it succeeds or `deadline` has passed.
+async fn with_retries<T, F, Fut>(deadline: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() + backoff > deadline => {
+                return Err(e.context(format!(
+                    "the relay did not answer for {} s",
+                    deadline.as_secs()
+                )));
+            }
+            Err(e) => {
+                tracing::debug!("retrying: {e:#}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Keeps `online` at the relay's peer count, for the progress bar.
+async fn poll_peers(http: reqwest::Client, base: String, online: Arc<AtomicU64>) {
+    loop {
+        if let Ok(text) = get_text(&http, &base, "/api/status").await
+            && let Ok(status) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(n) = status["peers"].as_u64()
+        {
+            online.store(n, Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
