@@ -10,94 +10,82 @@ use std::sync::atomic::Ordering::Relaxed;
 /// Renders the current figures. A fresh registry per scrape: the values live in [`Stats`].
 pub fn render(stats: &Stats) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("onebyte");
-    let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+    let gauges: [(&str, &str, u64); 5] = [
+        (
+            "log_version",
+            "Entries in the durable log",
+            load(&stats.version),
+        ),
+        ("peers", "Peers connected", load(&stats.peers)),
+        (
+            "follower_version",
+            "Version of the relay's own replica",
+            load(&stats.follower_version),
+        ),
+        (
+            "snapshot_version",
+            "Version of the newest snapshot",
+            load(&stats.snapshot_version),
+        ),
+        (
+            "paused",
+            "1 while the job is paused",
+            u64::from(stats.paused.load(Relaxed)),
+        ),
+    ];
+    for (name, help, value) in gauges {
         let g = Gauge::<i64>::default();
-        g.set(value);
+        g.set(value as i64);
         registry.register(name, help, g);
-    };
-    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+    }
+    let counters: [(&str, &str, u64); 8] = [
+        (
+            "contributions_accepted",
+            "Contributions written to the log",
+            load(&stats.accepted),
+        ),
+        (
+            "contributions_rejected",
+            "Contributions refused",
+            load(&stats.rejected),
+        ),
+        (
+            "sockets_refused",
+            "Sockets closed with a refusal code",
+            load(&stats.refused),
+        ),
+        (
+            "slow_consumers_dropped",
+            "Peers dropped because their queue filled",
+            load(&stats.slow_consumers_dropped),
+        ),
+        (
+            "received_bytes",
+            "Message bytes received from peers",
+            load(&stats.bytes_in),
+        ),
+        (
+            "sent_bytes",
+            "Message bytes sent to peers",
+            load(&stats.bytes_out),
+        ),
+        (
+            "hashes_checked",
+            "Peer weight hashes compared with the follower",
+            load(&stats.hashes_checked),
+        ),
+        (
+            "hashes_diverged",
+            "Peer weight hashes that differed",
+            load(&stats.hashes_diverged),
+        ),
+    ];
+    for (name, help, value) in counters {
         let c = Counter::<u64>::default();
         c.inc_by(value);
         registry.register(name, help, c);
-    };
-    gauge(
-        &mut registry,
-        "log_version",
-        "Entries in the durable log",
-        stats.version.load(Relaxed) as i64,
-    );
-    gauge(
-        &mut registry,
-        "peers",
-        "Peers connected",
-        stats.peers.load(Relaxed) as i64,
-    );
-    gauge(
-        &mut registry,
-        "follower_version",
-        "Version of the relay's own replica",
-        stats.follower_version.load(Relaxed) as i64,
-    );
-    gauge(
-        &mut registry,
-        "snapshot_version",
-        "Version of the newest snapshot",
-        stats.snapshot_version.load(Relaxed) as i64,
-    );
-    gauge(
-        &mut registry,
-        "paused",
-        "1 while the job is paused",
-        i64::from(stats.paused.load(Relaxed)),
-    );
-    counter(
-        &mut registry,
-        "contributions_accepted",
-        "Contributions written to the log",
-        stats.accepted.load(Relaxed),
-    );
-    counter(
-        &mut registry,
-        "contributions_rejected",
-        "Contributions refused",
-        stats.rejected.load(Relaxed),
-    );
-    counter(
-        &mut registry,
-        "sockets_refused",
-        "Sockets closed with a refusal code",
-        stats.refused.load(Relaxed),
-    );
-    counter(
-        &mut registry,
-        "slow_consumers_dropped",
-        "Peers dropped because their queue filled",
-        stats.slow_consumers_dropped.load(Relaxed),
-    );
-    counter(
-        &mut registry,
-        "received_bytes",
-        "Message bytes received from peers",
-        stats.bytes_in.load(Relaxed),
-    );
-    counter(
-        &mut registry,
-        "sent_bytes",
-        "Message bytes sent to peers",
-        stats.bytes_out.load(Relaxed),
-    );
-    counter(
-        &mut registry,
-        "hashes_checked",
-        "Peer weight hashes compared with the follower",
-        stats.hashes_checked.load(Relaxed),
-    );
-    counter(
-        &mut registry,
-        "hashes_diverged",
-        "Peer weight hashes that differed",
-        stats.hashes_diverged.load(Relaxed),
-    );
+    }
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)

@@ -1,4 +1,4 @@
-//! Loading a peer's local data from the command line's description.
+//! What the command line says about a peer's data and its backend.
 
 use anyhow::{Context, Result};
 use engine::{DataSource, Dataset};
@@ -10,4 +10,13 @@ pub fn load_data(spec: &str, seed: u64) -> Result<Dataset> {
         DataSource::Csv(path) => engine::data::load_csv_file(&path, seed)
             .with_context(|| format!("loading data from {path}"))?,
     })
+}
+
+/// `--backend`: where θ and the forward passes live.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum BackendArg {
+    /// burn's CPU backend, the reference.
+    Cpu,
+    /// θ on the GPU through onebyte's WGSL kernels; burn's wgpu runtime for forward passes.
+    Wgpu,
 }

@@ -6,9 +6,8 @@
 //! hash boundary. A lost connection is retried with backoff and resumes the same peer id from
 //! the replica's version; a `Resync` reloads the snapshot.
 
-use crate::data::load_data;
+use crate::data::{BackendArg, load_data};
 use anyhow::{Context as _, Result, anyhow, bail};
-use clap::ValueEnum;
 use engine::{BatchSampler, Dataset, Job, Replica};
 use futures_util::{SinkExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -61,12 +60,6 @@ pub struct Args {
     /// Print one JSON object as the last line of standard output.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BackendArg {
-    Cpu,
-    Wgpu,
 }
 
 /// The `--json` report.

@@ -1,6 +1,6 @@
 //! `onebyte simulate`: a swarm in one process.
 
-use crate::data::load_data;
+use crate::data::{BackendArg, load_data};
 use anyhow::{Result, bail};
 use clap::ValueEnum;
 use engine::{Exchange, Job, Replica, Simulation, block_on, cpu_device};
@@ -36,12 +36,6 @@ pub struct Args {
     /// Print one JSON object as the last line of standard output.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BackendArg {
-    Cpu,
-    Wgpu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

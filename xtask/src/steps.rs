@@ -177,26 +177,18 @@ pub fn demo(args: &[String]) -> Result<()> {
 
 pub fn bench() -> Result<()> {
     ensure_lavapipe()?;
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "-p",
-        "onebyte-engine",
-        "--features",
-        "wgpu",
-        "--example",
-        "bench",
-    ]);
-    run("engine benchmarks (CPU backend and wgpu)", cmd)?;
+    // One build with the workspace's features (the same artifacts as `cargo xtask test`).
     let mut build = cargo();
-    build.args(["build", "--workspace", "--bins"]);
-    run("building the relay for the load test", build)?;
-    let mut load = cargo();
-    load.args(["run", "--quiet", "-p", "onebyte-e2e", "--example", "load"]);
+    build.args(["build", "--workspace", "--bins", "--examples"]);
+    run("building the benchmarks, the relay and the worker", build)?;
+    let examples = root().join("target").join("debug").join("examples");
+    run(
+        "engine benchmarks (CPU backend and wgpu)",
+        Command::new(examples.join("bench")),
+    )?;
     run(
         "relay under load: 100 and 1 000 websocket peers, then join times",
-        load,
+        Command::new(examples.join("load")),
     )
 }
 
