@@ -7,7 +7,8 @@
 //! and masks included). Then it times a fresh join against the log it built, with and
 //! without the snapshot.
 //!
-//! `cargo run -p onebyte-e2e --example load -- --peers 100,1000 --seconds 10 --rate 500`
+//! `target/debug/examples/load --peers 100,1000 --seconds 10 --rate 500 --tick-ms 5` (after
+//! `cargo build --workspace --bins --examples`).
 
 use anyhow::{Context as _, Result, bail};
 use e2e::Relay;
@@ -76,10 +77,11 @@ struct Shared {
     recording: std::sync::atomic::AtomicBool,
 }
 
-fn parse_args() -> Result<(Vec<usize>, u64, f64)> {
+fn parse_args() -> Result<(Vec<usize>, u64, f64, u64)> {
     let mut peers = vec![100, 1000];
     let mut seconds = 10;
     let mut rate = 500.0;
+    let mut tick_ms = 5;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().context("every option takes a value")?;
@@ -93,19 +95,24 @@ fn parse_args() -> Result<(Vec<usize>, u64, f64)> {
             }
             "--seconds" => seconds = v.parse()?,
             "--rate" => rate = v.parse()?,
-            other => bail!("unknown option {other} (use --peers, --seconds, --rate)"),
+            "--tick-ms" => tick_ms = v.parse()?,
+            other => bail!("unknown option {other} (use --peers, --seconds, --rate, --tick-ms)"),
         }
     }
-    Ok((peers, seconds, rate))
+    Ok((peers, seconds, rate, tick_ms))
 }
 
 fn main() -> Result<()> {
-    let (peer_counts, seconds, rate) = parse_args()?;
+    let (peer_counts, seconds, rate, tick_ms) = parse_args()?;
+    let tick = tick_ms.to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        println!("relay load: total offered rate {rate} contributions/s, {seconds} s per run");
+        println!(
+            "relay load: total offered rate {rate} contributions/s, {seconds} s per run, \
+             relay tick {tick_ms} ms"
+        );
         for &n in &peer_counts {
             let dir = tempfile::tempdir()?;
             let relay = Relay::start(
@@ -117,6 +124,8 @@ fn main() -> Result<()> {
                     "100000",
                     "--peer-queue",
                     "65536",
+                    "--tick-ms",
+                    &tick,
                 ],
             )?;
             run(&relay, n, seconds, rate).await?;

@@ -189,6 +189,12 @@ pub fn bench() -> Result<()> {
     run(
         "relay under load: 100 and 1 000 websocket peers, then join times",
         Command::new(examples.join("load")),
+    )?;
+    let mut longer_tick = Command::new(examples.join("load"));
+    longer_tick.args(["--tick-ms", "20"]);
+    run(
+        "the same with a 20 ms tick: fewer, fuller batches (latency for downlink bytes)",
+        longer_tick,
     )
 }
 
