@@ -54,8 +54,9 @@ impl Follower {
     ) -> anyhow::Result<Self> {
         let store = Store::reopen(&path)?;
         let device = engine::cpu_device();
-        let replica = match store.latest_snapshot()? {
-            Some((_, bytes)) => Replica::from_snapshot(job, device, &bytes)?,
+        let stored = store.latest_snapshot()?;
+        let replica = match &stored {
+            Some((_, bytes)) => Replica::from_snapshot(job, device, bytes)?,
             None => Replica::new(job, device),
         };
         let mut follower = Follower {
@@ -66,7 +67,7 @@ impl Follower {
             hashes: BTreeMap::new(),
             waiting: VecDeque::new(),
         };
-        if follower.store.latest_snapshot()?.is_none() {
+        if stored.is_none() {
             follower.snapshot()?;
         }
         let head = follower.store.version()?;

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use protocol::{LogCursor, Version, varint};
+use protocol::{Version, varint};
 use serde::Deserialize;
 use std::sync::Arc;
 use tower_http::services::ServeDir;
@@ -172,15 +172,10 @@ async fn log(State(ctx): State<Arc<Context>>, Query(range): Query<LogRange>) -> 
                 .min(head.0)
                 .min(from.0 + LOG_PAGE),
         );
-        let mut cursor = LogCursor::new(from, store.counter_table(from)?);
         let mut body = Vec::new();
-        push_record(&mut body, &cursor.table_message().encode());
-        let mut at = from;
-        while at < to {
-            let end = Version((at.0 + 4096).min(to.0));
-            let entries = store.entries(at, end)?;
-            push_record(&mut body, &cursor.pack(&entries).encode());
-            at = end;
+        for message in store.packed_log(from, to, 4096)? {
+            varint::put(&mut body, message.len() as u64);
+            body.extend_from_slice(&message);
         }
         Ok(Ok(body))
     })
@@ -195,11 +190,6 @@ async fn log(State(ctx): State<Arc<Context>>, Query(range): Query<LogRange>) -> 
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
-}
-
-fn push_record(out: &mut Vec<u8>, message: &[u8]) {
-    varint::put(out, message.len() as u64);
-    out.extend_from_slice(message);
 }
 
 async fn status(State(ctx): State<Arc<Context>>) -> impl IntoResponse {

@@ -15,9 +15,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
-use protocol::{
-    Counter, LogCursor, Message, PROTOCOL_VERSION, PeerId, RejectReason, Version, close,
-};
+use protocol::{Counter, Message, PROTOCOL_VERSION, PeerId, RejectReason, Version, close};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -226,21 +224,11 @@ async fn live(
 /// The counter table at `from` and the log `from..to`, packed as the live stream will continue.
 async fn catch_up(ctx: &Context, from: Version, to: Version) -> Result<Vec<Bytes>, Refusal> {
     let path = ctx.config.store.clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<Vec<Bytes>, anyhow::Error> {
-        let store = Store::reopen(&path)?;
-        let mut cursor = LogCursor::new(from, store.counter_table(from)?);
-        let mut frames = vec![Bytes::from(cursor.table_message().encode())];
-        let mut at = from;
-        while at < to {
-            let end = Version((at.0 + CATCH_UP_CHUNK).min(to.0));
-            let entries = store.entries(at, end)?;
-            frames.push(Bytes::from(cursor.pack(&entries).encode()));
-            at = end;
-        }
-        Ok(frames)
+    let read = tokio::task::spawn_blocking(move || {
+        Store::reopen(&path)?.packed_log(from, to, CATCH_UP_CHUNK)
     });
     match read.await {
-        Ok(Ok(frames)) => Ok(frames),
+        Ok(Ok(messages)) => Ok(messages.into_iter().map(Bytes::from).collect()),
         Ok(Err(e)) => {
             tracing::error!("catch-up read failed: {e:#}");
             Err(Refusal::new(
@@ -265,10 +253,7 @@ async fn send_all(ctx: &Context, sink: &mut Sink, frames: Vec<Bytes>) -> Result<
 }
 
 async fn send(ctx: &Context, sink: &mut Sink, frame: Bytes) -> Result<(), Refusal> {
-    ctx.stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
-    sink.send(WsMessage::Binary(frame))
-        .await
-        .map_err(|_| Refusal::new(close::GOING_AWAY, "socket closed"))
+    send_all(ctx, sink, vec![frame]).await
 }
 
 /// The next protocol message. Ping and pong are handled by the websocket layer.

@@ -6,7 +6,7 @@
 //! the relay (or of the machine) loses no acknowledged contribution. Readers (catch-up, the
 //! HTTP API, the follower) open their own connections: WAL lets them read while it writes.
 
-use protocol::{Counter, LogEntry, PeerId, Version, WeightHash};
+use protocol::{Counter, LogCursor, LogEntry, PeerId, Version, WeightHash};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -229,6 +229,25 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// The log `from..to` as a peer receives it: the `CounterTable` at `from`, then `LogBatch`es
+    /// of at most `chunk` entries, packed by one cursor, each message encoded.
+    pub fn packed_log(
+        &self,
+        from: Version,
+        to: Version,
+        chunk: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut cursor = LogCursor::new(from, self.counter_table(from)?);
+        let mut messages = vec![cursor.table_message().encode()];
+        let mut at = from;
+        while at < to {
+            let end = Version((at.0 + chunk).min(to.0));
+            messages.push(cursor.pack(&self.entries(at, end)?).encode());
+            at = end;
+        }
+        Ok(messages)
+    }
+
     /// Registers a new peer and returns its id (ids count up from 0 and are never reused).
     pub fn new_peer(&self) -> Result<PeerId, StoreError> {
         let now = std::time::SystemTime::now()
@@ -241,11 +260,7 @@ impl Store {
                 params![now],
             )
             .map_err(|e| self.err(e))?;
-        let id: u32 = self
-            .conn
-            .query_row("SELECT MAX(id) FROM peers", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        Ok(PeerId(id))
+        Ok(PeerId(self.conn.last_insert_rowid() as u32))
     }
 
     /// Whether `peer` was ever registered.

@@ -131,24 +131,23 @@ impl Relay {
         }
     }
 
-    /// `GET /api/status` as JSON.
-    pub async fn status(&self) -> Result<serde_json::Value> {
-        let text = reqwest::get(format!("{}/api/status", self.url()))
+    /// `GET path`, the body as text.
+    async fn get(&self, path: &str) -> Result<String> {
+        Ok(reqwest::get(format!("{}{path}", self.url()))
             .await?
             .error_for_status()?
             .text()
-            .await?;
-        Ok(serde_json::from_str(&text)?)
+            .await?)
+    }
+
+    /// `GET /api/status` as JSON.
+    pub async fn status(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.get("/api/status").await?)?)
     }
 
     /// The job the relay hosts.
     pub async fn job(&self) -> Result<engine::Job> {
-        let text = reqwest::get(format!("{}/api/job", self.url()))
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
-        Ok(engine::Job::from_toml(&text)?)
+        Ok(engine::Job::from_toml(&self.get("/api/job").await?)?)
     }
 
     /// The whole durable log, through `GET /api/log`.

@@ -135,7 +135,7 @@ async fn relay_killed_mid_training_loses_no_accepted_contribution() {
             "at version {version}"
         );
     }
-    // And everything the workers saw accepted is there too: their counters appear in order.
+    // Across the restart every peer's counters still increase along the log.
     let mut per_peer: HashMap<_, Vec<Counter>> = HashMap::new();
     for e in &log {
         per_peer.entry(e.peer).or_default().push(e.counter);
