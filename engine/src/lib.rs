@@ -13,7 +13,9 @@ pub mod hash;
 pub mod job;
 pub mod layout;
 pub mod model;
+pub mod reference;
 pub mod replica;
+pub mod session;
 pub mod sim;
 pub mod snapshot;
 
@@ -21,6 +23,7 @@ pub use data::{BatchSampler, Builtin, DataSource, Dataset, Split};
 pub use job::{HyperParams, Job, JobConfig};
 pub use model::{Model, ModelSpec};
 pub use replica::{EngineError, Evaluation, Proposal, Replica};
+pub use session::{PeerState, Received, Session, SessionEnd};
 pub use sim::{Exchange, Simulation, Traffic};
 pub use snapshot::Snapshot;
 

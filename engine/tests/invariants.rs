@@ -157,3 +157,17 @@ fn one_byte_matches_f32() {
         "one byte {byte} vs raw f32 {raw}"
     );
 }
+
+/// Bit-identical replicas across builds: the native CPU replica reaches the hash that the wasm
+/// suite (`client-wasm/tests/wasm.rs`) also asserts for the CPU backend inside WebAssembly.
+#[test]
+fn reference_log_reaches_the_reference_hash() {
+    use engine::reference::{REFERENCE_HASH, REFERENCE_LEN, REFERENCE_SEED};
+    let mut replica = Replica::new(Arc::new(Job::demo()), cpu_device());
+    replica.apply(&synthetic_log(REFERENCE_LEN, REFERENCE_SEED));
+    let hash = block_on(replica.weight_hash()).unwrap().to_hex();
+    assert_eq!(
+        hash, REFERENCE_HASH,
+        "the reference weights moved; if intended, set REFERENCE_HASH to {hash}"
+    );
+}

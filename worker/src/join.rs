@@ -8,13 +8,10 @@
 
 use crate::data::{BackendArg, load_data};
 use anyhow::{Context as _, Result, anyhow, bail};
-use engine::{BatchSampler, Dataset, Job, Replica};
+use engine::{BatchSampler, Dataset, Job, PeerState, Received, Replica, Session, SessionEnd};
 use futures_util::{SinkExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use protocol::{
-    Counter, HASH_REPORT_INTERVAL, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId,
-    RejectReason, Serial, close,
-};
+use protocol::{Message, RejectReason, close};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -112,13 +109,10 @@ struct Peer {
     args: Args,
     job: Arc<Job>,
     data: Dataset,
-    replica: Replica,
+    /// The replica, identity and tallies that `engine::Session` keeps up to date.
+    state: PeerState,
     sampler: BatchSampler,
-    id: Option<PeerId>,
-    accepted: u64,
-    rejected: u64,
     reconnects: u64,
-    last_loss: Option<f32>,
     backend: Backend,
     started_from: u64,
 }
@@ -191,21 +185,19 @@ async fn run_async(args: Args) -> Result<()> {
     };
     let replica = load_replica(&http, &endpoints, &job, &backend, deadline).await?;
     let sampler = BatchSampler::new(args.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut state = PeerState::new(replica);
+    state.until_version = args.until_version;
     let mut peer = Peer {
         args,
         job,
         data,
-        replica,
+        state,
         sampler,
-        id: None,
-        accepted: 0,
-        rejected: 0,
         reconnects: 0,
-        last_loss: None,
         backend,
         started_from: 0,
     };
-    peer.started_from = peer.replica.version().0;
+    peer.started_from = peer.state.replica.version().0;
 
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -233,7 +225,7 @@ async fn run_async(args: Args) -> Result<()> {
             }
             End::Resync(why) => {
                 bar.println(format!("resync: {why}"));
-                peer.replica =
+                peer.state.replica =
                     load_replica(&http, &endpoints, &peer.job, &peer.backend, deadline).await?;
                 backoff = Duration::from_millis(100);
                 unreachable_since = None;
@@ -266,18 +258,18 @@ async fn run_async(args: Args) -> Result<()> {
 }
 
 async fn report(peer: &Peer) -> Result<()> {
-    let hash = peer.replica.weight_hash().await?.to_hex();
+    let hash = peer.state.replica.weight_hash().await?.to_hex();
     let eval = if peer.data.test.is_empty() {
         None
     } else {
-        Some(peer.replica.evaluate(&peer.data.test).await?)
+        Some(peer.state.replica.evaluate(&peer.data.test).await?)
     };
     println!(
         "peer {} at version {}: {} contributions accepted, {} rejected, {} reconnects",
-        peer.id.map_or("-".into(), |p| p.to_string()),
-        peer.replica.version(),
-        peer.accepted,
-        peer.rejected,
+        peer.state.id.map_or("-".into(), |p| p.to_string()),
+        peer.state.replica.version(),
+        peer.state.accepted,
+        peer.state.rejected,
         peer.reconnects
     );
     if let Some(e) = eval {
@@ -290,11 +282,11 @@ async fn report(peer: &Peer) -> Result<()> {
     println!("weight hash {hash}");
     if peer.args.json {
         let report = Report {
-            peer: peer.id.map(|p| p.0),
-            version: peer.replica.version().0,
+            peer: peer.state.id.map(|p| p.0),
+            version: peer.state.replica.version().0,
             hash,
-            accepted: peer.accepted,
-            rejected: peer.rejected,
+            accepted: peer.state.accepted,
+            rejected: peer.state.rejected,
             reconnects: peer.reconnects,
             started_from: peer.started_from,
             accuracy: eval.map(|e| e.accuracy),
@@ -325,19 +317,20 @@ impl Peer {
         if n.is_none() && v.is_none() {
             return false;
         }
-        n.is_none_or(|n| self.accepted >= n) && v.is_none_or(|v| self.replica.version().0 >= v)
+        n.is_none_or(|n| self.state.accepted >= n)
+            && v.is_none_or(|v| self.state.replica.version().0 >= v)
     }
 
-    fn wants_to_contribute(&self, in_flight: usize) -> bool {
-        let room = self
-            .args
+    /// `--contributions` leaves room for one more beside those in flight.
+    fn wants_more(&self, session: &Session) -> bool {
+        self.args
             .contributions
-            .is_none_or(|n| self.accepted + (in_flight as u64) < n);
-        room && in_flight < self.args.window.max(1)
+            .is_none_or(|n| self.state.accepted + (session.in_flight() as u64) < n)
     }
 }
 
-/// One websocket session: join, catch up, train until done or disconnected.
+/// One websocket session: join, catch up, train until done or disconnected. The protocol is
+/// `engine::Session`'s; this function only moves its messages over tungstenite.
 async fn session(
     peer: &mut Peer,
     endpoints: &Endpoints,
@@ -356,62 +349,19 @@ async fn session(
         Err(e) => return End::Retry(format!("cannot open {}: {e}", endpoints.ws)),
     };
     let (mut tx, mut rx) = ws.split();
-    let hello = Message::Hello {
-        protocol: PROTOCOL_VERSION,
-        job: peer.job.id,
-        resume: peer.id,
-        from: peer.replica.version(),
-        token: peer.args.token.clone(),
-    };
-    if let Err(e) = tx.send(WsMessage::Binary(hello.encode().into())).await {
-        return End::Retry(format!("sending Hello: {e}"));
-    }
-    let (id, mut counter) = match next_message(&mut rx).await {
-        Ok(Message::Welcome {
-            peer, next_counter, ..
-        }) => (peer, next_counter),
-        Ok(other) => return End::Fatal(format!("expected Welcome, got {}", other.kind())),
-        Err(end) => return end,
-    };
-    peer.id = Some(id);
-    let mut cursor = match next_message(&mut rx).await {
-        Ok(Message::CounterTable { version, entries }) => {
-            if version != peer.replica.version() {
-                return End::Fatal(format!(
-                    "the relay streams from version {version}, the replica is at {}",
-                    peer.replica.version()
-                ));
-            }
-            LogCursor::from_table(version, &entries)
-        }
-        Ok(other) => return End::Fatal(format!("expected CounterTable, got {}", other.kind())),
-        Err(end) => return end,
-    };
-
-    let mut in_flight = 0usize;
-    let mut sent = 0u64;
+    let mut session = Session::new(&peer.state, &peer.args.token, peer.args.window);
     loop {
+        for msg in session.take_outbox() {
+            if let Err(e) = tx.send(WsMessage::Binary(msg.encode().into())).await {
+                return End::Retry(format!("sending {}: {e}", msg.kind()));
+            }
+        }
         if peer.finished() || *stop.borrow() {
             let _ = tx.send(WsMessage::Close(None)).await;
             return End::Done;
         }
-        let online = peers_online.load(Relaxed);
-        bar.set_position(match peer.args.contributions {
-            Some(_) => peer.accepted,
-            None => peer.replica.version().0,
-        });
-        bar.set_message(format!(
-            "version {} · accepted {} · loss {} · peers {}",
-            peer.replica.version(),
-            peer.accepted,
-            peer.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-            if online == 0 {
-                "-".into()
-            } else {
-                online.to_string()
-            }
-        ));
-        let may_send = peer.wants_to_contribute(in_flight);
+        show_progress(peer, &session, bar, peers_online.load(Relaxed));
+        let may_send = session.ready_to_contribute(&peer.state) && peer.wants_more(&session);
         tokio::select! {
             biased;
             _ = stop.changed() => {}
@@ -420,103 +370,50 @@ async fn session(
                     Ok(msg) => msg,
                     Err(end) => return end,
                 };
-                match msg {
-                    Message::LogBatch { first_version, entries } => {
-                        let entries = match cursor.unpack(first_version, &entries) {
-                            Ok(entries) => entries,
-                            Err(e) => return End::Resync(format!("the log stream broke: {e}")),
-                        };
-                        // Stop exactly at --until-version, so peers compare equal versions.
-                        let room = peer.args.until_version.map_or(usize::MAX, |v| {
-                            v.saturating_sub(peer.replica.version().0) as usize
-                        });
-                        let entries = &entries[..room.min(entries.len())];
-                        if let Err(e) = apply(peer, entries, &mut tx).await {
-                            return e;
-                        }
-                    }
-                    Message::Accepted { .. } => {
-                        in_flight = in_flight.saturating_sub(1);
-                        peer.accepted += 1;
-                    }
-                    Message::Rejected { reason, detail, .. } => {
-                        in_flight = in_flight.saturating_sub(1);
-                        peer.rejected += 1;
+                match session.receive(&mut peer.state, msg).await {
+                    Ok(Received::Rejected { reason, detail }) => {
                         if reason == RejectReason::Paused {
                             // Wait for the administrator rather than spin.
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                         tracing::debug!(?reason, %detail, "contribution rejected");
                     }
-                    Message::Resync { reason, .. } => return End::Resync(reason),
-                    Message::Error { code, message } => {
-                        return End::Fatal(format!("relay error {code}: {message}"));
-                    }
-                    _ => {}
+                    Ok(_) => {}
+                    Err(SessionEnd::Resync(why)) => return End::Resync(why),
+                    Err(SessionEnd::Fatal(why)) => return End::Fatal(why),
                 }
             }
             _ = std::future::ready(()), if may_send => {
                 let batch = peer.sampler.sample(&peer.data.train, peer.job.hyper().batch_size);
-                let proposal = match peer.replica.propose(id, counter, &batch).await {
-                    Ok(p) => p,
-                    Err(e) => return End::Fatal(format!("proposing failed: {e}")),
-                };
-                let contribute = Message::Contribute {
-                    counter: Serial::of(counter.0),
-                    base_version: Serial::of(proposal.base_version.0),
-                    byte: proposal.byte,
-                };
-                if let Err(e) = tx.send(WsMessage::Binary(contribute.encode().into())).await {
-                    return End::Retry(format!("sending: {e}"));
-                }
-                counter = Counter(counter.0 + 1);
-                in_flight += 1;
-                sent += 1;
-                peer.last_loss = Some(proposal.loss);
-                if sent.is_multiple_of(64) {
-                    let report = Message::LossReport { version: proposal.base_version, loss: proposal.loss };
-                    let _ = tx.send(WsMessage::Binary(report.encode().into())).await;
+                if let Err(e) = session.contribute(&mut peer.state, &batch).await {
+                    return End::Fatal(e.to_string());
                 }
             }
         }
     }
 }
 
-type Tx = futures_util::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    WsMessage,
->;
-
-/// Applies entries, stopping at each hash boundary to report the weight hash.
-async fn apply(peer: &mut Peer, mut entries: &[LogEntry], tx: &mut Tx) -> Result<(), End> {
-    while !entries.is_empty() {
-        let v = peer.replica.version().0;
-        let boundary = (v / HASH_REPORT_INTERVAL + 1) * HASH_REPORT_INTERVAL;
-        let n = ((boundary - v) as usize).min(entries.len());
-        peer.replica.apply(&entries[..n]);
-        entries = &entries[n..];
-        let version = peer.replica.version();
-        if version.0.is_multiple_of(HASH_REPORT_INTERVAL) {
-            let hash = peer
-                .replica
-                .weight_hash()
-                .await
-                .map_err(|e| End::Fatal(format!("hashing failed: {e}")))?;
-            let report = Message::HashReport { version, hash };
-            tx.send(WsMessage::Binary(report.encode().into()))
-                .await
-                .map_err(|e| End::Retry(format!("sending: {e}")))?;
+fn show_progress(peer: &Peer, session: &Session, bar: &ProgressBar, online: u64) {
+    let state = &peer.state;
+    bar.set_position(match peer.args.contributions {
+        Some(_) => state.accepted,
+        None => state.replica.version().0,
+    });
+    let activity = if session.catching_up(state) {
+        format!("catching up to {}", session.head())
+    } else {
+        format!("accepted {}", state.accepted)
+    };
+    bar.set_message(format!(
+        "version {} · {activity} · loss {} · peers {}",
+        state.replica.version(),
+        state.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        if online == 0 {
+            "-".into()
+        } else {
+            online.to_string()
         }
-    }
-    Ok(())
-}
-
-type Rx = futures_util::stream::SplitStream<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
->;
-
-async fn next_message(rx: &mut Rx) -> Result<Message, End> {
-    decode(rx.next().await)
+    ));
 }
 
 fn decode(

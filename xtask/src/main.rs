@@ -3,6 +3,7 @@
 //! Each step says what it is doing before it does it, and installs what it needs when missing.
 
 mod steps;
+mod web;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -17,11 +18,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every check and test: rustfmt, clippy (warnings are errors), the wasm32 build of the
-    /// engine, all native tests (GPU ones on lavapipe) and the relay end to end.
+    /// Every check and test: rustfmt, clippy (warnings are errors), the browser client's wasm
+    /// build and wasm tests, all native tests (GPU ones on lavapipe), the relay end to end, and
+    /// the page in headless Chromium (WebGPU and CPU).
     Test,
-    /// Start the relay with the built-in demo job on localhost, plus two native workers, and
-    /// print the URL.
+    /// Build the page's wasm client, start the relay with the built-in demo job on localhost
+    /// (serving the page), plus two native workers, and print the URL.
     Demo {
         /// Arguments passed to `onebyte-relay`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

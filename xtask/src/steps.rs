@@ -1,25 +1,26 @@
 //! The steps behind each command.
 
+use crate::web;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
 }
 
 /// Runs a command, announcing it first and timing it.
-fn run(what: &str, mut cmd: Command) -> Result<()> {
+pub fn run(what: &str, mut cmd: Command) -> Result<()> {
     eprintln!("\n==> {what}");
     eprintln!("    $ {}", describe(&cmd));
     let start = Instant::now();
@@ -33,7 +34,7 @@ fn run(what: &str, mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
-fn describe(cmd: &Command) -> String {
+pub fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program().to_string_lossy().into_owned())
         .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
@@ -82,24 +83,9 @@ pub fn test() -> Result<()> {
     ]);
     run("lints (clippy, warnings are errors)", clippy)?;
 
-    let build_std = ensure_wasm_target()?;
-    let mut wasm = cargo();
-    wasm.args([
-        "check",
-        "--target",
-        "wasm32-unknown-unknown",
-        "-p",
-        "onebyte-protocol",
-        "-p",
-        "onebyte-engine",
-        "--features",
-        "onebyte-engine/wgpu",
-    ]);
-    wasm_env(&mut wasm, build_std);
-    run(
-        "the engine's GPU path compiles for wasm32 (cargo check)",
-        wasm,
-    )?;
+    web::wasm_clippy()?;
+    web::build_web()?;
+    web::wasm_tests()?;
 
     let mut tests = cargo();
     tests.args(["test", "--workspace"]);
@@ -107,6 +93,11 @@ pub fn test() -> Result<()> {
         "native tests (protocol, engine on CPU and lavapipe, relay, workers end to end)",
         tests,
     )?;
+
+    let mut bins = cargo();
+    bins.args(["build", "--workspace", "--bins"]);
+    run("the relay and worker binaries for the browser tests", bins)?;
+    web::browser_tests()?;
 
     eprintln!(
         "\nall checks passed in {:.0}s",
@@ -116,6 +107,7 @@ pub fn test() -> Result<()> {
 }
 
 pub fn demo(args: &[String]) -> Result<()> {
+    web::build_web()?;
     let mut build = cargo();
     build.args(["build", "--workspace", "--bins"]);
     run("building the relay and the worker", build)?;
@@ -123,7 +115,7 @@ pub fn demo(args: &[String]) -> Result<()> {
     let store = root().join("target").join("demo-relay.db");
     let mut relay = Command::new(bin.join("onebyte-relay"));
     relay.arg("--store").arg(&store).args(args);
-    if !args.iter().any(|a| a == "--web") && root().join("web").join("index.html").exists() {
+    if !args.iter().any(|a| a == "--web") {
         relay.arg("--web").arg(root().join("web"));
     }
     eprintln!(
@@ -160,7 +152,7 @@ pub fn demo(args: &[String]) -> Result<()> {
                 .context("could not start onebyte join")?,
         );
     }
-    println!("\nonebyte demo is running at {url}");
+    println!("\nonebyte demo is running at {url}  (open it and press Join)");
     println!("  status:   {url}/api/status");
     println!("  metrics:  {url}/metrics");
     println!("  join another peer:  target/debug/onebyte join --relay {url}");
@@ -222,7 +214,7 @@ fn missing_debs(packages: &[&str]) -> Vec<String> {
 }
 
 /// Installs Debian packages when running as root; otherwise says what to install.
-fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
+pub fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
     let missing = missing_debs(packages);
     if missing.is_empty() {
         return Ok(());
@@ -246,54 +238,6 @@ fn ensure_debs(packages: &[&str], why: &str) -> Result<()> {
         &format!("{why}: installing {}", missing.join(", ")),
         install,
     )
-}
-
-/// Makes the wasm32 standard library available. Returns whether it has to be built from
-/// source (`-Zbuild-std`) because rustup could not download it.
-fn ensure_wasm_target() -> Result<bool> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"))
-        .unwrap_or(false);
-    if installed {
-        return Ok(false);
-    }
-    let script = root().join("../shared/ci/wasm-std.sh");
-    if !script.exists() {
-        let mut add = Command::new("rustup");
-        add.args(["target", "add", "wasm32-unknown-unknown"]);
-        run("installing the wasm32 standard library (rustup)", add)?;
-        return Ok(false);
-    }
-    eprintln!(
-        "\n==> providing the wasm32 standard library ({}: rustup, else the rust-src route)",
-        script.display()
-    );
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("could not run wasm-std.sh")?;
-    let mode = String::from_utf8_lossy(&out.stdout);
-    match mode.trim() {
-        "mode=target" => Ok(false),
-        "mode=build-std" => {
-            eprintln!("    no prebuilt std: building it from source (-Zbuild-std)");
-            Ok(true)
-        }
-        other => bail!("wasm-std.sh could not provide the wasm32 std ({other})"),
-    }
-}
-
-/// What every wasm32 cargo command needs: getrandom's browser backend, and build-std when the
-/// prebuilt std is missing.
-fn wasm_env(cmd: &mut Command, build_std: bool) {
-    cmd.env("RUSTFLAGS", "--cfg getrandom_backend=\"wasm_js\"");
-    if build_std {
-        cmd.env("RUSTC_BOOTSTRAP", "1")
-            .args(["-Zbuild-std=std,panic_abort"]);
-    }
 }
 
 /// Mesa's lavapipe: a software Vulkan driver, so wgpu tests have an adapter without a GPU.

@@ -1,0 +1,119 @@
+//! What the client tells the page: plain objects with a `type` field.
+
+use serde::Serialize;
+use wasm_bindgen::JsValue;
+
+/// Where the client stands, as the page shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Fetching the job and snapshot, starting the backend.
+    Loading,
+    Connecting,
+    /// Replaying the log up to the relay's version before contributing.
+    CatchingUp,
+    Training,
+    Paused,
+    Reconnecting,
+    /// The relay closed with a code that retrying cannot fix.
+    Refused,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    State {
+        state: State,
+        detail: String,
+    },
+    /// Which backend runs the engine, and why not WebGPU when it is the CPU.
+    Backend {
+        backend: &'static str,
+        adapter: String,
+        reason: Option<String>,
+    },
+    /// The local data, once loaded (a sample of training points for the playground).
+    Data {
+        name: String,
+        train: usize,
+        test: usize,
+        classes: usize,
+        features: usize,
+        /// Up to 600 training points, `x, y` interleaved (2-feature data only).
+        points: Vec<f32>,
+        labels: Vec<u32>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Progress {
+        peer: Option<u32>,
+        version: u64,
+        /// The relay's version when this connection was welcomed.
+        head: u64,
+        /// The version this connection started replaying from.
+        start: u64,
+        accepted: u64,
+        rejected: u64,
+        in_flight: usize,
+        /// Contributions proposed per second by this tab, lately.
+        contributions_per_s: f64,
+        loss: Option<f32>,
+        /// WebSocket bytes this tab sent and received, framing included.
+        bytes_sent: u64,
+        bytes_received: u64,
+        /// What a ring all-reduce of fp32 gradients would have cost this tab for the same
+        /// contributions: `2·4d` bytes each way per gradient.
+        fp32_bytes: u64,
+        params: usize,
+        /// Milliseconds the latest contribution took to compute (two forward passes).
+        step_ms: Option<f64>,
+    },
+    /// The weight hash at a report boundary (also sent to the relay).
+    Hash {
+        version: u64,
+        hash: String,
+    },
+    /// The current model on the test split and over the playground grid.
+    #[serde(rename_all = "camelCase")]
+    Model {
+        version: u64,
+        accuracy: f32,
+        test_loss: f32,
+        /// `[x_min, x_max, y_min, y_max]` of the grid.
+        extent: [f32; 4],
+        size: u32,
+        classes: usize,
+        /// Class probabilities, row-major over the grid (`size·size·classes`), first row at
+        /// `y_max`.
+        probs: Vec<f32>,
+    },
+}
+
+/// The page's callback.
+#[derive(Clone)]
+pub struct Emitter {
+    callback: js_sys::Function,
+}
+
+impl Emitter {
+    pub fn new(callback: js_sys::Function) -> Self {
+        Emitter { callback }
+    }
+
+    pub fn emit(&self, event: &Event) {
+        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+        match event.serialize(&serializer) {
+            Ok(value) => {
+                let _ = self.callback.call1(&JsValue::NULL, &value);
+            }
+            Err(e) => crate::console::error(&format!("cannot serialize an event: {e}")),
+        }
+    }
+
+    pub fn state(&self, state: State, detail: impl Into<String>) {
+        self.emit(&Event::State {
+            state,
+            detail: detail.into(),
+        });
+    }
+}

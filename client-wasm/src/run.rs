@@ -1,0 +1,480 @@
+//! The client's life: load, choose a backend, then connect → catch up → train, reconnecting
+//! with backoff whenever the connection drops, until stopped or refused.
+
+use crate::Controls;
+use crate::backend::{self, Backend};
+use crate::clock::{now_ms, sleep_ms};
+use crate::events::{Emitter, Event, State};
+use crate::options::{Options, load_dataset};
+use crate::relay::{Endpoints, with_retries};
+use engine::{BatchSampler, Dataset, Job, PeerState, Received, Session, SessionEnd};
+use futures_util::{FutureExt, SinkExt, StreamExt, select_biased};
+use gloo_net::websocket::{Message as WsMessage, WebSocketError, futures::WebSocket};
+use protocol::{Message, close, framing};
+use std::sync::Arc;
+
+/// Progress events at most this often (ms).
+const PROGRESS_EVERY_MS: f64 = 250.0;
+/// The playground and test metrics at most this often (ms), and never more than a fifth of the
+/// time: on a slow adapter evaluating the model costs as much as several contributions.
+const MODEL_EVERY_MS: f64 = 1_000.0;
+const MODEL_SHARE: f64 = 0.2;
+/// How long to wait for the socket or the page before looking again (ms).
+const IDLE_WAIT_MS: f64 = 200.0;
+
+/// Everything one run holds.
+struct Peer<'a> {
+    options: &'a Options,
+    controls: &'a Controls,
+    emitter: &'a Emitter,
+    endpoints: Endpoints,
+    job: Arc<Job>,
+    data: Dataset,
+    backend: Backend,
+    state: PeerState,
+    sampler: BatchSampler,
+    traffic: Traffic,
+    rate: Rate,
+    last_progress: f64,
+    /// When the model may be evaluated again.
+    next_model: f64,
+    /// How long the latest proposal took (ms).
+    step_ms: Option<f64>,
+    modelled_version: Option<u64>,
+    shown: Option<State>,
+}
+
+#[derive(Default)]
+struct Traffic {
+    sent: u64,
+    received: u64,
+}
+
+/// Contributions per second over the last few seconds.
+#[derive(Default)]
+struct Rate {
+    stamps: std::collections::VecDeque<f64>,
+}
+
+impl Rate {
+    fn record(&mut self, at: f64) {
+        self.stamps.push_back(at);
+        while self.stamps.front().is_some_and(|t| at - t > 5_000.0) {
+            self.stamps.pop_front();
+        }
+    }
+    fn per_second(&self, now: f64) -> f64 {
+        let recent = self.stamps.iter().filter(|&&t| now - t <= 5_000.0).count();
+        recent as f64 / 5.0
+    }
+}
+
+/// How a connection ended.
+enum End {
+    Stopped,
+    Resync(String),
+    Retry(String),
+    Refused(String),
+}
+
+pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> Result<(), String> {
+    emitter.state(State::Loading, "fetching the job");
+    let endpoints = Endpoints::parse(&options.relay)?;
+    let retrying = |what: &'static str| {
+        move |e: &str, backoff: f64| {
+            emitter.state(
+                State::Reconnecting,
+                format!("{what}: {e}; again in {:.1} s", backoff / 1000.0),
+            )
+        }
+    };
+    let Some(job_toml) = with_retries(
+        || endpoints.job(),
+        retrying("fetching the job"),
+        || controls.stopped(),
+    )
+    .await
+    else {
+        emitter.state(State::Stopped, "stopped");
+        return Ok(());
+    };
+    let job = Arc::new(Job::from_toml(&job_toml).map_err(|e| format!("the relay's job: {e}"))?);
+    let seed = u64::from(options.seed);
+    let data = load_dataset(
+        &options.data,
+        options.csv.as_deref(),
+        options.csv_name.as_deref(),
+        seed,
+    )?;
+    if data.features() != job.model.features() || data.classes > job.model.classes() {
+        return Err(format!(
+            "{} has {} features and {} classes; the job `{}` reads {} features and predicts {} \
+             classes",
+            data.name,
+            data.features(),
+            data.classes,
+            job.config.job.name,
+            job.model.features(),
+            job.model.classes()
+        ));
+    }
+    emit_data(emitter, &data);
+
+    emitter.state(State::Loading, "starting the backend");
+    let choice = backend::choose(&options.backend).await;
+    emitter.emit(&Event::Backend {
+        backend: choice.backend.name(),
+        adapter: choice.adapter,
+        reason: choice.reason,
+    });
+    let backend = choice.backend;
+
+    emitter.state(State::Loading, "fetching the newest snapshot");
+    let Some(state) = load_replica(&endpoints, &job, &backend, emitter, controls).await? else {
+        emitter.state(State::Stopped, "stopped");
+        return Ok(());
+    };
+    let mut peer = Peer {
+        options,
+        controls,
+        emitter,
+        endpoints,
+        job,
+        data,
+        backend,
+        state,
+        sampler: BatchSampler::new(seed ^ 0x9e37_79b9_7f4a_7c15),
+        traffic: Traffic::default(),
+        rate: Rate::default(),
+        last_progress: 0.0,
+        next_model: 0.0,
+        step_ms: None,
+        modelled_version: None,
+        shown: None,
+    };
+    peer.show_model().await;
+
+    let mut backoff = 100.0;
+    loop {
+        let started = now_ms();
+        match peer.session().await {
+            End::Stopped => {
+                peer.show(State::Stopped, "left the relay");
+                return Ok(());
+            }
+            End::Refused(why) => {
+                peer.show(State::Refused, why.clone());
+                return Err(why);
+            }
+            End::Resync(why) => {
+                peer.show(
+                    State::Reconnecting,
+                    format!("reloading the snapshot: {why}"),
+                );
+                let Some(fresh) =
+                    load_replica(&peer.endpoints, &peer.job, &peer.backend, emitter, controls)
+                        .await?
+                else {
+                    peer.show(State::Stopped, "stopped");
+                    return Ok(());
+                };
+                peer.state.replica = fresh.replica;
+                backoff = 100.0;
+            }
+            End::Retry(why) => {
+                if now_ms() - started > 2_000.0 {
+                    backoff = 100.0;
+                }
+                peer.show(
+                    State::Reconnecting,
+                    format!("{why}; again in {:.1} s", backoff / 1000.0),
+                );
+                sleep_ms(backoff).await;
+                backoff = (backoff * 2.0_f64).min(5_000.0);
+            }
+        }
+        if controls.stopped() {
+            peer.show(State::Stopped, "left the relay");
+            return Ok(());
+        }
+    }
+}
+
+async fn load_replica(
+    endpoints: &Endpoints,
+    job: &Arc<Job>,
+    backend: &Backend,
+    emitter: &Emitter,
+    controls: &Controls,
+) -> Result<Option<PeerState>, String> {
+    let snapshot = with_retries(
+        || endpoints.snapshot(),
+        |e, backoff| {
+            emitter.state(
+                State::Reconnecting,
+                format!(
+                    "fetching the snapshot: {e}; again in {:.1} s",
+                    backoff / 1000.0
+                ),
+            )
+        },
+        || controls.stopped(),
+    )
+    .await;
+    match snapshot {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(PeerState::new(backend.replica(job.clone(), &bytes)?))),
+    }
+}
+
+fn emit_data(emitter: &Emitter, data: &Dataset) {
+    let two_d = data.features() == 2;
+    let shown = if two_d { data.train.len().min(600) } else { 0 };
+    emitter.emit(&Event::Data {
+        name: data.name.clone(),
+        train: data.train.len(),
+        test: data.test.len(),
+        classes: data.classes,
+        features: data.features(),
+        points: data.train.x[..shown * data.features()].to_vec(),
+        labels: data.train.y[..shown].to_vec(),
+    });
+}
+
+impl Peer<'_> {
+    fn show(&mut self, state: State, detail: impl Into<String>) {
+        self.shown = Some(state);
+        self.emitter.state(state, detail);
+    }
+
+    /// One websocket connection, until it ends.
+    async fn session(&mut self) -> End {
+        self.show(State::Connecting, format!("opening {}", self.endpoints.ws));
+        let mut ws = match WebSocket::open(&self.endpoints.ws) {
+            Ok(ws) => ws,
+            Err(e) => return End::Retry(format!("cannot open {}: {e}", self.endpoints.ws)),
+        };
+        let mut session = Session::new(&self.state, &self.options.token, self.options.window);
+        // Computing may start no earlier than this (the throttle's idle time).
+        let mut next_compute = 0.0;
+        loop {
+            for msg in session.take_outbox() {
+                let bytes = msg.encode();
+                self.traffic.sent += framing::client_frame_len(bytes.len()) as u64;
+                if let Err(e) = ws.send(WsMessage::Bytes(bytes)).await {
+                    return End::Retry(format!("sending {}: {e}", msg.kind()));
+                }
+            }
+            if self.controls.stopped() {
+                let _ = ws.close(Some(1000), Some("the page stopped training"));
+                return End::Stopped;
+            }
+            self.update_display(&session).await;
+
+            let wants = session.ready_to_contribute(&self.state) && !self.controls.paused();
+            let wait = if wants {
+                (next_compute - now_ms()).max(0.0)
+            } else {
+                IDLE_WAIT_MS
+            };
+            // Frames first: keeping up with the log keeps contributions fresh.
+            let frame = select_biased! {
+                frame = ws.next().fuse() => Some(frame),
+                _ = sleep_ms(wait).fuse() => None,
+            };
+            match frame {
+                Some(frame) => {
+                    let msg = match self.decode(frame, &mut ws).await {
+                        Ok(msg) => msg,
+                        Err(end) => return end,
+                    };
+                    match session.receive(&mut self.state, msg).await {
+                        Ok(Received::Applied { hashes, .. }) => {
+                            for (version, hash) in hashes {
+                                self.emitter.emit(&Event::Hash {
+                                    version: version.0,
+                                    hash: hash.to_hex(),
+                                });
+                            }
+                        }
+                        Ok(Received::Rejected { reason, detail }) => {
+                            if reason == protocol::RejectReason::Paused {
+                                next_compute = now_ms() + 1_000.0;
+                            }
+                            crate::console::debug(&format!(
+                                "contribution rejected: {reason:?} {detail}"
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(SessionEnd::Resync(why)) => return End::Resync(why),
+                        Err(SessionEnd::Fatal(why)) => return End::Refused(why),
+                    }
+                }
+                None if wants => {
+                    let batch = self
+                        .sampler
+                        .sample(&self.data.train, self.job.hyper().batch_size);
+                    let began = now_ms();
+                    if let Err(e) = session.contribute(&mut self.state, &batch).await {
+                        return End::Refused(e.to_string());
+                    }
+                    let done = now_ms();
+                    self.rate.record(done);
+                    self.step_ms = Some(done - began);
+                    let share = self.controls.throttle();
+                    next_compute = done + (done - began) * (1.0 - share) / share;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The next message, or how the connection ended. An `error` event is followed by the
+    /// `close` event that carries the code, so it is read through.
+    async fn decode(
+        &mut self,
+        mut frame: Option<Result<WsMessage, WebSocketError>>,
+        ws: &mut WebSocket,
+    ) -> Result<Message, End> {
+        loop {
+            return match frame {
+                None => Err(End::Retry("the relay closed the connection".into())),
+                Some(Ok(WsMessage::Bytes(bytes))) => {
+                    self.traffic.received += framing::server_frame_len(bytes.len()) as u64;
+                    Message::decode(&bytes).map_err(|e| {
+                        End::Refused(format!("the relay sent a malformed message: {e}"))
+                    })
+                }
+                Some(Ok(WsMessage::Text(_))) => {
+                    Err(End::Refused("the relay sent a text frame".into()))
+                }
+                Some(Err(WebSocketError::ConnectionClose(event))) => {
+                    let reason = if event.reason.is_empty() {
+                        "no reason given".to_string()
+                    } else {
+                        event.reason
+                    };
+                    let said = format!("{reason} (close code {})", event.code);
+                    Err(if close::is_fatal(event.code) {
+                        End::Refused(format!("the relay refused this peer: {said}"))
+                    } else {
+                        End::Retry(format!("the relay closed the connection: {said}"))
+                    })
+                }
+                Some(Err(WebSocketError::ConnectionError)) => {
+                    frame = ws.next().await;
+                    continue;
+                }
+                Some(Err(e)) => Err(End::Retry(format!("connection lost: {e}"))),
+            };
+        }
+    }
+
+    /// Keeps the page's state, progress and model views current (rate-limited).
+    async fn update_display(&mut self, session: &Session) {
+        let state = if session.catching_up(&self.state) {
+            State::CatchingUp
+        } else if self.controls.paused() {
+            State::Paused
+        } else {
+            State::Training
+        };
+        let now = now_ms();
+        if self.shown != Some(state) {
+            let detail = match state {
+                State::CatchingUp => format!("replaying the log to version {}", session.head()),
+                State::Paused => "paused: following the log, computing nothing".into(),
+                _ => format!("contributing on {}", self.backend.name()),
+            };
+            self.show(state, detail);
+            self.last_progress = 0.0;
+        }
+        if now - self.last_progress >= PROGRESS_EVERY_MS {
+            self.last_progress = now;
+            let d = self.job.model.layout().d();
+            self.emitter.emit(&Event::Progress {
+                peer: self.state.id.map(|p| p.0),
+                version: self.state.replica.version().0,
+                head: session.head().0,
+                start: session.start().0,
+                accepted: self.state.accepted,
+                rejected: self.state.rejected,
+                in_flight: session.in_flight(),
+                contributions_per_s: self.rate.per_second(now),
+                loss: self.state.last_loss,
+                bytes_sent: self.traffic.sent,
+                bytes_received: self.traffic.received,
+                fp32_bytes: self.state.accepted * 8 * d as u64,
+                params: d,
+                step_ms: self.step_ms,
+            });
+        }
+        if state != State::CatchingUp && now >= self.next_model {
+            self.show_model().await;
+            let took = now_ms() - now;
+            self.next_model = now + MODEL_EVERY_MS.max(took / MODEL_SHARE);
+        }
+    }
+
+    /// Evaluates the model on the test split and over the playground grid, when it changed.
+    async fn show_model(&mut self) {
+        let version = self.state.replica.version().0;
+        if self.modelled_version == Some(version) {
+            return;
+        }
+        self.modelled_version = Some(version);
+        let replica = &self.state.replica;
+        let Ok(eval) = replica.evaluate(&self.data.test).await else {
+            return;
+        };
+        let size = self.options.grid.clamp(8, 128);
+        let (extent, probs) = if self.data.features() == 2 {
+            let extent = extent_of(&self.data.train.x);
+            let grid = grid_points(extent, size);
+            match replica.predict(&grid).await {
+                Ok(p) => (extent, p),
+                Err(_) => return,
+            }
+        } else {
+            ([0.0; 4], Vec::new())
+        };
+        self.emitter.emit(&Event::Model {
+            version,
+            accuracy: eval.accuracy,
+            test_loss: eval.loss,
+            extent,
+            size,
+            classes: self.job.model.classes(),
+            probs,
+        });
+    }
+}
+
+/// The bounding box of 2-feature points, with a margin.
+fn extent_of(xy: &[f32]) -> [f32; 4] {
+    let (mut x0, mut x1, mut y0, mut y1) = (f32::MAX, f32::MIN, f32::MAX, f32::MIN);
+    for p in xy.chunks_exact(2) {
+        x0 = x0.min(p[0]);
+        x1 = x1.max(p[0]);
+        y0 = y0.min(p[1]);
+        y1 = y1.max(p[1]);
+    }
+    let mx = (x1 - x0).max(1e-3) * 0.08;
+    let my = (y1 - y0).max(1e-3) * 0.08;
+    [x0 - mx, x1 + mx, y0 - my, y1 + my]
+}
+
+/// Cell centres of a `size × size` grid over `extent`, rows from the top (`y_max`) down.
+fn grid_points(extent: [f32; 4], size: u32) -> Vec<f32> {
+    let [x0, x1, y0, y1] = extent;
+    let n = size as f32;
+    let mut out = Vec::with_capacity((size * size * 2) as usize);
+    for row in 0..size {
+        let y = y1 - (row as f32 + 0.5) / n * (y1 - y0);
+        for col in 0..size {
+            out.push(x0 + (col as f32 + 0.5) / n * (x1 - x0));
+            out.push(y);
+        }
+    }
+    out
+}

@@ -1,0 +1,399 @@
+//! A peer's side of the relay protocol, without any I/O.
+//!
+//! The native worker (tokio + tungstenite) and the browser client (wasm, the page's websocket)
+//! move bytes differently but must speak exactly the same protocol, so the protocol lives here
+//! once: a [`Session`] is one connection's state machine. The caller feeds it each message the
+//! relay sends, asks it for contributions, and sends whatever it puts in its outbox, in order.
+//!
+//! A session goes `Hello → Welcome → CounterTable → live`. While the replica is behind the
+//! relay's version at `Welcome` it is *catching up* and proposes nothing (a contribution computed
+//! on old weights would only be rejected as stale). Every time the replica reaches a multiple of
+//! [`HASH_REPORT_INTERVAL`] the session hashes θ and queues a `HashReport`.
+
+use crate::data::Split;
+use crate::replica::{Proposal, Replica};
+use protocol::{
+    Counter, HASH_REPORT_INTERVAL, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId,
+    RejectReason, Serial, Version, WeightHash,
+};
+
+/// A local loss is reported to the relay every this many contributions.
+pub const LOSS_REPORT_EVERY: u64 = 64;
+
+/// What a peer keeps across connections: its replica, its identity and its tallies.
+#[derive(Debug)]
+pub struct PeerState {
+    pub replica: Replica,
+    /// Assigned by the relay at the first `Welcome`; a reconnect resumes it.
+    pub id: Option<PeerId>,
+    /// This peer's contributions the relay logged.
+    pub accepted: u64,
+    /// This peer's contributions the relay turned down.
+    pub rejected: u64,
+    /// Mean of the two perturbed losses of the latest proposal.
+    pub last_loss: Option<f32>,
+    /// Stop applying the log at exactly this version (peers compare hashes at equal versions).
+    pub until_version: Option<u64>,
+}
+
+impl PeerState {
+    pub fn new(replica: Replica) -> Self {
+        PeerState {
+            replica,
+            id: None,
+            accepted: 0,
+            rejected: 0,
+            last_loss: None,
+            until_version: None,
+        }
+    }
+}
+
+/// Why a session cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionEnd {
+    /// The replica no longer matches the log: reload the snapshot, then reconnect.
+    #[error("resync: {0}")]
+    Resync(String),
+    /// Reconnecting cannot help (a protocol violation, an engine failure, a relay error).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// What a message from the relay changed, for the caller's display and pacing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// The relay admitted this peer; the log stood at `head`.
+    Welcome {
+        peer: PeerId,
+        head: Version,
+    },
+    /// The counter table arrived: the log stream starts now.
+    Streaming,
+    /// Log entries were applied; `hashes` are the weight hashes at the boundaries crossed (each
+    /// already queued as a `HashReport`).
+    Applied {
+        entries: usize,
+        hashes: Vec<(Version, WeightHash)>,
+    },
+    Accepted,
+    Rejected {
+        reason: RejectReason,
+        detail: String,
+    },
+    /// Nothing this peer acts on.
+    Nothing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitWelcome,
+    AwaitTable,
+    Live,
+}
+
+/// One connection to the relay.
+#[derive(Debug)]
+pub struct Session {
+    phase: Phase,
+    cursor: LogCursor,
+    next_counter: Counter,
+    /// The replica's version when this connection began.
+    start: Version,
+    /// The log's version when the relay welcomed us: the end of catching up.
+    head: Version,
+    in_flight: usize,
+    window: usize,
+    sent: u64,
+    outbox: Vec<Message>,
+}
+
+impl Session {
+    /// Starts a connection: queues the `Hello` for `peer`'s replica.
+    pub fn new(peer: &PeerState, token: &str, window: usize) -> Self {
+        let from = peer.replica.version();
+        let hello = Message::Hello {
+            protocol: PROTOCOL_VERSION,
+            job: peer.replica.job().id,
+            resume: peer.id,
+            from,
+            token: token.to_string(),
+        };
+        Session {
+            phase: Phase::AwaitWelcome,
+            cursor: LogCursor::new(from, []),
+            next_counter: Counter(0),
+            start: from,
+            head: from,
+            in_flight: 0,
+            window: window.max(1),
+            sent: 0,
+            outbox: vec![hello],
+        }
+    }
+
+    /// Messages to send to the relay, oldest first.
+    pub fn take_outbox(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The replica's version when this connection began.
+    pub fn start(&self) -> Version {
+        self.start
+    }
+
+    /// The relay's version when it welcomed this peer.
+    pub fn head(&self) -> Version {
+        self.head
+    }
+
+    /// Streaming the log but still behind the version the relay had at `Welcome`.
+    pub fn catching_up(&self, peer: &PeerState) -> bool {
+        self.phase != Phase::Live || peer.replica.version() < self.head
+    }
+
+    /// Contributions sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether a contribution may be proposed now: live, caught up, and room in the window.
+    pub fn ready_to_contribute(&self, peer: &PeerState) -> bool {
+        !self.catching_up(peer) && self.in_flight < self.window
+    }
+
+    /// Handles one message from the relay.
+    pub async fn receive(
+        &mut self,
+        peer: &mut PeerState,
+        msg: Message,
+    ) -> Result<Received, SessionEnd> {
+        match (self.phase, msg) {
+            (_, Message::Error { code, message }) => {
+                Err(SessionEnd::Fatal(format!("relay error {code}: {message}")))
+            }
+            (_, Message::Resync { reason, .. }) => Err(SessionEnd::Resync(reason)),
+            (
+                Phase::AwaitWelcome,
+                Message::Welcome {
+                    peer: id,
+                    version,
+                    next_counter,
+                    ..
+                },
+            ) => {
+                peer.id = Some(id);
+                self.next_counter = next_counter;
+                self.head = version;
+                self.phase = Phase::AwaitTable;
+                Ok(Received::Welcome {
+                    peer: id,
+                    head: version,
+                })
+            }
+            (Phase::AwaitTable, Message::CounterTable { version, entries }) => {
+                if version != peer.replica.version() {
+                    return Err(SessionEnd::Fatal(format!(
+                        "the relay streams from version {version}, the replica is at {}",
+                        peer.replica.version()
+                    )));
+                }
+                self.cursor = LogCursor::from_table(version, &entries);
+                self.phase = Phase::Live;
+                Ok(Received::Streaming)
+            }
+            (
+                Phase::Live,
+                Message::LogBatch {
+                    first_version,
+                    entries,
+                },
+            ) => {
+                let entries = self
+                    .cursor
+                    .unpack(first_version, &entries)
+                    .map_err(|e| SessionEnd::Resync(format!("the log stream broke: {e}")))?;
+                let room = peer.until_version.map_or(usize::MAX, |v| {
+                    v.saturating_sub(peer.replica.version().0) as usize
+                });
+                let entries = &entries[..room.min(entries.len())];
+                let hashes = self.apply(peer, entries).await?;
+                Ok(Received::Applied {
+                    entries: entries.len(),
+                    hashes,
+                })
+            }
+            (Phase::Live, Message::Accepted { .. }) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                peer.accepted += 1;
+                Ok(Received::Accepted)
+            }
+            (Phase::Live, Message::Rejected { reason, detail, .. }) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                peer.rejected += 1;
+                Ok(Received::Rejected { reason, detail })
+            }
+            (phase, other) => match other {
+                Message::Welcome { .. }
+                | Message::CounterTable { .. }
+                | Message::LogBatch { .. } => Err(SessionEnd::Fatal(format!(
+                    "the relay sent {} while this peer was in {phase:?}",
+                    other.kind()
+                ))),
+                _ => Ok(Received::Nothing),
+            },
+        }
+    }
+
+    /// Applies entries, stopping at each hash boundary to hash θ and queue a `HashReport`.
+    async fn apply(
+        &mut self,
+        peer: &mut PeerState,
+        mut entries: &[LogEntry],
+    ) -> Result<Vec<(Version, WeightHash)>, SessionEnd> {
+        let mut hashes = Vec::new();
+        while !entries.is_empty() {
+            let v = peer.replica.version().0;
+            let boundary = (v / HASH_REPORT_INTERVAL + 1) * HASH_REPORT_INTERVAL;
+            let n = ((boundary - v) as usize).min(entries.len());
+            peer.replica.apply(&entries[..n]);
+            entries = &entries[n..];
+            let version = peer.replica.version();
+            if version.0.is_multiple_of(HASH_REPORT_INTERVAL) {
+                let hash = peer
+                    .replica
+                    .weight_hash()
+                    .await
+                    .map_err(|e| SessionEnd::Fatal(format!("hashing failed: {e}")))?;
+                self.outbox.push(Message::HashReport { version, hash });
+                hashes.push((version, hash));
+            }
+        }
+        Ok(hashes)
+    }
+
+    /// Proposes the next contribution on `batch` and queues it (and, now and then, a
+    /// `LossReport`). Call only when [`Session::ready_to_contribute`] holds.
+    pub async fn contribute(
+        &mut self,
+        peer: &mut PeerState,
+        batch: &Split,
+    ) -> Result<Proposal, SessionEnd> {
+        let id = peer
+            .id
+            .ok_or_else(|| SessionEnd::Fatal("contributing before the relay's Welcome".into()))?;
+        let proposal = peer
+            .replica
+            .propose(id, self.next_counter, batch)
+            .await
+            .map_err(|e| SessionEnd::Fatal(format!("proposing failed: {e}")))?;
+        self.outbox.push(Message::Contribute {
+            counter: Serial::of(self.next_counter.0),
+            base_version: Serial::of(proposal.base_version.0),
+            byte: proposal.byte,
+        });
+        self.next_counter = Counter(self.next_counter.0 + 1);
+        self.in_flight += 1;
+        self.sent += 1;
+        peer.last_loss = Some(proposal.loss);
+        if self.sent.is_multiple_of(LOSS_REPORT_EVERY) {
+            self.outbox.push(Message::LossReport {
+                version: proposal.base_version,
+                loss: proposal.loss,
+            });
+        }
+        Ok(proposal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::synthetic_log;
+    use crate::{Builtin, Job, block_on, cpu_device};
+    use std::sync::Arc;
+
+    fn welcomed(head: u64) -> (PeerState, Session) {
+        let replica = Replica::new(Arc::new(Job::demo()), cpu_device());
+        let mut peer = PeerState::new(replica);
+        let mut session = Session::new(&peer, "t", 2);
+        assert!(matches!(
+            session.take_outbox().as_slice(),
+            [Message::Hello { resume: None, .. }]
+        ));
+        let welcome = Message::Welcome {
+            peer: PeerId(3),
+            job: peer.replica.job().id,
+            version: Version(head),
+            next_counter: Counter(10),
+        };
+        block_on(session.receive(&mut peer, welcome)).unwrap();
+        let table = LogCursor::new(Version(0), []).table_message();
+        assert_eq!(
+            block_on(session.receive(&mut peer, table)),
+            Ok(Received::Streaming)
+        );
+        (peer, session)
+    }
+
+    #[test]
+    fn a_session_catches_up_before_contributing_and_reports_hashes_at_boundaries() {
+        let (mut peer, mut session) = welcomed(300);
+        assert!(session.catching_up(&peer));
+        assert!(!session.ready_to_contribute(&peer));
+        let log = synthetic_log(300, 1);
+        let mut cursor = LogCursor::new(Version(0), []);
+        let batch = cursor.pack(&log);
+        let received = block_on(session.receive(&mut peer, batch)).unwrap();
+        let Received::Applied { entries, hashes } = received else {
+            panic!("expected Applied, got {received:?}");
+        };
+        assert_eq!(entries, 300);
+        assert_eq!(hashes.len(), 1);
+        assert_eq!(hashes[0].0, Version(HASH_REPORT_INTERVAL));
+        assert!(matches!(
+            session.take_outbox().as_slice(),
+            [Message::HashReport { version, .. }] if *version == Version(256)
+        ));
+        assert!(session.ready_to_contribute(&peer));
+
+        let data = Builtin::Spirals.generate(64, 8, 1);
+        block_on(session.contribute(&mut peer, &data.train)).unwrap();
+        block_on(session.contribute(&mut peer, &data.train)).unwrap();
+        assert!(!session.ready_to_contribute(&peer), "the window is 2");
+        let sent = session.take_outbox();
+        assert!(matches!(
+            sent.as_slice(),
+            [Message::Contribute { counter: a, .. }, Message::Contribute { counter: b, .. }]
+                if *a == Serial::of(10) && *b == Serial::of(11)
+        ));
+        let accepted = Message::Accepted {
+            counter: Counter(10),
+            version: Version(300),
+        };
+        block_on(session.receive(&mut peer, accepted)).unwrap();
+        assert_eq!(peer.accepted, 1);
+        assert!(session.ready_to_contribute(&peer));
+    }
+
+    #[test]
+    fn a_gap_in_the_log_asks_for_a_resync_and_out_of_order_messages_are_fatal() {
+        let (mut peer, mut session) = welcomed(0);
+        let mut cursor = LogCursor::new(Version(5), []);
+        let batch = cursor.pack(&synthetic_log(3, 1));
+        assert!(matches!(
+            block_on(session.receive(&mut peer, batch)),
+            Err(SessionEnd::Resync(_))
+        ));
+        let again = Message::Welcome {
+            peer: PeerId(3),
+            job: peer.replica.job().id,
+            version: Version(0),
+            next_counter: Counter(0),
+        };
+        assert!(matches!(
+            block_on(session.receive(&mut peer, again)),
+            Err(SessionEnd::Fatal(_))
+        ));
+    }
+}

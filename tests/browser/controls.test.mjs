@@ -1,0 +1,67 @@
+// Pause and resume, a relay restart, and a refusal, as the page shows them.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { test } from 'node:test';
+import { launch, pageStatus, scratch, sleep, startRelay, waitFor } from './harness.mjs';
+
+const ACTIVE = (s) => ['training', 'paused', 'catching_up', 'connecting'].includes(s.state);
+
+test('pause stops contributions, resume restarts them, a relay restart reconnects', async () => {
+  const tmp = scratch();
+  let relay = await startRelay(path.join(tmp.dir, 'relay.db'));
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page, problems } = browser;
+    await page.goto(relay.url);
+    await page.getByRole('button', { name: 'Join' }).click();
+    await waitFor('20 accepted', () => pageStatus(page), (s) => s.accepted >= 20);
+
+    await page.getByRole('button', { name: 'Pause' }).click();
+    await waitFor('the paused state', () => pageStatus(page), (s) => s.state === 'paused');
+    // What was in flight may still land; after that, nothing.
+    await sleep(1500);
+    const paused = (await pageStatus(page)).accepted;
+    await sleep(3000);
+    const still = await pageStatus(page);
+    assert.equal(still.state, 'paused');
+    assert.equal(still.accepted, paused, 'contributions were accepted while paused');
+
+    await page.getByRole('button', { name: 'Resume' }).click();
+    await waitFor('training again', () => pageStatus(page), (s) => s.state === 'training' && s.accepted > paused + 10);
+
+    relay = await (async () => {
+      await relay.kill();
+      const seen = await waitFor('the reconnecting state', () => pageStatus(page), (s) => s.state === 'reconnecting', 30_000);
+      assert.match(seen.detail, /relay|connect/i);
+      const before = seen.accepted;
+      const again = await relay.restart();
+      await waitFor('training after the restart', () => pageStatus(page), (s) => s.state === 'training' && s.accepted > before + 10, 120_000);
+      return again;
+    })();
+    // The relay's own console error for the refused socket is expected while it is down.
+    assert.deepEqual(problems.filter((p) => !/WebSocket connection|ERR_CONNECTION_REFUSED/.test(p)), []);
+  } finally {
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+});
+
+test('a relay that refuses the peer shows its reason', async () => {
+  const tmp = scratch();
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), ['--join-token', 'sesame']);
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page } = browser;
+    await page.goto(relay.url);
+    await page.getByRole('button', { name: 'Join' }).click();
+    const refused = await waitFor('the refused state', () => pageStatus(page), (s) => s.state === 'refused' || s.state === 'training');
+    assert.equal(refused.state, 'refused');
+    assert.match(refused.detail, /join token/);
+    assert.ok(!ACTIVE(refused));
+  } finally {
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+});

@@ -1,0 +1,167 @@
+// Real processes for the browser tests: the relay and native workers from target/debug, and
+// Debian's Chromium driven by playwright-core. Everything talks over 127.0.0.1.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = process.env.ONEBYTE_BIN_DIR ?? path.join(ROOT, 'target', 'debug');
+export const ARTIFACTS = process.env.ONEBYTE_ARTIFACTS ?? path.join(ROOT, 'artifacts');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+/** A scratch directory removed when `cleanup` runs. */
+export function scratch() {
+  const dir = mkdtempSync(path.join(tmpdir(), 'onebyte-browser-'));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Starts `onebyte-relay` serving `web/`; resolves once it listens. */
+export async function startRelay(store, args = [], listen = '127.0.0.1:0') {
+  const proc = spawn(
+    path.join(BIN, 'onebyte-relay'),
+    ['--listen', listen, '--store', store, '--web', path.join(ROOT, 'web'), ...args],
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } },
+  );
+  const lines = createInterface({ input: proc.stdout });
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the relay did not listen within 60 s')), 60_000);
+    proc.once('exit', (code) => reject(new Error(`the relay exited (${code}) before listening`)));
+    lines.on('line', (line) => {
+      const m = line.match(/^listening on (http:\/\/\S+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+  });
+  const relay = {
+    url,
+    proc,
+    args,
+    store,
+    /** SIGKILL: no shutdown code runs. */
+    kill() {
+      return new Promise((resolve) => {
+        if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+        proc.once('exit', resolve);
+        proc.kill('SIGKILL');
+      });
+    },
+    /** The same relay again: same port, same store file. */
+    async restart() {
+      await relay.kill();
+      const listenOn = new URL(url).host;
+      for (let tries = 0; ; tries++) {
+        try {
+          return await startRelay(store, args, listenOn);
+        } catch (error) {
+          if (tries > 50) throw error;
+          await sleep(200);
+        }
+      }
+    },
+  };
+  return relay;
+}
+
+/** Runs `onebyte join --relay URL --json ARGS…`; `result` resolves with its JSON report. */
+export function startWorker(url, args = []) {
+  const proc = spawn(path.join(BIN, 'onebyte'), ['join', '--relay', url, '--json', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  proc.stdout.on('data', (d) => (out += d));
+  proc.stderr.on('data', (d) => (err += d));
+  const result = new Promise((resolve, reject) => {
+    proc.once('exit', (code) => {
+      const last = out.trim().split('\n').pop();
+      if (code === 0 && last?.startsWith('{')) resolve(JSON.parse(last));
+      else reject(new Error(`onebyte join exited with ${code}: ${err.slice(-2000)}`));
+    });
+  });
+  result.catch(() => {});
+  return { proc, result, kill: () => proc.kill('SIGKILL') };
+}
+
+export function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Chromium, headless, in a fresh profile. `webgpu: true` enables WebGPU (SwiftShader here);
+ * `false` turns it off, so the page must fall back to the CPU.
+ */
+export async function launch({ webgpu }) {
+  const args = [
+    '--no-sandbox',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--disable-quic',
+  ];
+  // Here `--enable-unsafe-webgpu` yields SwiftShader's adapter; without it, and with WebGPU
+  // disabled, `requestAdapter()` resolves to null.
+  args.push(webgpu ? '--enable-unsafe-webgpu' : '--disable-features=WebGPU');
+  const userDataDir = mkdtempSync(path.join(tmpdir(), 'onebyte-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args,
+    viewport: { width: 1200, height: 1400 },
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  const problems = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') problems.push(`console: ${msg.text()}`);
+  });
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  return {
+    page,
+    problems,
+    async close() {
+      await context.close();
+      rmSync(userDataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Polls `read()` until `ok(value)` holds; fails with `what` and the last value otherwise. */
+export async function waitFor(what, read, ok, timeoutMs = 180_000) {
+  const deadline = Date.now() + timeoutMs;
+  let value;
+  for (;;) {
+    value = await read();
+    if (ok(value)) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last saw ${JSON.stringify(value)}`);
+    await sleep(250);
+  }
+}
+
+/** What the page shows: state, counters, backend, the latest weight hash. */
+export async function pageStatus(page) {
+  return page.evaluate(() => {
+    const text = (id) => document.getElementById(id).textContent;
+    return {
+      state: document.getElementById('state').dataset.state,
+      detail: text('state-detail'),
+      backend: text('backend'),
+      accepted: Number(text('accepted')),
+      version: Number(text('version')),
+      hashVersion: Number(text('hash-version')) || 0,
+      hash: text('hash'),
+    };
+  });
+}
+
+export async function screenshot(page, name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const file = path.join(ARTIFACTS, name);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}

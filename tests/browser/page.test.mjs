@@ -1,0 +1,72 @@
+// The page in a real browser against a real relay: join in one click, train on WebGPU (or the
+// CPU when WebGPU is off), and hold exactly the weights a native CPU replica computes.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { test } from 'node:test';
+import {
+  launch,
+  pageStatus,
+  scratch,
+  screenshot,
+  startRelay,
+  startWorker,
+  waitFor,
+} from './harness.mjs';
+
+/** Replays the relay's log natively on the CPU up to `version` and returns the weight hash. */
+async function nativeHashAt(url, version) {
+  const follower = startWorker(url, ['--contributions', '0', '--until-version', String(version), '--seed', '99']);
+  const report = await follower.result;
+  assert.equal(report.version, version);
+  return report.hash;
+}
+
+async function trainsAndMatchesNative({ webgpu, backendPattern, shot }) {
+  const tmp = scratch();
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'));
+  // One native peer trains beside the page (a bounded share, so the small CI machine keeps up).
+  const native = startWorker(relay.url, ['--seed', '1', '--contributions', '400', '--window', '1']);
+  const browser = await launch({ webgpu });
+  try {
+    const { page, problems } = browser;
+    await page.goto(relay.url);
+    await page.getByRole('button', { name: 'Join' }).click();
+    const training = await waitFor(
+      'the page to train',
+      () => pageStatus(page),
+      (s) => s.state === 'training' || s.state === 'failed' || s.state === 'refused',
+    );
+    assert.equal(training.state, 'training', training.detail);
+    const status = await waitFor(
+      '50 accepted contributions and a weight hash',
+      () => pageStatus(page),
+      (s) => s.accepted >= 50 && s.hashVersion > 0,
+      300_000,
+    );
+    assert.match(status.backend, backendPattern);
+    // The page's hash at a version equals a native CPU replica's at that version.
+    const expected = await nativeHashAt(relay.url, status.hashVersion);
+    assert.equal(status.hash, expected, `weights differ at version ${status.hashVersion}`);
+    await screenshot(page, shot);
+    assert.deepEqual(problems, []);
+    const native_report = await native.result;
+    assert.ok(native_report.accepted >= 400);
+  } finally {
+    native.kill();
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+}
+
+test('the page trains on WebGPU and its weights equal the native CPU replica', async () => {
+  await trainsAndMatchesNative({ webgpu: true, backendPattern: /^WebGPU/, shot: 'page-webgpu.png' });
+});
+
+test('without WebGPU the page falls back to the CPU, says so, and still trains', async () => {
+  await trainsAndMatchesNative({
+    webgpu: false,
+    backendPattern: /^CPU \(WebAssembly\) — .*WebGPU/,
+    shot: 'page-cpu-fallback.png',
+  });
+});

@@ -1,0 +1,303 @@
+// The page: one click to join, live state and charts, and the controls a volunteer expects.
+import { Charts } from './charts.js';
+import { loadEngine } from './loader.js';
+import { Playground } from './playground.js';
+import { loadSettings, saveSettings } from './settings.js';
+
+const $ = (id) => document.getElementById(id);
+
+const STATE_LABELS = {
+  idle: 'not joined',
+  loading: 'loading',
+  connecting: 'connecting',
+  catching_up: 'catching up',
+  training: 'training',
+  paused: 'paused',
+  reconnecting: 'reconnecting',
+  refused: 'refused',
+  stopped: 'stopped',
+  failed: 'failed',
+};
+
+const settings = loadSettings();
+const charts = new Charts($('loss-chart'), $('rate-chart'));
+const playground = new Playground($('playground'));
+
+let worker = null;
+let userPaused = false;
+let onBattery = false;
+let lastProgress = null;
+let swarm = { loss: null, rate: null, peers: null };
+
+function formatBytes(n) {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i++;
+  }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+function showState(state, detail = '') {
+  const badge = $('state');
+  badge.dataset.state = state;
+  badge.textContent = STATE_LABELS[state] ?? state;
+  $('state-detail').textContent = detail;
+  $('catchup').hidden = state !== 'catching_up';
+}
+
+// --- pausing: by hand, when hidden, on battery -------------------------------------------------
+
+function autoPauseReason() {
+  if (settings.pauseWhenHidden && document.visibilityState === 'hidden') return 'this tab is hidden';
+  if (settings.pauseOnBattery && onBattery) return 'this device is on battery';
+  return null;
+}
+
+function applyPause() {
+  const reason = userPaused ? 'paused by you' : autoPauseReason();
+  const paused = reason !== null;
+  const button = $('pause');
+  button.textContent = userPaused ? 'Resume' : 'Pause';
+  button.setAttribute('aria-pressed', String(userPaused));
+  worker?.postMessage({ type: paused ? 'pause' : 'resume' });
+  return reason;
+}
+
+document.addEventListener('visibilitychange', applyPause);
+
+async function watchBattery() {
+  if (!navigator.getBattery) {
+    $('battery-note').textContent = ' (this browser does not say)';
+    return;
+  }
+  try {
+    const battery = await navigator.getBattery();
+    const update = () => {
+      onBattery = !battery.charging;
+      applyPause();
+    };
+    battery.addEventListener('chargingchange', update);
+    update();
+  } catch {
+    $('battery-note').textContent = ' (this browser does not say)';
+  }
+}
+
+// --- controls ---------------------------------------------------------------------------------
+
+function initControls() {
+  const throttle = $('throttle');
+  throttle.value = settings.throttle;
+  $('throttle-value').textContent = `${settings.throttle} %`;
+  throttle.addEventListener('input', () => {
+    settings.throttle = Number(throttle.value);
+    $('throttle-value').textContent = `${settings.throttle} %`;
+    saveSettings(settings);
+    worker?.postMessage({ type: 'throttle', share: settings.throttle / 100 });
+  });
+  for (const [id, key] of [
+    ['pause-hidden', 'pauseWhenHidden'],
+    ['pause-battery', 'pauseOnBattery'],
+  ]) {
+    const box = $(id);
+    box.checked = settings[key];
+    box.addEventListener('change', () => {
+      settings[key] = box.checked;
+      saveSettings(settings);
+      applyPause();
+    });
+  }
+  const backend = $('backend-choice');
+  backend.value = settings.backend;
+  backend.addEventListener('change', () => {
+    settings.backend = backend.value;
+    saveSettings(settings);
+  });
+  $('pause').addEventListener('click', () => {
+    userPaused = !userPaused;
+    applyPause();
+  });
+  $('join').addEventListener('click', join);
+  $('leave').addEventListener('click', leave);
+  $('csv-file').addEventListener('change', () => {
+    document.querySelector('input[name=data][value=csv]').checked = true;
+  });
+}
+
+// --- events from the worker ----------------------------------------------------------------------
+
+function onEvent(event) {
+  switch (event.type) {
+    case 'state':
+      if (event.state === 'paused' || event.state === 'training') {
+        const reason = userPaused ? 'paused by you' : autoPauseReason();
+        showState(event.state, event.state === 'paused' && reason ? `paused: ${reason}` : event.detail);
+      } else {
+        showState(event.state, event.detail);
+      }
+      break;
+    case 'backend':
+      $('backend').textContent = event.backend === 'webgpu' ? `WebGPU · ${event.adapter}` : 'CPU (WebAssembly)';
+      $('backend').title = event.reason ?? event.adapter;
+      if (event.reason) $('backend').textContent += ` — ${event.reason}`;
+      break;
+    case 'data':
+      playground.setData(event.points, event.labels);
+      break;
+    case 'progress':
+      onProgress(event);
+      break;
+    case 'hash':
+      $('hash-version').textContent = event.version;
+      $('hash').textContent = event.hash;
+      break;
+    case 'model':
+      $('accuracy').textContent = `${(event.accuracy * 100).toFixed(1)} %`;
+      playground.setModel(event);
+      break;
+    case 'ended':
+      if (event.error) showState($('state').dataset.state === 'refused' ? 'refused' : 'failed', event.error);
+      else showState('stopped', 'left the relay');
+      finish();
+      break;
+  }
+}
+
+function onProgress(p) {
+  lastProgress = p;
+  $('peer').textContent = p.peer ?? '–';
+  $('version').textContent = p.version;
+  $('accepted').textContent = p.accepted;
+  $('rejected').textContent = p.rejected;
+  $('rate').textContent = p.contributionsPerS.toFixed(1);
+  $('step-ms').textContent = p.stepMs == null ? '–' : p.stepMs.toFixed(0);
+  $('bytes-sent').textContent = formatBytes(p.bytesSent);
+  $('bytes-received').textContent = formatBytes(p.bytesReceived);
+  $('bytes-fp32').textContent = formatBytes(p.fp32Bytes);
+  const used = p.bytesSent + p.bytesReceived;
+  $('bytes-ratio').textContent = p.fp32Bytes > 0 && used > 0 ? `${Math.round((2 * p.fp32Bytes) / used)}× what this tab used` : '–';
+  const span = p.head - p.start;
+  $('catchup-progress').value = span > 0 ? Math.min(1, (p.version - p.start) / span) : 1;
+}
+
+// --- the swarm, from the relay's status ----------------------------------------------------------
+
+async function pollStatus() {
+  try {
+    const response = await fetch('/api/status', { cache: 'no-store' });
+    if (response.ok) {
+      const s = await response.json();
+      swarm = { loss: s.last_reported_loss, rate: s.contributions_per_s, peers: s.peers };
+      $('peers').textContent = s.peers;
+    }
+  } catch {
+    // The relay may be restarting; the connection state already says so.
+  }
+  if (worker) {
+    charts.addLoss(lastProgress?.loss ?? null, swarm.loss);
+    charts.addActivity(swarm.rate, lastProgress?.contributionsPerS ?? null, swarm.peers);
+  }
+}
+
+// --- joining and leaving -------------------------------------------------------------------------
+
+async function readOptions() {
+  const options = {
+    relay: location.origin,
+    backend: settings.backend,
+    throttle: settings.throttle / 100,
+    paused: userPaused || autoPauseReason() !== null,
+    seed: crypto.getRandomValues(new Uint32Array(1))[0],
+    // A relay that needs a join token hands out links with `?token=…`.
+    token: new URLSearchParams(location.search).get('token') ?? '',
+  };
+  const useCsv = document.querySelector('input[name=data]:checked').value === 'csv';
+  if (useCsv) {
+    const file = $('csv-file').files[0];
+    if (!file) throw new Error('choose a CSV file first, or use the built-in spirals');
+    options.csv = await file.text();
+    options.csvName = file.name;
+  }
+  return options;
+}
+
+async function join() {
+  $('join').disabled = true;
+  let options;
+  try {
+    options = await readOptions();
+  } catch (error) {
+    showState('failed', error.message);
+    $('join').disabled = false;
+    return;
+  }
+  $('data-choice').disabled = true;
+  $('backend-choice').disabled = true;
+  showState('loading', 'downloading the engine');
+  $('loading').hidden = false;
+  let module;
+  try {
+    module = await loadEngine(new URL('pkg/client_wasm_bg.wasm', import.meta.url), {
+      onDownload(received, total) {
+        const bar = $('load-progress');
+        if (total) {
+          bar.max = total;
+          bar.value = received;
+        }
+        $('load-label').textContent = `Downloading the engine… ${formatBytes(received)}${total ? ` of ${formatBytes(total)}` : ''}`;
+      },
+      onCompile(size) {
+        $('load-progress').removeAttribute('value');
+        $('load-label').textContent = `Compiling the engine (${formatBytes(size)})…`;
+      },
+    });
+  } catch (error) {
+    $('loading').hidden = true;
+    showState('failed', `could not load the engine: ${error.message}`);
+    finish();
+    return;
+  }
+  $('loading').hidden = true;
+  worker = new Worker(new URL('peer-worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = ({ data }) => onEvent(data);
+  worker.onerror = (e) => {
+    showState('failed', e.message || 'the worker failed');
+    finish();
+  };
+  worker.postMessage({ type: 'start', module, options });
+  $('pause').disabled = false;
+  $('join').hidden = true;
+  $('leave').hidden = false;
+  $('leave').disabled = false;
+}
+
+function leave() {
+  $('leave').disabled = true;
+  worker?.postMessage({ type: 'stop' });
+  // A worker busy in a long step still stops: give it a moment, then end it.
+  setTimeout(() => {
+    if (worker) {
+      showState('stopped', 'left the relay');
+      finish();
+    }
+  }, 3000);
+}
+
+function finish() {
+  worker?.terminate();
+  worker = null;
+  $('pause').disabled = true;
+  $('join').hidden = false;
+  $('join').disabled = false;
+  $('leave').hidden = true;
+  $('data-choice').disabled = false;
+  $('backend-choice').disabled = false;
+}
+
+initControls();
+watchBattery();
+showState('idle', 'press Join to lend this tab to the training job');
+setInterval(pollStatus, 2000);
+pollStatus();

@@ -1,0 +1,36 @@
+// The Web Worker that runs the peer: the wasm client does all the protocol and training work
+// here, off the main thread, and posts its events to the page.
+import init, { Client } from './pkg/client_wasm.js';
+
+let client = null;
+
+function fail(error) {
+  self.postMessage({ type: 'ended', error: String(error?.message ?? error) });
+}
+
+self.onmessage = async ({ data: msg }) => {
+  switch (msg.type) {
+    case 'start':
+      try {
+        await init({ module_or_path: msg.module });
+        client = new Client(msg.options, (event) => self.postMessage(event));
+      } catch (error) {
+        fail(error);
+        return;
+      }
+      client.run().then(() => self.postMessage({ type: 'ended' }), fail);
+      break;
+    case 'pause':
+      client?.pause();
+      break;
+    case 'resume':
+      client?.resume();
+      break;
+    case 'throttle':
+      client?.setThrottle(msg.share);
+      break;
+    case 'stop':
+      client?.stop();
+      break;
+  }
+};

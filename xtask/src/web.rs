@@ -1,0 +1,204 @@
+//! The browser side: the wasm client, wasm-bindgen, npm packages, Chromium.
+
+use crate::steps::{cargo, describe, ensure_debs, root, run};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::Command;
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// The version of `wasm-bindgen` that `Cargo.lock` pins: the CLI must match it exactly.
+fn locked_wasm_bindgen() -> Result<String> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).context("reading Cargo.lock")?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == "name = \"wasm-bindgen\""
+            && let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = \""))
+        {
+            return Ok(v.trim_end_matches('"').to_string());
+        }
+    }
+    bail!("Cargo.lock does not mention wasm-bindgen")
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"));
+    home.join("bin").join(name)
+}
+
+/// `wasm-bindgen` (and its test runner) at the locked version, installed when missing.
+pub fn ensure_wasm_bindgen() -> Result<PathBuf> {
+    let version = locked_wasm_bindgen()?;
+    let bin = cargo_bin("wasm-bindgen");
+    let installed = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == format!("wasm-bindgen {version}"))
+        .unwrap_or(false);
+    if !installed {
+        let mut install = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        install.args([
+            "install",
+            "wasm-bindgen-cli",
+            "--version",
+            &version,
+            "--force",
+        ]);
+        // The CLI's own lock file sometimes names a yanked crate; without --locked cargo picks
+        // compatible versions instead.
+        run(
+            &format!("installing wasm-bindgen-cli {version} (the version in Cargo.lock)"),
+            install,
+        )?;
+    }
+    Ok(bin)
+}
+
+/// Makes the wasm32 standard library available. Returns whether it has to be built from
+/// source (`-Zbuild-std`) because rustup could not download it.
+pub fn ensure_wasm_target() -> Result<bool> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(WASM_TARGET))
+        .unwrap_or(false);
+    if installed {
+        return Ok(false);
+    }
+    let script = root().join("../shared/ci/wasm-std.sh");
+    if !script.exists() {
+        let mut add = Command::new("rustup");
+        add.args(["target", "add", WASM_TARGET]);
+        run("installing the wasm32 standard library (rustup)", add)?;
+        return Ok(false);
+    }
+    eprintln!(
+        "\n==> providing the wasm32 standard library ({}: rustup, else the rust-src route)",
+        script.display()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("could not run wasm-std.sh")?;
+    let mode = String::from_utf8_lossy(&out.stdout);
+    match mode.trim() {
+        "mode=target" => Ok(false),
+        "mode=build-std" => {
+            eprintln!("    no prebuilt std: building it from source (-Zbuild-std)");
+            Ok(true)
+        }
+        other => bail!("wasm-std.sh could not provide the wasm32 std ({other})"),
+    }
+}
+
+/// A cargo command for the wasm32 target (getrandom's browser backend is configured in
+/// `.cargo/config.toml`); `-Zbuild-std` when the prebuilt std is missing.
+fn wasm_cargo(subcommand: &str, build_std: bool) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        subcommand,
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "onebyte-client-wasm",
+    ]);
+    if build_std {
+        cmd.env("RUSTC_BOOTSTRAP", "1")
+            .arg("-Zbuild-std=std,panic_abort");
+    }
+    cmd
+}
+
+/// npm packages of `dir` from its lock file.
+fn npm_install(dir: &str) -> Result<()> {
+    let mut npm = Command::new("npm");
+    npm.current_dir(root().join(dir))
+        .args(["ci", "--no-audit", "--no-fund"]);
+    run(&format!("npm packages of {dir}/ (npm ci)"), npm)
+}
+
+/// Builds the browser package into `web/pkg/` and copies uPlot into `web/vendor/`.
+///
+/// The dev profile optimises every dependency (`opt-level = 3`), so the page runs at full speed
+/// and the wasm tests reuse the same build; wasm-opt stays out of this path (minutes for little).
+pub fn build_web() -> Result<()> {
+    let build_std = ensure_wasm_target()?;
+    let bindgen = ensure_wasm_bindgen()?;
+    run(
+        "the browser client for wasm32 (engine, WebGPU and CPU backends)",
+        wasm_cargo("build", build_std),
+    )?;
+    let wasm = root()
+        .join("target")
+        .join(WASM_TARGET)
+        .join("debug")
+        .join("client_wasm.wasm");
+    let mut generate = Command::new(bindgen);
+    generate
+        .arg("--target")
+        .arg("web")
+        .arg("--no-typescript")
+        .arg("--out-dir")
+        .arg(root().join("web").join("pkg"))
+        .arg(&wasm);
+    run("JavaScript bindings into web/pkg (wasm-bindgen)", generate)?;
+    npm_install("web")?;
+    let vendor = root().join("web").join("vendor");
+    std::fs::create_dir_all(&vendor)?;
+    let dist = root().join("web/node_modules/uplot/dist");
+    for file in ["uPlot.esm.js", "uPlot.min.css"] {
+        std::fs::copy(dist.join(file), vendor.join(file))
+            .with_context(|| format!("copying {file} from {}", dist.display()))?;
+    }
+    let size = std::fs::metadata(root().join("web/pkg/client_wasm_bg.wasm"))?.len();
+    eprintln!(
+        "    web/pkg/client_wasm_bg.wasm: {:.1} MB",
+        size as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// clippy on the browser client, which only compiles for wasm32 (the workspace's clippy run
+/// sees an empty crate).
+pub fn wasm_clippy() -> Result<()> {
+    let build_std = ensure_wasm_target()?;
+    let mut clippy = wasm_cargo("clippy", build_std);
+    clippy.args(["--all-targets", "--", "-D", "warnings"]);
+    run("lints of the browser client for wasm32 (clippy)", clippy)
+}
+
+/// The client's wasm tests under Node.js (wasm-bindgen-test-runner).
+pub fn wasm_tests() -> Result<()> {
+    let build_std = ensure_wasm_target()?;
+    let bindgen = ensure_wasm_bindgen()?;
+    let runner = bindgen.with_file_name("wasm-bindgen-test-runner");
+    let mut test = wasm_cargo("test", build_std);
+    test.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner);
+    run("wasm tests of the browser client (Node.js)", test)
+}
+
+/// Debian's Chromium, which playwright-core drives (no downloaded browsers).
+pub fn ensure_chromium() -> Result<()> {
+    ensure_debs(&["chromium"], "browser tests in headless Chromium")
+}
+
+/// The page end to end: real relay and workers, the built page in Chromium.
+pub fn browser_tests() -> Result<()> {
+    ensure_chromium()?;
+    npm_install("tests/browser")?;
+    let mut test = Command::new("node");
+    test.current_dir(root().join("tests/browser"))
+        .args(["--test", "--test-concurrency=1"])
+        .env("ONEBYTE_BIN_DIR", root().join("target/debug"))
+        .env("ONEBYTE_ARTIFACTS", root().join("artifacts"));
+    eprintln!("    (screenshots go to artifacts/)");
+    let what = format!(
+        "browser end to end: the page in Chromium, WebGPU and CPU ({})",
+        describe(&test)
+    );
+    run(&what, test)
+}
