@@ -152,6 +152,11 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         modelled_version: None,
         shown: None,
     };
+    // The first evaluation compiles the forward pass's kernels: seconds on a software adapter.
+    emitter.state(
+        State::Loading,
+        "preparing the model (the first pass compiles its kernels)",
+    );
     peer.show_model().await;
 
     let mut backoff = 100.0;

@@ -35,7 +35,9 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket));
     let router = match &ctx.config.web {
-        Some(dir) => api.fallback_service(ServeDir::new(dir)),
+        // `x.gz` beside `x` is sent to browsers that accept gzip (the page's wasm engine: tens
+        // of megabytes, a fifth of that compressed).
+        Some(dir) => api.fallback_service(ServeDir::new(dir).precompressed_gzip()),
         None => api.route("/", get(index)),
     };
     router.with_state(ctx)
