@@ -65,3 +65,32 @@ test('a relay that refuses the peer shows its reason', async () => {
     tmp.cleanup();
   }
 });
+
+test('a CSV from the file picker trains, and the page fits a phone-wide screen', async () => {
+  const tmp = scratch();
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'));
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page, problems } = browser;
+    await page.setViewportSize({ width: 360, height: 900 });
+    await page.goto(relay.url);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow} px wider than a 360 px screen`);
+    // Two noisy blobs; the label in the last column, a header row.
+    let csv = 'x,y,label\n';
+    for (let i = 0; i < 400; i++) {
+      const label = i % 2;
+      const jitter = (k) => Math.sin(i * 12.9898 + k) * 0.3;
+      csv += `${label ? 1 + jitter(1) : -1 + jitter(2)},${label ? 1 + jitter(3) : -1 + jitter(4)},${label}\n`;
+    }
+    await page.locator('#csv-file').setInputFiles({ name: 'blobs.csv', mimeType: 'text/csv', buffer: Buffer.from(csv) });
+    assert.equal(await page.locator('input[name=data][value=csv]').isChecked(), true);
+    await page.getByRole('button', { name: 'Join' }).click();
+    await waitFor('10 accepted from the CSV', () => pageStatus(page), (s) => s.accepted >= 10);
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+});
