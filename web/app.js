@@ -121,8 +121,8 @@ function initControls() {
   });
   $('join').addEventListener('click', join);
   $('leave').addEventListener('click', leave);
-  $('csv-file').addEventListener('change', () => {
-    document.querySelector('input[name=data][value=csv]').checked = true;
+  $('data-file').addEventListener('change', () => {
+    document.querySelector('input[name=data][value=file]').checked = true;
   });
 }
 
@@ -144,6 +144,9 @@ function onEvent(event) {
       if (event.reason) $('backend').textContent += ` — ${event.reason}`;
       break;
     case 'data':
+      $('samples-card').hidden = !event.language;
+      $('bpc-stat').hidden = !event.language;
+      $('playground-card').hidden = event.language || event.features !== 2;
       playground.setData(event.points, event.labels);
       break;
     case 'progress':
@@ -155,6 +158,8 @@ function onEvent(event) {
       break;
     case 'model':
       $('accuracy').textContent = `${(event.accuracy * 100).toFixed(1)} %`;
+      if (event.bitsPerChar != null) $('bpc').textContent = event.bitsPerChar.toFixed(3);
+      if (event.sample != null) $('sample').textContent = `the ${event.sample}`;
       playground.setModel(event);
       break;
     case 'ended':
@@ -213,12 +218,12 @@ async function readOptions() {
     // A relay that needs a join token hands out links with `?token=…`.
     token: new URLSearchParams(location.search).get('token') ?? '',
   };
-  const useCsv = document.querySelector('input[name=data]:checked').value === 'csv';
-  if (useCsv) {
-    const file = $('csv-file').files[0];
-    if (!file) throw new Error('choose a CSV file first, or use the built-in spirals');
-    options.csv = await file.text();
-    options.csvName = file.name;
+  const useFile = document.querySelector('input[name=data]:checked').value === 'file';
+  if (useFile) {
+    const file = $('data-file').files[0];
+    if (!file) throw new Error('choose a file first, or use the built-in data');
+    options.file = await file.text();
+    options.fileName = file.name;
   }
   return options;
 }

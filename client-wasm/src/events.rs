@@ -40,6 +40,8 @@ pub enum Event {
         test: usize,
         classes: usize,
         features: usize,
+        /// A character language model's text, not points.
+        language: bool,
         /// Up to 600 training points, `x, y` interleaved (2-feature data only).
         points: Vec<f32>,
         labels: Vec<u32>,
@@ -79,6 +81,10 @@ pub enum Event {
         version: u64,
         accuracy: f32,
         test_loss: f32,
+        /// For a char LM: the held-out loss in bits per character.
+        bits_per_char: Option<f32>,
+        /// For a char LM: text the current model writes after "the ".
+        sample: Option<String>,
         /// `[x_min, x_max, y_min, y_max]` of the grid.
         extent: [f32; 4],
         size: u32,

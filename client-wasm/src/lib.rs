@@ -11,6 +11,8 @@ mod backend;
 mod clock;
 mod console;
 pub mod events;
+mod grid;
+mod local;
 mod options;
 mod relay;
 mod run;
@@ -22,6 +24,7 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
 pub use backend::webgpu_available;
+pub use local::LocalSwarm;
 pub use options::load_dataset;
 
 /// What the page can change while the client runs.
@@ -70,7 +73,7 @@ pub struct Client {
 
 #[wasm_bindgen]
 impl Client {
-    /// `options`: `{ relay, data?, csv?, csvName?, seed?, token?, backend?: "auto" | "cpu",
+    /// `options`: `{ relay, data?, file?, fileName?, seed?, token?, backend?: "auto" | "cpu",
     /// window?, throttle?, paused?, grid? }`; `on_event` receives every event object.
     #[wasm_bindgen(constructor)]
     pub fn new(options: JsValue, on_event: js_sys::Function) -> Result<Client, JsError> {

@@ -1,6 +1,6 @@
 //! What the page asks for, and the local data it names.
 
-use engine::{Builtin, DataSource, Dataset};
+use engine::{DataSource, Dataset, Job};
 use serde::Deserialize;
 
 /// `new Client(options, …)`.
@@ -9,14 +9,16 @@ use serde::Deserialize;
 pub struct Options {
     /// The relay's base URL, e.g. `location.origin`.
     pub relay: String,
-    /// A built-in dataset name (`spirals`, `moons`, `circles`), used when `csv` is absent.
-    #[serde(default = "default_data")]
+    /// A built-in dataset (`spirals`, `moons`, `circles`, `tales`, `recipes`), used when `file`
+    /// is absent; empty means the job's own `task.dataset`.
+    #[serde(default)]
     pub data: String,
-    /// The text of the person's own CSV file: it stays in this tab.
+    /// The text of the person's own file (CSV, or `.txt` for a language model): it stays in
+    /// this tab.
     #[serde(default)]
-    pub csv: Option<String>,
+    pub file: Option<String>,
     #[serde(default)]
-    pub csv_name: Option<String>,
+    pub file_name: Option<String>,
     /// Seed of the tab's shard of a built-in dataset and of its batch draws.
     #[serde(default = "default_seed")]
     pub seed: u32,
@@ -36,9 +38,6 @@ pub struct Options {
     pub grid: u32,
 }
 
-fn default_data() -> String {
-    "spirals".into()
-}
 fn default_seed() -> u32 {
     1
 }
@@ -46,7 +45,7 @@ fn default_backend() -> String {
     "auto".into()
 }
 fn default_window() -> usize {
-    2
+    4
 }
 fn default_throttle() -> f64 {
     1.0
@@ -55,24 +54,32 @@ fn default_grid() -> u32 {
     40
 }
 
-/// The tab's data: a seeded draw of a built-in set, or a CSV's text.
+/// The tab's data for `job`: a file's text the page read (a `.csv` for a classifier, a `.txt`
+/// for a char LM), or a seeded draw of a built-in set.
 pub fn load_dataset(
+    job: &Job,
     data: &str,
-    csv: Option<&str>,
-    csv_name: Option<&str>,
+    file: Option<&str>,
+    file_name: Option<&str>,
     seed: u64,
 ) -> Result<Dataset, String> {
-    if let Some(text) = csv {
-        let name = csv_name.unwrap_or("your CSV");
-        return engine::data::load_csv(name, text, seed).map_err(|e| format!("{name}: {e}"));
-    }
-    match data.parse::<DataSource>() {
-        Ok(DataSource::Builtin(b)) => Ok(builtin(b, seed)),
-        Ok(DataSource::Csv(_)) => Err("a CSV file is read from the page, pick it there".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn builtin(b: Builtin, seed: u64) -> Dataset {
-    b.generate(4_000, 1_000, seed)
+    let source = match (file, file_name) {
+        (Some(_), name) => {
+            let name = name.unwrap_or("your file").to_string();
+            if name.to_ascii_lowercase().ends_with(".txt") || job.model.is_language_model() {
+                DataSource::Text(name)
+            } else {
+                DataSource::Csv(name)
+            }
+        }
+        (None, _) => match data.parse::<DataSource>() {
+            Ok(s @ (DataSource::Builtin(_) | DataSource::Corpus(_))) => s,
+            Ok(_) => return Err("a file is read from the page: pick it there".into()),
+            Err(e) => return Err(e.to_string()),
+        },
+    };
+    engine::data::for_job(job, &source, file, seed).map_err(|e| match file_name {
+        Some(name) => format!("{name}: {e}"),
+        None => e.to_string(),
+    })
 }

@@ -5,6 +5,7 @@ use crate::Controls;
 use crate::backend::{self, Backend};
 use crate::clock::{now_ms, sleep_ms};
 use crate::events::{Emitter, Event, State};
+use crate::grid::{extent_of, grid_points};
 use crate::options::{Options, load_dataset};
 use crate::relay::{Endpoints, with_retries};
 use engine::{BatchSampler, Dataset, Job, PeerState, Received, Session, SessionEnd};
@@ -100,25 +101,19 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
     };
     let job = Arc::new(Job::from_toml(&job_toml).map_err(|e| format!("the relay's job: {e}"))?);
     let seed = u64::from(options.seed);
+    let builtin = if options.data.is_empty() {
+        &job.config.task.dataset
+    } else {
+        &options.data
+    };
     let data = load_dataset(
-        &options.data,
-        options.csv.as_deref(),
-        options.csv_name.as_deref(),
+        &job,
+        builtin,
+        options.file.as_deref(),
+        options.file_name.as_deref(),
         seed,
     )?;
-    if data.features() != job.model.features() || data.classes > job.model.classes() {
-        return Err(format!(
-            "{} has {} features and {} classes; the job `{}` reads {} features and predicts {} \
-             classes",
-            data.name,
-            data.features(),
-            data.classes,
-            job.config.job.name,
-            job.model.features(),
-            job.model.classes()
-        ));
-    }
-    emit_data(emitter, &data);
+    emit_data(emitter, &data, job.model.is_language_model());
 
     emitter.state(State::Loading, "starting the backend");
     let choice = backend::choose(&options.backend).await;
@@ -232,8 +227,8 @@ async fn load_replica(
     }
 }
 
-fn emit_data(emitter: &Emitter, data: &Dataset) {
-    let two_d = data.features() == 2;
+fn emit_data(emitter: &Emitter, data: &Dataset, language: bool) {
+    let two_d = data.features() == 2 && !language;
     let shown = if two_d { data.train.len().min(600) } else { 0 };
     emitter.emit(&Event::Data {
         name: data.name.clone(),
@@ -241,6 +236,7 @@ fn emit_data(emitter: &Emitter, data: &Dataset) {
         test: data.test.len(),
         classes: data.classes,
         features: data.features(),
+        language,
         points: data.train.x[..shown * data.features()].to_vec(),
         labels: data.train.y[..shown].to_vec(),
     });
@@ -432,8 +428,18 @@ impl Peer<'_> {
         let Ok(eval) = replica.evaluate(&self.data.test).await else {
             return;
         };
+        let language = self.job.model.is_language_model();
         let size = self.options.grid.clamp(8, 128);
-        let (extent, probs) = if self.data.features() == 2 {
+        let sample = if language {
+            let prompt = b"the ";
+            match replica.sample_text(prompt, 80, version).await {
+                Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                Err(_) => return,
+            }
+        } else {
+            None
+        };
+        let (extent, probs) = if self.data.features() == 2 && !language {
             let extent = extent_of(&self.data.train.x);
             let grid = grid_points(extent, size);
             match replica.predict(&grid).await {
@@ -447,39 +453,12 @@ impl Peer<'_> {
             version,
             accuracy: eval.accuracy,
             test_loss: eval.loss,
+            bits_per_char: language.then(|| eval.loss / std::f32::consts::LN_2),
+            sample,
             extent,
             size,
             classes: self.job.model.classes(),
             probs,
         });
     }
-}
-
-/// The bounding box of 2-feature points, with a margin.
-fn extent_of(xy: &[f32]) -> [f32; 4] {
-    let (mut x0, mut x1, mut y0, mut y1) = (f32::MAX, f32::MIN, f32::MAX, f32::MIN);
-    for p in xy.chunks_exact(2) {
-        x0 = x0.min(p[0]);
-        x1 = x1.max(p[0]);
-        y0 = y0.min(p[1]);
-        y1 = y1.max(p[1]);
-    }
-    let mx = (x1 - x0).max(1e-3) * 0.08;
-    let my = (y1 - y0).max(1e-3) * 0.08;
-    [x0 - mx, x1 + mx, y0 - my, y1 + my]
-}
-
-/// Cell centres of a `size × size` grid over `extent`, rows from the top (`y_max`) down.
-fn grid_points(extent: [f32; 4], size: u32) -> Vec<f32> {
-    let [x0, x1, y0, y1] = extent;
-    let n = size as f32;
-    let mut out = Vec::with_capacity((size * size * 2) as usize);
-    for row in 0..size {
-        let y = y1 - (row as f32 + 0.5) / n * (y1 - y0);
-        for col in 0..size {
-            out.push(x0 + (col as f32 + 0.5) / n * (x1 - x0));
-            out.push(y);
-        }
-    }
-    out
 }

@@ -75,15 +75,18 @@ async fn without_webgpu_the_reason_is_given() {
 
 #[wasm_bindgen_test]
 fn a_bad_csv_gets_a_clear_error_and_a_good_one_loads() {
-    let err = load_dataset("spirals", Some("a,b\n1,x\n"), Some("mine.csv"), 1).unwrap_err();
+    let job = Job::demo();
+    let err = load_dataset(&job, "spirals", Some("a,b\n1,x\n"), Some("mine.csv"), 1).unwrap_err();
     assert!(err.starts_with("mine.csv: "), "{err}");
     let rows: String = (0..40)
         .map(|i| format!("{},{},{}\n", i, i * 2, i % 2))
         .collect();
-    let data = load_dataset("spirals", Some(&rows), Some("mine.csv"), 1).unwrap();
+    let data = load_dataset(&job, "spirals", Some(&rows), Some("mine.csv"), 1).unwrap();
     assert_eq!(data.features(), 2);
     assert_eq!(data.train.len() + data.test.len(), 40);
-    let spirals = load_dataset("spirals", None, None, 3).unwrap();
+    let spirals = load_dataset(&job, "spirals", None, None, 3).unwrap();
     assert_eq!(spirals.train.len(), 4_000);
-    assert!(load_dataset("nope", None, None, 1).is_err());
+    assert!(load_dataset(&job, "nope", None, None, 1).is_err());
+    let text = load_dataset(&job, "tales", None, None, 1).unwrap_err();
+    assert!(text.contains("classifies points"), "{text}");
 }

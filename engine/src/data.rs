@@ -175,7 +175,11 @@ impl FromStr for Builtin {
 #[serde(rename_all = "snake_case")]
 pub enum DataSource {
     Builtin(Builtin),
+    /// A built-in text corpus, for a char LM.
+    Corpus(crate::text::Corpus),
     Csv(String),
+    /// A text file (`.txt`), for a char LM.
+    Text(String),
 }
 
 impl FromStr for DataSource {
@@ -186,8 +190,15 @@ impl FromStr for DataSource {
         if let Ok(b) = name.parse::<Builtin>() {
             return Ok(DataSource::Builtin(b));
         }
-        if s.to_ascii_lowercase().ends_with(".csv") {
+        if let Ok(c) = name.parse::<crate::text::Corpus>() {
+            return Ok(DataSource::Corpus(c));
+        }
+        let lower = s.to_ascii_lowercase();
+        if lower.ends_with(".csv") {
             return Ok(DataSource::Csv(s.to_string()));
+        }
+        if lower.ends_with(".txt") {
+            return Ok(DataSource::Text(s.to_string()));
         }
         Err(DataError::UnknownBuiltin(s.to_string()))
     }
@@ -197,7 +208,7 @@ impl FromStr for DataSource {
 #[derive(Debug, Error)]
 pub enum DataError {
     #[error(
-        "unknown dataset `{0}`: use spirals, moons, circles (optionally as builtin:NAME) or a .csv file"
+        "unknown dataset `{0}`: use spirals, moons, circles, tales, recipes (optionally as builtin:NAME), a .csv or a .txt file"
     )]
     UnknownBuiltin(String),
     #[error("cannot read {path}: {source}")]
@@ -227,6 +238,10 @@ pub enum DataError {
     OneClass(String),
     #[error("CSV has {0} classes; at most 256 are supported")]
     TooManyClasses(usize),
+    #[error("the text has {bytes} bytes; this model needs at least {needed}")]
+    TooLittleText { bytes: usize, needed: usize },
+    #[error("{0}")]
+    WrongKind(String),
 }
 
 /// Share of rows held out for testing.
@@ -365,6 +380,55 @@ pub fn load_csv(name: &str, text: &str, seed: u64) -> Result<Dataset, DataError>
         train,
         test,
     })
+}
+
+/// The data a peer of `job` trains on. `contents` is the text of the file `source` names (a CSV
+/// or a `.txt`), read by the caller: from disk natively, from a file picker in a browser.
+pub fn for_job(
+    job: &crate::Job,
+    source: &DataSource,
+    contents: Option<&str>,
+    seed: u64,
+) -> Result<Dataset, DataError> {
+    let language = job.model.is_language_model();
+    let needs =
+        |what: &str| DataError::WrongKind(format!("the job `{}` {what}", job.config.job.name));
+    let contents = |name: &str| {
+        contents.ok_or_else(|| DataError::WrongKind(format!("{name}: no contents given")))
+    };
+    let data = match source {
+        DataSource::Builtin(b) if !language => b.generate(4_000, 1_000, seed),
+        DataSource::Csv(name) if !language => load_csv(name, contents(name)?, seed)?,
+        DataSource::Corpus(c) if language => {
+            crate::text::corpus_dataset(*c, job.model.features(), seed)
+        }
+        DataSource::Text(name) if language => {
+            crate::text::text_dataset(name, contents(name)?, job.model.features())?
+        }
+        DataSource::Builtin(_) | DataSource::Csv(_) => {
+            return Err(needs(
+                "is a character language model: give it text (tales, recipes or a .txt file)",
+            ));
+        }
+        DataSource::Corpus(_) | DataSource::Text(_) => {
+            return Err(needs(
+                "classifies points: give it spirals, moons, circles or a .csv file",
+            ));
+        }
+    };
+    if data.features() != job.model.features() || data.classes > job.model.classes() {
+        return Err(DataError::WrongKind(format!(
+            "{} has {} features and {} classes; the job `{}` reads {} features and predicts {} \
+             classes",
+            data.name,
+            data.features(),
+            data.classes,
+            job.config.job.name,
+            job.model.features(),
+            job.model.classes()
+        )));
+    }
+    Ok(data)
 }
 
 /// Reads and parses a CSV file (see [`load_csv`]).

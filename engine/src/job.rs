@@ -1,7 +1,7 @@
 //! A training job: what every replica must agree on (model, initial weights, hyper-parameters,
 //! quantizer), loadable from TOML with validated values.
 
-use crate::data::Builtin;
+use crate::data::{Builtin, DataSource};
 use crate::model::{Model, ModelError, ModelSpec};
 use protocol::{JobId, Quantizer};
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,11 @@ pub struct JobSection {
     /// Seed of the initial weights.
     #[serde(default = "default_init_seed")]
     pub init_seed: u64,
+    /// Start from a checkpoint instead (a safetensors file with the model's parameters, e.g.
+    /// `onebyte simulate --save-checkpoint`), relative to the job file. Peers never read it:
+    /// the relay loads it and serves it as the snapshot at version 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 fn default_init_seed() -> u64 {
@@ -48,13 +53,14 @@ pub struct TaskSpec {
     pub features: usize,
     /// Number of classes.
     pub classes: usize,
-    /// The data peers use when they bring none of their own.
+    /// The built-in data peers use when they bring none of their own: a point set (`spirals`,
+    /// `moons`, `circles`) or, for a char LM, a text corpus (`tales`, `recipes`).
     #[serde(default = "default_dataset")]
-    pub dataset: Builtin,
+    pub dataset: String,
 }
 
-fn default_dataset() -> Builtin {
-    Builtin::Spirals
+fn default_dataset() -> String {
+    Builtin::Spirals.name().to_string()
 }
 
 impl Default for TaskSpec {
@@ -62,7 +68,7 @@ impl Default for TaskSpec {
         TaskSpec {
             features: 2,
             classes: 2,
-            dataset: Builtin::Spirals,
+            dataset: default_dataset(),
         }
     }
 }
@@ -117,6 +123,13 @@ pub enum JobError {
     Model(#[from] ModelError),
     #[error("job.name must not be empty")]
     EmptyName,
+    #[error("task.dataset = `{0}`: use spirals, moons, circles, tales or recipes")]
+    Dataset(String),
+    #[error("job.init = {path}: {source}")]
+    Checkpoint {
+        path: String,
+        source: crate::snapshot::SnapshotError,
+    },
 }
 
 impl HyperParams {
@@ -168,6 +181,8 @@ pub struct Job {
     pub config: JobConfig,
     pub id: JobId,
     pub model: Model,
+    /// θ₀ from `job.init`, once loaded.
+    initial: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl Job {
@@ -178,11 +193,20 @@ impl Job {
         }
         config.hyper.validate()?;
         let model = Model::new(&config.model, config.task.features, config.task.classes)?;
+        match config.task.dataset.parse::<DataSource>() {
+            Ok(DataSource::Builtin(_) | DataSource::Corpus(_)) => {}
+            _ => return Err(JobError::Dataset(config.task.dataset.clone())),
+        }
         let id = config.job.id.map(JobId).unwrap_or_else(|| {
             let digest = Sha256::digest(config.job.name.as_bytes());
             JobId(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
         });
-        Ok(Job { config, id, model })
+        Ok(Job {
+            config,
+            id,
+            model,
+            initial: None,
+        })
     }
 
     /// Parses and validates TOML.
@@ -196,7 +220,37 @@ impl Job {
             path: path.display().to_string(),
             source,
         })?;
-        Job::from_toml(&text)
+        let job = Job::from_toml(&text)?;
+        job.with_init_from(path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Loads `job.init` (if set), resolving it against `dir`: the job's θ₀ becomes the
+    /// checkpoint's parameters, checked against the model's layout.
+    pub fn with_init_from(mut self, dir: &Path) -> Result<Self, JobError> {
+        let Some(init) = &self.config.job.init else {
+            return Ok(self);
+        };
+        let path = dir.join(init);
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(&path).map_err(|source| JobError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let theta =
+            crate::snapshot::read_checkpoint(&bytes, self.model.layout()).map_err(|source| {
+                JobError::Checkpoint {
+                    path: shown,
+                    source,
+                }
+            })?;
+        self.initial = Some(std::sync::Arc::new(theta));
+        Ok(self)
+    }
+
+    /// Whether θ₀ comes from a checkpoint that is not loaded here (a peer learns it from the
+    /// relay's snapshot instead).
+    pub fn needs_checkpoint(&self) -> bool {
+        self.config.job.init.is_some() && self.initial.is_none()
     }
 
     /// The built-in demo: spirals with a 2-32-32-2 tanh MLP.
@@ -206,6 +260,7 @@ impl Job {
                 name: "spirals-demo".into(),
                 id: None,
                 init_seed: 1,
+                init: None,
             },
             model: ModelSpec::default(),
             task: TaskSpec::default(),
@@ -219,8 +274,21 @@ impl Job {
         &self.config.hyper
     }
 
-    /// Initial weights, generated on the CPU.
+    /// Initial weights: the checkpoint's, or generated on the CPU from the seed.
+    ///
+    /// # Panics
+    /// When the job names a checkpoint that was not loaded ([`Job::needs_checkpoint`]): such a
+    /// job starts from a snapshot, never from here.
     pub fn initial_weights(&self) -> Vec<f32> {
+        if let Some(theta) = &self.initial {
+            return theta.to_vec();
+        }
+        assert!(
+            !self.needs_checkpoint(),
+            "job `{}` starts from the checkpoint {:?}, which was not loaded",
+            self.config.job.name,
+            self.config.job.init
+        );
         self.model
             .init(protocol::seed::init_key(self.id, self.config.job.init_seed))
     }

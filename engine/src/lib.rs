@@ -18,14 +18,16 @@ pub mod replica;
 pub mod session;
 pub mod sim;
 pub mod snapshot;
+pub mod text;
 
 pub use data::{BatchSampler, Builtin, DataSource, Dataset, Split};
 pub use job::{HyperParams, Job, JobConfig};
 pub use model::{Model, ModelSpec};
 pub use replica::{EngineError, Evaluation, Proposal, Replica};
 pub use session::{PeerState, Received, Session, SessionEnd};
-pub use sim::{Exchange, Simulation, Traffic};
+pub use sim::{Exchange, Simulation, Step, Traffic};
 pub use snapshot::Snapshot;
+pub use text::Corpus;
 
 /// burn's pure-Rust CPU device: the reference backend.
 pub fn cpu_device() -> burn::tensor::Device {

@@ -22,6 +22,17 @@ pub enum ModelSpec {
         #[serde(default)]
         activation: Activation,
     },
+    /// A character-level language model: each of the previous `task.features` bytes looks up
+    /// an `embedding`-wide vector, the vectors are concatenated and an MLP predicts the next
+    /// byte (`task.classes` = 256). The shape of Bengio et al.'s neural probabilistic LM.
+    CharLm {
+        /// Width of each byte's embedding.
+        embedding: usize,
+        /// Widths of the hidden layers.
+        hidden: Vec<usize>,
+        #[serde(default)]
+        activation: Activation,
+    },
 }
 
 impl Default for ModelSpec {
@@ -49,31 +60,59 @@ pub enum ModelError {
     NoHiddenLayers,
     #[error("layer widths must be between 1 and 4096; got {0}")]
     Width(usize),
+    #[error("a char_lm predicts bytes: task.classes must be 256, not {0}")]
+    Vocabulary(usize),
+    #[error("a char_lm reads 1 to 256 previous bytes: task.features = {0}")]
+    Context(usize),
 }
 
 /// A model built for a given number of input features and classes.
 #[derive(Debug, Clone)]
 pub struct Model {
     spec: ModelSpec,
-    /// Widths from input to output.
+    /// Widths of the MLP from its input to the output.
     widths: Vec<usize>,
+    /// `(vocabulary, width)` of the embedding table in front of the MLP, for a char LM.
+    embedding: Option<(usize, usize)>,
+    /// Input features (for a char LM: context bytes).
+    features: usize,
     layout: ParamLayout,
 }
 
 impl Model {
     /// Builds the model for `features` inputs and `classes` outputs.
     pub fn new(spec: &ModelSpec, features: usize, classes: usize) -> Result<Self, ModelError> {
-        let ModelSpec::Mlp { hidden, .. } = spec;
+        let (hidden, embedding) = match spec {
+            ModelSpec::Mlp { hidden, .. } => (hidden, None),
+            ModelSpec::CharLm {
+                embedding, hidden, ..
+            } => {
+                if classes != 256 {
+                    return Err(ModelError::Vocabulary(classes));
+                }
+                if !(1..=256).contains(&features) {
+                    return Err(ModelError::Context(features));
+                }
+                if *embedding == 0 || *embedding > 4096 {
+                    return Err(ModelError::Width(*embedding));
+                }
+                (hidden, Some((classes, *embedding)))
+            }
+        };
         if hidden.is_empty() {
             return Err(ModelError::NoHiddenLayers);
         }
-        let mut widths = vec![features];
+        let input = embedding.map_or(features, |(_, e)| features * e);
+        let mut widths = vec![input];
         widths.extend(hidden);
         widths.push(classes);
         if let Some(&w) = widths.iter().find(|&&w| w == 0 || w > 4096) {
             return Err(ModelError::Width(w));
         }
         let mut layout = ParamLayout::default();
+        if let Some((vocabulary, width)) = embedding {
+            layout.push("embedding".to_string(), &[vocabulary, width]);
+        }
         for (l, w) in widths.windows(2).enumerate() {
             layout.push(format!("layer{l}.weight"), &[w[0], w[1]]);
             layout.push(format!("layer{l}.bias"), &[w[1]]);
@@ -81,8 +120,21 @@ impl Model {
         Ok(Model {
             spec: spec.clone(),
             widths,
+            embedding,
+            features,
             layout,
         })
+    }
+
+    /// Whether this is a character language model (inputs are byte codes).
+    pub fn is_language_model(&self) -> bool {
+        self.embedding.is_some()
+    }
+
+    fn activation(&self) -> Activation {
+        match &self.spec {
+            ModelSpec::Mlp { activation, .. } | ModelSpec::CharLm { activation, .. } => *activation,
+        }
     }
 
     /// The parameter order.
@@ -100,17 +152,16 @@ impl Model {
         *self.widths.last().expect("widths has input and output")
     }
 
-    /// Number of input features.
+    /// Number of input features (for a char LM, the context length in bytes).
     pub fn features(&self) -> usize {
-        self.widths[0]
+        self.features
     }
 
     /// Initial weights, generated on the CPU from a ChaCha key: uniform in `±gain·√(3/fan_in)`
     /// for weights (LeCun-uniform scaled by the activation's gain), zero biases. Integer
     /// arithmetic and single roundings only, so every platform gets the same bits.
     pub fn init(&self, key: [u8; 32]) -> Vec<f32> {
-        let ModelSpec::Mlp { activation, .. } = &self.spec;
-        let gain = match activation {
+        let gain = match self.activation() {
             Activation::Tanh => 5.0 / 3.0,
             Activation::Relu => std::f64::consts::SQRT_2,
         };
@@ -130,13 +181,26 @@ impl Model {
     }
 
     /// Logits `[batch, classes]` for inputs `x: [batch, features]` under weights `theta: [d]`.
+    /// A char LM's inputs are byte codes (0–255) as floats.
     pub fn forward(&self, theta: &Tensor<1>, x: Tensor<2>) -> Tensor<2> {
-        let ModelSpec::Mlp { activation, .. } = &self.spec;
         let layers = self.widths.len() - 1;
-        let mut h = x;
+        let (mut h, first) = match self.embedding {
+            None => (x, 0),
+            Some((vocabulary, width)) => {
+                let [batch, context] = x.dims();
+                let table_spec = &self.layout.params()[0];
+                let table = theta
+                    .clone()
+                    .narrow(0, table_spec.offset, table_spec.len())
+                    .reshape([vocabulary, width]);
+                let codes = x.reshape([batch * context]).int();
+                (table.select(0, codes).reshape([batch, context * width]), 1)
+            }
+        };
+        let activation = self.activation();
         for (l, w) in self.widths.windows(2).enumerate() {
-            let weight_spec = &self.layout.params()[2 * l];
-            let bias_spec = &self.layout.params()[2 * l + 1];
+            let weight_spec = &self.layout.params()[first + 2 * l];
+            let bias_spec = &self.layout.params()[first + 2 * l + 1];
             let weight = theta
                 .clone()
                 .narrow(0, weight_spec.offset, weight_spec.len())

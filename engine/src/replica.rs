@@ -42,6 +42,9 @@ pub struct Proposal {
     pub g: f32,
     /// Mean of the two perturbed losses: the local training loss at `base_version`.
     pub loss: f32,
+    /// `L(θ + εz)` and `L(θ − εz)` on the batch.
+    pub loss_plus: f32,
+    pub loss_minus: f32,
 }
 
 /// Loss and accuracy of the current weights on a split.
@@ -240,6 +243,8 @@ impl Replica {
             byte: self.job.hyper().quantizer.encode(g),
             g,
             loss: 0.5 * (lp + lm),
+            loss_plus: lp,
+            loss_minus: lm,
         })
     }
 
@@ -288,6 +293,40 @@ impl Replica {
         let theta = self.theta_tensor().await?;
         let probs = burn::tensor::activation::softmax(self.job.model.forward(&theta, input), 1);
         read_f32(probs.reshape([rows * self.job.model.classes()])).await
+    }
+
+    /// `len` bytes a char LM writes after `prompt`, each drawn from its predicted distribution
+    /// with a ChaCha stream seeded by `seed` (temperature 1).
+    pub async fn sample_text(
+        &self,
+        prompt: &[u8],
+        len: usize,
+        seed: u64,
+    ) -> Result<Vec<u8>, EngineError> {
+        use rand_core::{RngCore, SeedableRng};
+        let model = &self.job.model;
+        let (context, classes) = (model.features(), model.classes());
+        let theta = self.theta_tensor().await?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut text = prompt.to_vec();
+        for _ in 0..len {
+            let row = crate::text::context_of(&text, context);
+            let input = Tensor::<2>::from_data(TensorData::new(row, [1, context]), &self.device);
+            let logits = model.forward(&theta, input);
+            let probs =
+                read_f32(burn::tensor::activation::softmax(logits, 1).reshape([classes])).await?;
+            let mut u = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
+            let mut next = probs.len() - 1;
+            for (i, p) in probs.iter().enumerate() {
+                if u < *p {
+                    next = i;
+                    break;
+                }
+                u -= p;
+            }
+            text.push(next as u8);
+        }
+        Ok(text.split_off(prompt.len()))
     }
 
     fn loss_at(&self, theta: Tensor<1>, x: &Tensor<2>, targets: &Tensor<2>) -> Tensor<1> {

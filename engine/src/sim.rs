@@ -37,6 +37,18 @@ pub struct Traffic {
     pub fp32_allreduce: u64,
 }
 
+/// What one [`Simulation::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// The log entry, now applied by every replica.
+    pub entry: LogEntry,
+    /// The direction's seed, derived from `(job, peer, counter)`.
+    pub seed: protocol::DirectionSeed,
+    pub proposal: crate::replica::Proposal,
+    /// `c = −η·D(byte)`: what every replica added along the direction.
+    pub step: f32,
+}
+
 struct SimPeer {
     id: PeerId,
     replica: Replica,
@@ -170,6 +182,39 @@ impl Simulation {
         }
         self.log.extend(entries);
         Ok(self.peers.len())
+    }
+
+    /// One log entry: the next peer in turn proposes on the current weights, the entry is
+    /// logged, and every replica applies it. A teaching view walks through these one by one.
+    pub async fn step(&mut self) -> Result<Step, EngineError> {
+        let turn = self.log.len() % self.peers.len();
+        let batch_size = self.job.hyper().batch_size;
+        let peer = &mut self.peers[turn];
+        let batch = peer.sampler.sample(&peer.shard, batch_size);
+        let counter = peer.next_counter;
+        peer.next_counter = Counter(counter.0 + 1);
+        let seed = peer.replica.seed(peer.id, counter);
+        let proposal = peer.replica.propose(peer.id, counter, &batch).await?;
+        let entry = LogEntry {
+            peer: peer.id,
+            counter,
+            byte: proposal.byte,
+        };
+        let n = self.peers.len() as u64;
+        let frame = self.cursor.pack(std::slice::from_ref(&entry)).encode();
+        self.traffic.uplink += framing::client_frame_len(6) as u64;
+        self.traffic.downlink += n * framing::server_frame_len(frame.len()) as u64;
+        for peer in &mut self.peers {
+            peer.replica.apply(std::slice::from_ref(&entry));
+        }
+        self.log.push(entry);
+        self.last_losses = vec![proposal.loss];
+        Ok(Step {
+            entry,
+            seed,
+            proposal,
+            step: self.peers[0].replica.step_for(entry.byte),
+        })
     }
 
     /// The log so far.

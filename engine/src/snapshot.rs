@@ -115,6 +115,24 @@ impl Snapshot {
     }
 }
 
+/// A checkpoint's parameters: any safetensors file with the model's tensors (a snapshot of any
+/// job with the same model, or a file written by other tools). When it carries an
+/// `onebyte.hash`, the weights must match it.
+pub fn read_checkpoint(bytes: &[u8], layout: &ParamLayout) -> Result<Vec<f32>, SnapshotError> {
+    let theta = read_params(bytes, layout)?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)?;
+    if let Some(expected) = meta.metadata().as_ref().and_then(|m| m.get("onebyte.hash")) {
+        let found = weight_hash(&theta).to_hex();
+        if *expected != found {
+            return Err(SnapshotError::HashMismatch {
+                expected: expected.clone(),
+                found,
+            });
+        }
+    }
+    Ok(theta)
+}
+
 /// Reads the model's parameters, in layout order, from any safetensors file (a snapshot or a
 /// checkpoint), checking names, shapes and dtype.
 pub fn read_params(bytes: &[u8], layout: &ParamLayout) -> Result<Vec<f32>, SnapshotError> {

@@ -36,10 +36,20 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         None => Some(Job::demo().to_toml()),
     };
     let (store, job_toml) = Store::open(&config.store, given.as_deref())?;
-    let job =
-        Arc::new(Job::from_toml(&job_toml).with_context(|| {
-            format!("the job stored in {} is not valid", config.store.display())
-        })?);
+    let mut job = Job::from_toml(&job_toml)
+        .with_context(|| format!("the job stored in {} is not valid", config.store.display()))?;
+    // A job that starts from a checkpoint needs it until its first snapshot exists.
+    if let Some(path) = &config.job {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        job = job.with_init_from(dir)?;
+    } else if job.needs_checkpoint() && store.latest_snapshot()?.is_none() {
+        anyhow::bail!(
+            "the job starts from the checkpoint {:?} and has no snapshot yet: pass --job with \
+             the job file so the relay can find the checkpoint",
+            job.config.job.init
+        );
+    }
+    let job = Arc::new(job);
 
     let stats = Arc::new(Stats::default());
     let follower = Follower::start(

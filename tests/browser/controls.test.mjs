@@ -83,8 +83,8 @@ test('a CSV from the file picker trains, and the page fits a phone-wide screen',
       const jitter = (k) => Math.sin(i * 12.9898 + k) * 0.3;
       csv += `${label ? 1 + jitter(1) : -1 + jitter(2)},${label ? 1 + jitter(3) : -1 + jitter(4)},${label}\n`;
     }
-    await page.locator('#csv-file').setInputFiles({ name: 'blobs.csv', mimeType: 'text/csv', buffer: Buffer.from(csv) });
-    assert.equal(await page.locator('input[name=data][value=csv]').isChecked(), true);
+    await page.locator('#data-file').setInputFiles({ name: 'blobs.csv', mimeType: 'text/csv', buffer: Buffer.from(csv) });
+    assert.equal(await page.locator('input[name=data][value=file]').isChecked(), true);
     await page.getByRole('button', { name: 'Join' }).click();
     await waitFor('10 accepted from the CSV', () => pageStatus(page), (s) => s.accepted >= 10);
     assert.deepEqual(problems, []);

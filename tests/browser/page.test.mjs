@@ -1,6 +1,7 @@
 // The page in a real browser against a real relay: join in one click, train on WebGPU (or the
 // CPU when WebGPU is off), and hold exactly the weights a native CPU replica computes.
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
@@ -69,4 +70,41 @@ test('without WebGPU the page falls back to the CPU, says so, and still trains',
     backendPattern: /^CPU \(WebAssembly\) — .*WebGPU/,
     shot: 'page-cpu-fallback.png',
   });
+});
+
+test('on a character language model job the page shows samples and bits per character', async () => {
+  const tmp = scratch();
+  const job = path.join(tmp.dir, 'tales.toml');
+  writeFileSync(
+    job,
+    '[job]\nname = "tales-lm"\n[model]\nkind = "char_lm"\nembedding = 8\nhidden = [64]\n' +
+      '[task]\nfeatures = 8\nclasses = 256\ndataset = "tales"\n[hyper]\nbatch_size = 64\n',
+  );
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), ['--job', job]);
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page, problems } = browser;
+    await page.goto(relay.url);
+    await page.getByRole('button', { name: 'Join' }).click();
+    await waitFor('20 accepted', () => pageStatus(page), (s) => s.accepted >= 20);
+    const shown = await waitFor(
+      'a sample and bits per character',
+      () =>
+        page.evaluate(() => ({
+          samplesVisible: !document.getElementById('samples-card').hidden,
+          playgroundHidden: document.getElementById('playground-card').hidden,
+          sample: document.getElementById('sample').textContent,
+          bpc: parseFloat(document.getElementById('bpc').textContent),
+        })),
+      (s) => s.sample.length > 10 && s.bpc > 0,
+    );
+    assert.ok(shown.samplesVisible && shown.playgroundHidden, JSON.stringify(shown));
+    assert.ok(shown.bpc < 9, `bits per character ${shown.bpc}`);
+    await screenshot(page, 'page-char-lm.png');
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
 });

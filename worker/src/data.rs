@@ -1,15 +1,25 @@
 //! What the command line says about a peer's data and its backend.
 
 use anyhow::{Context, Result};
-use engine::{DataSource, Dataset};
+use engine::{DataSource, Dataset, Job};
 
-/// `spirals`, `builtin:spirals` (4 000 train / 1 000 test rows drawn with `seed`) or a CSV file.
-pub fn load_data(spec: &str, seed: u64) -> Result<Dataset> {
-    Ok(match spec.parse::<DataSource>()? {
-        DataSource::Builtin(b) => b.generate(4_000, 1_000, seed),
-        DataSource::Csv(path) => engine::data::load_csv_file(&path, seed)
-            .with_context(|| format!("loading data from {path}"))?,
-    })
+/// The data named by `spec` for `job`: a built-in (`spirals`, `builtin:tales`, …; drawn with
+/// `seed`), a CSV file for a classifier or a `.txt` file for a char LM.
+pub fn load_data(spec: &str, job: &Job, seed: u64) -> Result<Dataset> {
+    let source = spec.parse::<DataSource>()?;
+    let contents = match &source {
+        DataSource::Csv(path) | DataSource::Text(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| engine::data::DataError::Read {
+                    path: path.clone(),
+                    source,
+                })
+                .with_context(|| format!("loading data from {path}"))?,
+        ),
+        DataSource::Builtin(_) | DataSource::Corpus(_) => None,
+    };
+    engine::data::for_job(job, &source, contents.as_deref(), seed)
+        .with_context(|| format!("data `{spec}`"))
 }
 
 /// `--backend`: where θ and the forward passes live.

@@ -25,7 +25,8 @@ pub struct Args {
     #[arg(long)]
     relay: String,
     /// Local training data: builtin:spirals, builtin:moons, builtin:circles, or a CSV file
-    /// (numeric features, label in the last column). It never leaves this machine.
+    /// (numeric features, label in the last column); for a char LM job builtin:tales,
+    /// builtin:recipes or a .txt file. It never leaves this machine.
     #[arg(long, default_value = "builtin:spirals")]
     data: String,
     /// Where θ and the forward passes live.
@@ -72,6 +73,8 @@ struct Report {
     started_from: u64,
     accuracy: Option<f32>,
     test_loss: Option<f32>,
+    /// For a char LM: the held-out loss in bits per character.
+    bits_per_char: Option<f32>,
 }
 
 /// Where the relay lives.
@@ -159,19 +162,7 @@ async fn run_async(args: Args) -> Result<()> {
     let deadline = Duration::from_secs(args.retry_for);
     let job_toml = with_retries(deadline, || get_text(&http, &endpoints.http, "/api/job")).await?;
     let job = Arc::new(Job::from_toml(&job_toml).context("the relay's job is not valid")?);
-    let data = load_data(&args.data, args.seed)?;
-    if data.features() != job.model.features() || data.classes > job.model.classes() {
-        bail!(
-            "--data {} has {} features and {} classes; the job `{}` reads {} features and \
-             predicts {} classes",
-            args.data,
-            data.features(),
-            data.classes,
-            job.config.job.name,
-            job.model.features(),
-            job.model.classes()
-        );
-    }
+    let data = load_data(&args.data, &job, args.seed)?;
     let backend = match args.backend {
         BackendArg::Cpu => Backend::Cpu,
         #[cfg(feature = "wgpu")]
@@ -291,6 +282,9 @@ async fn report(peer: &Peer) -> Result<()> {
             started_from: peer.started_from,
             accuracy: eval.map(|e| e.accuracy),
             test_loss: eval.map(|e| e.loss),
+            bits_per_char: eval
+                .filter(|_| peer.job.model.is_language_model())
+                .map(|e| e.loss / std::f32::consts::LN_2),
         };
         println!("{}", serde_json::to_string(&report)?);
     }

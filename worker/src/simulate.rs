@@ -1,7 +1,7 @@
 //! `onebyte simulate`: a swarm in one process.
 
 use crate::data::{BackendArg, load_data};
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 use engine::{Exchange, Job, Replica, Simulation, block_on, cpu_device};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,12 +14,16 @@ pub struct Args {
     /// Number of simulated peers, each with its own replica and data shard.
     #[arg(long, default_value_t = 8)]
     peers: usize,
-    /// Data: spirals, moons, circles, or a CSV file (numeric features, label in the last column).
+    /// Data: spirals, moons, circles, or a CSV file (numeric features, label in the last column);
+    /// for a char LM job: tales, recipes, or a .txt file.
     #[arg(long, default_value = "spirals")]
     dataset: String,
     /// Total contributions to log before stopping.
     #[arg(long, default_value_t = 16_000)]
     contributions: u64,
+    /// Write the trained weights here as a safetensors checkpoint (a job's `init`).
+    #[arg(long, value_name = "FILE")]
+    save_checkpoint: Option<std::path::PathBuf>,
     /// Seed of the dataset and of each peer's batch draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -66,19 +70,8 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => Job::from_file(path)?,
         None => Job::demo(),
     };
-    let data = load_data(&args.dataset, args.seed)?;
+    let data = load_data(&args.dataset, &job, args.seed)?;
     let job = Arc::new(job);
-    if data.features() != job.model.features() || data.classes > job.model.classes() {
-        bail!(
-            "dataset `{}` has {} features and {} classes, but the job's model reads {} features \
-             and predicts {} classes; pass a matching --job file",
-            args.dataset,
-            data.features(),
-            data.classes,
-            job.model.features(),
-            job.model.classes()
-        );
-    }
     let exchange = match args.exchange {
         ExchangeArg::Byte => Exchange::Byte,
         ExchangeArg::F32 => Exchange::RawF32,
@@ -134,6 +127,18 @@ pub fn run(args: Args) -> Result<()> {
         eval.accuracy * 100.0,
         eval.loss
     );
+    if job.model.is_language_model() {
+        println!(
+            "held-out bits per character {:.3}",
+            eval.loss / std::f32::consts::LN_2
+        );
+    }
+    if let Some(path) = &args.save_checkpoint {
+        let bytes = block_on(sim.replica(0).snapshot())?;
+        std::fs::write(path, bytes)
+            .with_context(|| format!("could not write the checkpoint {}", path.display()))?;
+        println!("checkpoint written to {}", path.display());
+    }
     let all_equal = hashes.windows(2).all(|w| w[0] == w[1]);
     println!(
         "replica hashes ({}):",

@@ -81,6 +81,52 @@ fn simulate_trains_on_a_csv_file() {
 }
 
 #[test]
+fn a_char_lm_trains_on_a_text_file_and_refuses_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("lm.toml");
+    std::fs::write(
+        &job,
+        "[job]\nname = \"text\"\n[model]\nkind = \"char_lm\"\nembedding = 4\nhidden = [16]\n\
+         [task]\nfeatures = 4\nclasses = 256\ndataset = \"tales\"\n",
+    )
+    .unwrap();
+    let text = dir.path().join("poem.txt");
+    std::fs::write(
+        &text,
+        "so much depends upon a red wheel barrow. ".repeat(40),
+    )
+    .unwrap();
+    let run = |dataset: &std::path::Path| {
+        onebyte()
+            .args([
+                "simulate",
+                "--peers",
+                "2",
+                "--contributions",
+                "200",
+                "--job",
+            ])
+            .arg(&job)
+            .arg("--dataset")
+            .arg(dataset)
+            .output()
+            .unwrap()
+    };
+    let out = run(&text);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("held-out bits per character"), "{stdout}");
+    let out = run(std::path::Path::new("spirals"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is a character language model"), "{stderr}");
+}
+
+#[test]
 fn bad_arguments_get_clear_messages() {
     let cases: [(&[&str], &str); 4] = [
         (

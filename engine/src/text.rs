@@ -1,0 +1,210 @@
+//! Text for the character language model: next-byte examples from any text, and two built-in
+//! corpora the project generates itself (no downloads, the same bytes everywhere).
+//!
+//! An example is the `context` bytes before a position (as floats, the model's input) and the
+//! byte at it (the label). The first 90 % of the text trains, the last 10 % is held out, so
+//! bits per character are measured on text the model never trained on.
+
+use crate::data::{DataError, Dataset, Split};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+/// Held-out examples, at most (evaluation reads them all).
+const MAX_TEST_ROWS: usize = 2_000;
+
+/// A built-in text corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Corpus {
+    /// Short fables: animals, places, small deeds.
+    Tales,
+    /// Kitchen instructions: amounts, verbs, times.
+    Recipes,
+}
+
+impl Corpus {
+    pub const ALL: [Corpus; 2] = [Corpus::Tales, Corpus::Recipes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Corpus::Tales => "tales",
+            Corpus::Recipes => "recipes",
+        }
+    }
+
+    /// About `bytes` bytes of text drawn from the corpus's grammar with `seed`.
+    pub fn generate(self, bytes: usize, seed: u64) -> String {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ self as u64);
+        let mut pick = |words: &[&'static str]| words[(rng.next_u32() as usize) % words.len()];
+        let mut out = String::with_capacity(bytes + 200);
+        while out.len() < bytes {
+            let sentence = match self {
+                Corpus::Tales => {
+                    let adjective = pick(&["little", "old", "brave", "quiet", "clever", "tired"]);
+                    let who = pick(&["fox", "girl", "miller", "crow", "king", "bear", "boy"]);
+                    let verb = pick(&["found", "lost", "carried", "painted", "hid", "sold"]);
+                    let thing = pick(&["a silver key", "the red boat", "an apple", "the map"]);
+                    let place = pick(&["by the river", "in the forest", "at the mill", "at dawn"]);
+                    format!("the {adjective} {who} {verb} {thing} {place}. ")
+                }
+                Corpus::Recipes => {
+                    let verb = pick(&["stir", "whisk", "fold", "bake", "simmer", "chop"]);
+                    let amount = pick(&["two cups of", "a pinch of", "three spoons of", "some"]);
+                    let food = pick(&["flour", "sugar", "butter", "onions", "rice", "cream"]);
+                    let time = pick(&["for ten minutes", "until golden", "gently", "twice"]);
+                    format!("{verb} {amount} {food} {time}. ")
+                }
+            };
+            out.push_str(&sentence);
+        }
+        out
+    }
+}
+
+impl std::str::FromStr for Corpus {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self, DataError> {
+        Corpus::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| DataError::UnknownBuiltin(s.to_string()))
+    }
+}
+
+/// Next-byte examples from `text` for a model reading `context` previous bytes. Positions
+/// before the first `context` bytes see zero bytes in front.
+pub fn text_dataset(name: &str, text: &str, context: usize) -> Result<Dataset, DataError> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 10 * (context + 1) {
+        return Err(DataError::TooLittleText {
+            bytes: bytes.len(),
+            needed: 10 * (context + 1),
+        });
+    }
+    let cut = bytes.len() * 9 / 10;
+    let examples = |range: std::ops::Range<usize>| {
+        let mut split = Split {
+            features: context,
+            ..Split::default()
+        };
+        for i in range {
+            split
+                .x
+                .extend((0..context).map(|k| match (i + k).checked_sub(context) {
+                    Some(j) => f32::from(bytes[j]),
+                    None => 0.0,
+                }));
+            split.y.push(u32::from(bytes[i]));
+        }
+        split
+    };
+    let test_end = bytes.len().min(cut + MAX_TEST_ROWS);
+    Ok(Dataset {
+        name: name.to_string(),
+        classes: 256,
+        class_names: Vec::new(),
+        train: examples(0..cut),
+        test: examples(cut..test_end),
+    })
+}
+
+/// A built-in corpus as a dataset: 60 kB of text from `seed`.
+pub fn corpus_dataset(corpus: Corpus, context: usize, seed: u64) -> Dataset {
+    text_dataset(corpus.name(), &corpus.generate(60_000, seed), context)
+        .expect("60 kB of text is enough for any context up to 256")
+}
+
+/// The bytes of `text` the model sees as context for its next prediction: the last `context`
+/// bytes, zero-padded in front.
+pub fn context_of(text: &[u8], context: usize) -> Vec<f32> {
+    let mut row = vec![0.0; context];
+    let tail = &text[text.len().saturating_sub(context)..];
+    for (slot, &b) in row[context - tail.len()..].iter_mut().zip(tail) {
+        *slot = f32::from(b);
+    }
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn examples_are_the_previous_bytes_and_the_next_one() {
+        let text = "abcdefghijklmnopqrstuvwxyz".repeat(4);
+        let d = text_dataset("abc", &text, 3).unwrap();
+        assert_eq!(d.train.len() + d.test.len(), text.len());
+        assert_eq!(&d.train.x[..3], &[0.0, 0.0, 0.0]);
+        assert_eq!(d.train.y[0], u32::from(b'a'));
+        assert_eq!(&d.train.x[3 * 5..3 * 6], &[99.0, 100.0, 101.0]);
+        assert_eq!(d.train.y[5], u32::from(b'f'));
+        assert_eq!(context_of(b"xy", 3), [0.0, 120.0, 121.0]);
+        assert!(matches!(
+            text_dataset("short", "abc", 3),
+            Err(DataError::TooLittleText { .. })
+        ));
+    }
+
+    #[test]
+    fn corpora_are_reproducible_and_differ() {
+        let a = Corpus::Tales.generate(2_000, 1);
+        assert_eq!(a, Corpus::Tales.generate(2_000, 1));
+        assert_ne!(a, Corpus::Tales.generate(2_000, 2));
+        assert_ne!(a, Corpus::Recipes.generate(2_000, 1));
+        assert!(a.len() >= 2_000 && a.is_ascii());
+    }
+}
+
+#[cfg(test)]
+mod model_tests {
+    use crate::model::{Activation, Model, ModelError, ModelSpec};
+    use crate::{Job, JobConfig, Replica, block_on, cpu_device};
+    use std::sync::Arc;
+
+    fn lm() -> ModelSpec {
+        ModelSpec::CharLm {
+            embedding: 4,
+            hidden: vec![16],
+            activation: Activation::Tanh,
+        }
+    }
+
+    #[test]
+    fn a_char_lm_has_an_embedding_table_in_front_of_its_mlp() {
+        let m = Model::new(&lm(), 8, 256).unwrap();
+        let names: Vec<_> = m.layout().params().iter().map(|p| p.name.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "embedding",
+                "layer0.weight",
+                "layer0.bias",
+                "layer1.weight",
+                "layer1.bias"
+            ]
+        );
+        assert_eq!(m.layout().d(), 256 * 4 + 32 * 16 + 16 + 16 * 256 + 256);
+        assert_eq!(
+            Model::new(&lm(), 8, 10).unwrap_err(),
+            ModelError::Vocabulary(10)
+        );
+        assert_eq!(
+            Model::new(&lm(), 0, 256).unwrap_err(),
+            ModelError::Context(0)
+        );
+    }
+
+    #[test]
+    fn a_char_lm_samples_reproducible_text() {
+        let mut config: JobConfig = Job::demo().config;
+        config.model = lm();
+        config.task.features = 8;
+        config.task.classes = 256;
+        config.task.dataset = "tales".into();
+        let replica = Replica::new(Arc::new(Job::new(config).unwrap()), cpu_device());
+        let a = block_on(replica.sample_text(b"the ", 20, 7)).unwrap();
+        assert_eq!(a.len(), 20);
+        assert_eq!(a, block_on(replica.sample_text(b"the ", 20, 7)).unwrap());
+        assert_ne!(a, block_on(replica.sample_text(b"the ", 20, 8)).unwrap());
+    }
+}

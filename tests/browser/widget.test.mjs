@@ -1,0 +1,68 @@
+// <onebyte-demo> on a plain static page (no relay): local mode trains, its replicas agree, and
+// one Step is exactly one log entry showing the byte the engine produced.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { test } from 'node:test';
+import { ROOT, launch, screenshot, serveStatic, waitFor } from './harness.mjs';
+
+test('the embedded widget trains in local mode with equal hashes, one entry per Step', async () => {
+  const server = await serveStatic(path.join(ROOT, 'web'));
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page, problems } = browser;
+    await page.goto(`${server.url}/embed.html`);
+    const demo = page.locator('#demo');
+    const step = demo.getByRole('button', { name: 'Step' });
+    await step.waitFor({ timeout: 120_000 });
+    const state = () =>
+      page.evaluate(() => {
+        const el = document.getElementById('demo');
+        const text = (name) => el.shadowRoot.querySelector(`[data-v="${name}"]`).textContent;
+        const s = el.lastStep;
+        return {
+          version: el.version,
+          shownVersion: Number(text('version')),
+          shownByte: text('byte'),
+          shownBits: text('bits'),
+          agree: text('agree'),
+          accuracy: parseFloat(text('accuracy')),
+          step: s,
+          quantized: s ? el.quantize(s.g) : null,
+        };
+      });
+    const start = await state();
+    assert.equal(start.version, 0);
+
+    for (let i = 1; i <= 3; i++) {
+      await step.click();
+      const s = await state();
+      assert.equal(s.version, i, 'one Step is exactly one log entry');
+      assert.equal(s.shownVersion, i);
+      assert.equal(s.step.version, i);
+      // The byte shown is the engine's quantisation of the projected gradient it shows.
+      assert.equal(s.shownByte, String(s.step.byte));
+      assert.equal(s.quantized, s.step.byte);
+      assert.equal(s.shownBits, s.step.byte.toString(2).padStart(8, '0'));
+      assert.equal(s.step.peer, (i - 1) % 4, 'peers take turns');
+      assert.equal(s.step.hashes.length, 4);
+      assert.ok(s.step.hashes.every((h) => h === s.step.hashes[0]), 'replicas differ');
+      assert.match(s.agree, /all 4 replicas hold the same weights/);
+    }
+    await screenshot(page, 'widget-step.png');
+
+    await demo.getByRole('combobox').selectOption('fast');
+    await demo.getByRole('button', { name: 'Play' }).click();
+    await waitFor('600 log entries', state, (s) => s.version >= 600, 120_000);
+    await demo.getByRole('button', { name: 'Pause' }).click();
+    const trained = await state();
+    assert.ok(trained.step.hashes.every((h) => h === trained.step.hashes[0]), 'replicas differ');
+    assert.ok(
+      trained.accuracy > start.accuracy,
+      `accuracy went from ${start.accuracy} % to ${trained.accuracy} %`,
+    );
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    await server.close();
+  }
+});
