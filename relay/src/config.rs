@@ -34,8 +34,10 @@ pub struct RelayConfig {
     #[arg(long, env = "ONEBYTE_ADMIN_TOKEN", value_name = "TOKEN")]
     pub admin_token: Option<String>,
 
-    /// A page origin allowed to open the websocket (repeatable; `*` allows any). Pages served by
-    /// the relay itself and clients that send no Origin (native workers) are always allowed.
+    /// A page origin allowed to open the websocket and read the job, snapshot, log and status
+    /// (repeatable; `*` allows any): e.g. a course page embedding the widget in live mode.
+    /// Pages served by the relay itself and clients that send no Origin (native workers) are
+    /// always allowed.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origins: Vec<String>,
 

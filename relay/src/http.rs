@@ -15,6 +15,7 @@ use axum::serve::ListenerExt;
 use protocol::{Version, varint};
 use serde::Deserialize;
 use std::sync::Arc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
 /// Largest message the websocket layer buffers at all; `--max-frame` is enforced below it
@@ -40,7 +41,34 @@ pub fn router(ctx: Arc<Context>) -> Router {
         Some(dir) => api.fallback_service(ServeDir::new(dir).precompressed_gzip()),
         None => api.route("/", get(index)),
     };
+    let router = match cross_origin_reads(&ctx.config.allow_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
     router.with_state(ctx)
+}
+
+/// Pages on the `--allow-origin` list may also *read* the relay (job, snapshot, log, status):
+/// a widget embedded in someone's course page fetches those before it opens the websocket.
+/// Only GET: the admin routes stay same-origin.
+fn cross_origin_reads(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| o.trim_end_matches('/').parse().ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_methods([axum::http::Method::GET])
+            .allow_origin(allow),
+    )
 }
 
 /// Serves until Ctrl-C or SIGTERM: https and wss with `--tls-cert`/`--tls-key`, else plain.

@@ -169,10 +169,17 @@ export async function screenshot(page, name) {
 
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.png': 'image/png' };
 
-/** A plain static file server for `dir` on 127.0.0.1 (not the relay): what any host offers. */
-export async function serveStatic(dir) {
+/**
+ * A plain static file server for `dir` on 127.0.0.1 (not the relay): what any host offers.
+ * `pages` maps extra paths to functions returning HTML, for pages a test writes.
+ */
+export async function serveStatic(dir, pages = {}) {
   const server = createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
+    if (pages[url.pathname]) {
+      res.writeHead(200, { 'content-type': 'text/html' }).end(pages[url.pathname]());
+      return;
+    }
     const file = path.join(dir, decodeURIComponent(url.pathname));
     if (!file.startsWith(dir)) {
       res.writeHead(403).end();

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
-import { ROOT, launch, screenshot, serveStatic, waitFor } from './harness.mjs';
+import { ROOT, launch, scratch, screenshot, serveStatic, startRelay, waitFor } from './harness.mjs';
 
 test('the embedded widget trains in local mode with equal hashes, one entry per Step', async () => {
   const server = await serveStatic(path.join(ROOT, 'web'));
@@ -64,5 +64,37 @@ test('the embedded widget trains in local mode with equal hashes, one entry per 
   } finally {
     await browser.close();
     await server.close();
+  }
+});
+
+test('the widget in live mode joins a real relay from another origin', async () => {
+  const tmp = scratch();
+  let relayUrl = null;
+  const server = await serveStatic(path.join(ROOT, 'web'), {
+    '/live.html': () =>
+      `<!doctype html><meta charset="utf-8"><link rel="icon" href="data:,">` +
+      `<script type="module" src="widget/onebyte-demo.js"></script>` +
+      `<onebyte-demo id="live" relay="${relayUrl.replace('http', 'ws')}"></onebyte-demo>`,
+  });
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), ['--allow-origin', server.url]);
+  relayUrl = relay.url;
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page, problems } = browser;
+    await page.goto(`${server.url}/live.html`);
+    const live = () =>
+      page.evaluate(() => {
+        const root = document.getElementById('live').shadowRoot;
+        const text = (name) => root.querySelector(`[data-v="${name}"]`)?.textContent ?? '';
+        return { state: text('state'), accepted: Number(text('accepted')), hash: text('hash') };
+      });
+    const seen = await waitFor('10 accepted contributions from the widget', live, (s) => s.accepted >= 10, 120_000);
+    assert.equal(seen.state, 'training');
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    await relay.kill();
+    await server.close();
+    tmp.cleanup();
   }
 });

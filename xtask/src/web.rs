@@ -106,6 +106,9 @@ fn wasm_cargo(subcommand: &str, build_std: bool) -> Command {
         "-p",
         "onebyte-client-wasm",
     ]);
+    // No DWARF for wasm32: it would be ten times the module, slow every tool that reads it, and
+    // wasm-bindgen drops it anyway. Panics still name file and line.
+    cmd.env("CARGO_PROFILE_DEV_DEBUG", "false");
     if build_std {
         cmd.env("RUSTC_BOOTSTRAP", "1")
             .arg("-Zbuild-std=std,panic_abort");
