@@ -83,7 +83,6 @@ pub fn test() -> Result<()> {
     ]);
     run("lints (clippy, warnings are errors)", clippy)?;
 
-    web::wasm_clippy()?;
     web::build_web()?;
     web::wasm_tests()?;
 

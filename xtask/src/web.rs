@@ -109,11 +109,35 @@ fn wasm_cargo(subcommand: &str, build_std: bool) -> Command {
     // No DWARF for wasm32: it would be ten times the module, slow every tool that reads it, and
     // wasm-bindgen drops it anyway. Panics still name file and line.
     cmd.env("CARGO_PROFILE_DEV_DEBUG", "false");
+    lint_while_building(&mut cmd);
     if build_std {
         cmd.env("RUSTC_BOOTSTRAP", "1")
             .arg("-Zbuild-std=std,panic_abort");
     }
     cmd
+}
+
+/// Lints the workspace's crates as they compile for wasm32, warnings as errors. `cargo clippy` is
+/// `cargo check` with clippy-driver as `RUSTC_WORKSPACE_WRAPPER` and its flags in `CLIPPY_ARGS`;
+/// doing the same on the real build lints the client (which is empty natively, so the native
+/// clippy run never sees it) without a second, check-only compile of every wasm dependency.
+/// Build and tests both set it, so they share artifacts.
+fn lint_while_building(cmd: &mut Command) {
+    let driver = Command::new("rustup")
+        .args(["which", "clippy-driver"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match driver {
+        Some(driver) => {
+            cmd.env("RUSTC_WORKSPACE_WRAPPER", driver).env(
+                "CLIPPY_ARGS",
+                "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+            );
+        }
+        None => eprintln!("    (clippy is not installed: the wasm build is not linted)"),
+    }
 }
 
 /// npm packages of `dir` from its lock file.
@@ -132,7 +156,7 @@ pub fn build_web() -> Result<()> {
     let build_std = ensure_wasm_target()?;
     let bindgen = ensure_wasm_bindgen()?;
     run(
-        "the browser client for wasm32 (engine, WebGPU and CPU backends)",
+        "the browser client for wasm32 (engine, WebGPU and CPU backends), linted by clippy",
         wasm_cargo("build", build_std),
     )?;
     let wasm = root()
@@ -173,15 +197,6 @@ pub fn build_web() -> Result<()> {
         size(&module.with_extension("wasm.gz"))?
     );
     Ok(())
-}
-
-/// clippy on the browser client, which only compiles for wasm32 (the workspace's clippy run
-/// sees an empty crate).
-pub fn wasm_clippy() -> Result<()> {
-    let build_std = ensure_wasm_target()?;
-    let mut clippy = wasm_cargo("clippy", build_std);
-    clippy.args(["--all-targets", "--", "-D", "warnings"]);
-    run("lints of the browser client for wasm32 (clippy)", clippy)
 }
 
 /// The client's wasm tests under Node.js (wasm-bindgen-test-runner).
