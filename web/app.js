@@ -24,6 +24,7 @@ const charts = new Charts($('loss-chart'), $('rate-chart'));
 const playground = new Playground($('playground'));
 
 let worker = null;
+let leaveTimer = null;
 let userPaused = false;
 let onBattery = false;
 let lastProgress = null;
@@ -272,18 +273,23 @@ async function join() {
     finish();
   };
   worker.postMessage({ type: 'start', module, options });
+  // The tab may have been hidden, or the throttle moved, while the engine downloaded.
+  applyPause();
+  worker.postMessage({ type: 'throttle', share: settings.throttle / 100 });
   $('pause').disabled = false;
   $('join').hidden = true;
   $('leave').hidden = false;
   $('leave').disabled = false;
+  $('leave').focus();
 }
 
 function leave() {
   $('leave').disabled = true;
-  worker?.postMessage({ type: 'stop' });
+  const leaving = worker;
+  leaving?.postMessage({ type: 'stop' });
   // A worker busy in a long step still stops: give it a moment, then end it.
-  setTimeout(() => {
-    if (worker) {
+  leaveTimer = setTimeout(() => {
+    if (worker === leaving && worker) {
       showState('stopped', 'left the relay');
       finish();
     }
@@ -291,6 +297,8 @@ function leave() {
 }
 
 function finish() {
+  clearTimeout(leaveTimer);
+  const hadFocus = document.activeElement === $('leave');
   worker?.terminate();
   worker = null;
   $('pause').disabled = true;
@@ -299,6 +307,7 @@ function finish() {
   $('leave').hidden = true;
   $('data-choice').disabled = false;
   $('backend-choice').disabled = false;
+  if (hadFocus) $('join').focus();
 }
 
 initControls();

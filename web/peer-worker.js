@@ -3,6 +3,25 @@
 import init, { Client } from './pkg/client_wasm.js';
 
 let client = null;
+// Controls that arrive while the engine starts are applied once the client exists.
+const pending = [];
+
+function control(msg) {
+  switch (msg.type) {
+    case 'pause':
+      client.pause();
+      break;
+    case 'resume':
+      client.resume();
+      break;
+    case 'throttle':
+      client.setThrottle(msg.share);
+      break;
+    case 'stop':
+      client.stop();
+      break;
+  }
+}
 
 function fail(error) {
   self.postMessage({ type: 'ended', error: String(error?.message ?? error) });
@@ -18,19 +37,11 @@ self.onmessage = async ({ data: msg }) => {
         fail(error);
         return;
       }
+      pending.splice(0).forEach(control);
       client.run().then(() => self.postMessage({ type: 'ended' }), fail);
       break;
-    case 'pause':
-      client?.pause();
-      break;
-    case 'resume':
-      client?.resume();
-      break;
-    case 'throttle':
-      client?.setThrottle(msg.share);
-      break;
-    case 'stop':
-      client?.stop();
-      break;
+    default:
+      if (client) control(msg);
+      else pending.push(msg);
   }
 };

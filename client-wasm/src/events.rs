@@ -17,6 +17,8 @@ pub enum State {
     Reconnecting,
     /// The relay closed with a code that retrying cannot fix.
     Refused,
+    /// This tab's engine failed.
+    Failed,
     Stopped,
 }
 

@@ -43,6 +43,8 @@ struct Peer<'a> {
     step_ms: Option<f64>,
     modelled_version: Option<u64>,
     shown: Option<State>,
+    /// The catch-up target the page was last told.
+    shown_head: u64,
 }
 
 #[derive(Default)]
@@ -75,7 +77,10 @@ enum End {
     Stopped,
     Resync(String),
     Retry(String),
+    /// The relay will not take this peer (a fatal close code, an `Error`, a broken stream).
     Refused(String),
+    /// This tab's engine failed (e.g. the WebGPU device was lost).
+    Failed(String),
 }
 
 pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> Result<(), String> {
@@ -146,6 +151,7 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         step_ms: None,
         modelled_version: None,
         shown: None,
+        shown_head: 0,
     };
     // The first evaluation compiles the forward pass's kernels: seconds on a software adapter.
     emitter.state(
@@ -164,6 +170,10 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
             }
             End::Refused(why) => {
                 peer.show(State::Refused, why.clone());
+                return Err(why);
+            }
+            End::Failed(why) => {
+                peer.show(State::Failed, why.clone());
                 return Err(why);
             }
             End::Resync(why) => {
@@ -308,7 +318,8 @@ impl Peer<'_> {
                         }
                         Ok(_) => {}
                         Err(SessionEnd::Resync(why)) => return End::Resync(why),
-                        Err(SessionEnd::Fatal(why)) => return End::Refused(why),
+                        Err(SessionEnd::Refused(why)) => return End::Refused(why),
+                        Err(SessionEnd::Fatal(why)) => return End::Failed(why),
                     }
                 }
                 None if wants => {
@@ -317,7 +328,7 @@ impl Peer<'_> {
                         .sample(&self.data.train, self.job.hyper().batch_size);
                     let began = now_ms();
                     if let Err(e) = session.contribute(&mut self.state, &batch).await {
-                        return End::Refused(e.to_string());
+                        return End::Failed(e.to_string());
                     }
                     let done = now_ms();
                     self.rate.record(done);
@@ -373,7 +384,9 @@ impl Peer<'_> {
 
     /// Keeps the page's state, progress and model views current (rate-limited).
     async fn update_display(&mut self, session: &Session) {
-        let state = if session.catching_up(&self.state) {
+        let state = if !session.streaming() {
+            State::Connecting
+        } else if session.catching_up(&self.state) {
             State::CatchingUp
         } else if self.controls.paused() {
             State::Paused
@@ -381,8 +394,12 @@ impl Peer<'_> {
             State::Training
         };
         let now = now_ms();
-        if self.shown != Some(state) {
+        if self.shown != Some(state)
+            || (state == State::CatchingUp && self.shown_head != session.head().0)
+        {
+            self.shown_head = session.head().0;
             let detail = match state {
+                State::Connecting => format!("waiting for the relay at {}", self.endpoints.ws),
                 State::CatchingUp => format!("replaying the log to version {}", session.head()),
                 State::Paused => "paused: following the log, computing nothing".into(),
                 _ => format!("contributing on {}", self.backend.name()),
@@ -423,10 +440,10 @@ impl Peer<'_> {
         if self.modelled_version == Some(version) {
             return;
         }
-        self.modelled_version = Some(version);
         let replica = &self.state.replica;
-        let Ok(eval) = replica.evaluate(&self.data.test).await else {
-            return;
+        let eval = match replica.evaluate(&self.data.test).await {
+            Ok(eval) => eval,
+            Err(e) => return crate::console::error(&format!("evaluating the model: {e}")),
         };
         let language = self.job.model.is_language_model();
         let size = self.options.grid.clamp(8, 128);
@@ -434,7 +451,7 @@ impl Peer<'_> {
             let prompt = b"the ";
             match replica.sample_text(prompt, 80, version).await {
                 Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-                Err(_) => return,
+                Err(e) => return crate::console::error(&format!("sampling the model: {e}")),
             }
         } else {
             None
@@ -444,11 +461,12 @@ impl Peer<'_> {
             let grid = grid_points(extent, size);
             match replica.predict(&grid).await {
                 Ok(p) => (extent, p),
-                Err(_) => return,
+                Err(e) => return crate::console::error(&format!("drawing the model: {e}")),
             }
         } else {
             ([0.0; 4], Vec::new())
         };
+        self.modelled_version = Some(version);
         self.emitter.emit(&Event::Model {
             version,
             accuracy: eval.accuracy,

@@ -55,7 +55,10 @@ pub enum SessionEnd {
     /// The replica no longer matches the log: reload the snapshot, then reconnect.
     #[error("resync: {0}")]
     Resync(String),
-    /// Reconnecting cannot help (a protocol violation, an engine failure, a relay error).
+    /// The relay sent an `Error`: it will not take this peer.
+    #[error("{0}")]
+    Refused(String),
+    /// Reconnecting cannot help: a protocol violation or a failure of this peer's engine.
     #[error("{0}")]
     Fatal(String),
 }
@@ -147,6 +150,11 @@ impl Session {
         self.head
     }
 
+    /// Whether the relay has welcomed this peer and the log is streaming.
+    pub fn streaming(&self) -> bool {
+        self.phase == Phase::Live
+    }
+
     /// Streaming the log but still behind the version the relay had at `Welcome`.
     pub fn catching_up(&self, peer: &PeerState) -> bool {
         self.phase != Phase::Live || peer.replica.version() < self.head
@@ -169,9 +177,9 @@ impl Session {
         msg: Message,
     ) -> Result<Received, SessionEnd> {
         match (self.phase, msg) {
-            (_, Message::Error { code, message }) => {
-                Err(SessionEnd::Fatal(format!("relay error {code}: {message}")))
-            }
+            (_, Message::Error { code, message }) => Err(SessionEnd::Refused(format!(
+                "relay error {code}: {message}"
+            ))),
             (_, Message::Resync { reason, .. }) => Err(SessionEnd::Resync(reason)),
             (
                 Phase::AwaitWelcome,

@@ -26,11 +26,16 @@ const LOG_PAGE: u64 = 1 << 20;
 
 /// The router over a shared context.
 pub fn router(ctx: Arc<Context>) -> Router {
-    let api = Router::new()
+    let reads = Router::new()
         .route("/api/job", get(job))
         .route("/api/snapshot", get(snapshot))
         .route("/api/log", get(log))
-        .route("/api/status", get(status))
+        .route("/api/status", get(status));
+    let reads = match cross_origin_reads(&ctx.config.allow_origins) {
+        Some(cors) => reads.layer(cors),
+        None => reads,
+    };
+    let api = reads
         .route("/api/admin/pause", post(pause))
         .route("/api/admin/resume", post(resume))
         .route("/metrics", get(metrics))
@@ -41,16 +46,12 @@ pub fn router(ctx: Arc<Context>) -> Router {
         Some(dir) => api.fallback_service(ServeDir::new(dir).precompressed_gzip()),
         None => api.route("/", get(index)),
     };
-    let router = match cross_origin_reads(&ctx.config.allow_origins) {
-        Some(cors) => router.layer(cors),
-        None => router,
-    };
     router.with_state(ctx)
 }
 
 /// Pages on the `--allow-origin` list may also *read* the relay (job, snapshot, log, status):
 /// a widget embedded in someone's course page fetches those before it opens the websocket.
-/// Only GET: the admin routes stay same-origin.
+/// The layer wraps those four routes only, and only GET.
 fn cross_origin_reads(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
@@ -58,11 +59,13 @@ fn cross_origin_reads(origins: &[String]) -> Option<CorsLayer> {
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|o| o.trim_end_matches('/').parse().ok()),
-        )
+        AllowOrigin::list(origins.iter().filter_map(|o| {
+            let parsed = o.trim_end_matches('/').parse().ok();
+            if parsed.is_none() {
+                tracing::warn!(origin = %o, "--allow-origin is not a valid origin; ignored");
+            }
+            parsed
+        }))
     };
     Some(
         CorsLayer::new()

@@ -29,8 +29,14 @@ export async function startRelay(store, args = [], listen = '127.0.0.1:0') {
   );
   const lines = createInterface({ input: proc.stdout });
   const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the relay did not listen within 60 s')), 60_000);
-    proc.once('exit', (code) => reject(new Error(`the relay exited (${code}) before listening`)));
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error('the relay did not listen within 60 s'));
+    }, 60_000);
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the relay exited (${code}) before listening`));
+    });
     lines.on('line', (line) => {
       const m = line.match(/^listening on (http:\/\/\S+)/);
       if (m) {
@@ -81,8 +87,12 @@ export function startWorker(url, args = []) {
   const result = new Promise((resolve, reject) => {
     proc.once('exit', (code) => {
       const last = out.trim().split('\n').pop();
-      if (code === 0 && last?.startsWith('{')) resolve(JSON.parse(last));
-      else reject(new Error(`onebyte join exited with ${code}: ${err.slice(-2000)}`));
+      try {
+        if (code === 0 && last?.startsWith('{')) resolve(JSON.parse(last));
+        else reject(new Error(`onebyte join exited with ${code}: ${err.slice(-2000)}`));
+      } catch (error) {
+        reject(error);
+      }
     });
   });
   result.catch(() => {});

@@ -66,6 +66,7 @@ li h3 { font-size: 0.95rem; margin: 0; }
 .bad { color: var(--minus); font-weight: 600; }
 canvas { width: 100%; aspect-ratio: 1; border-radius: 6px; background: #eee; }
 .note { color: var(--muted); font-size: 0.85rem; }
+.sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
 @media (prefers-reduced-motion: no-preference) { .fresh { animation: flash 0.6s ease-out; } }
 @keyframes flash { from { background: color-mix(in srgb, var(--accent) 20%, transparent); } to { background: transparent; } }
 `;
@@ -77,7 +78,8 @@ const LOCAL_VIEW = `
   <label>Speed <select data-act="speed">
     <option value="slow">slow</option><option value="normal">normal</option><option value="fast">fast</option>
   </select></label>
-  <span class="status" role="status" aria-live="polite"><span data-v="version">0</span> log entries · accuracy <span data-v="accuracy">–</span></span>
+  <span class="status"><span data-v="version">0</span> log entries · accuracy <span data-v="accuracy">–</span></span>
+  <span class="sr-only" role="status" aria-live="polite" data-v="announce"></span>
 </div>
 <div class="body">
   <ol aria-label="The latest step" data-v="steps">
@@ -96,7 +98,7 @@ const LOCAL_VIEW = `
     <li><h3>6 · Every replica applies it</h3>
       <div class="v">θ ← θ + c·z with c = −η·D(byte) = <span data-v="stepSize">–</span></div>
       <ul class="hashes v" data-v="hashes"></ul>
-      <div data-v="agree" aria-live="polite"></div></li>
+      <div data-v="agree"></div></li>
   </ol>
   <div><canvas width="200" height="200" role="img" aria-label="decision boundary of peer 0"></canvas>
     <div class="note">Peer 0's model over the data.</div></div>
@@ -104,7 +106,7 @@ const LOCAL_VIEW = `
 
 const LIVE_VIEW = `
 <div class="bar"><button data-act="pause">Pause</button>
-  <span class="status" role="status" aria-live="polite"><span data-v="state">connecting</span> · version <span data-v="version">0</span> · accepted <span data-v="accepted">0</span></span></div>
+  <span class="status"><span data-v="state" role="status" aria-live="polite">connecting</span> · version <span data-v="version">0</span> · accepted <span data-v="accepted">0</span></span></div>
 <p class="note">Live: this tab is a peer of <span class="v" data-v="relay"></span>.</p>
 <div class="v">weight hash at <span data-v="hashVersion">–</span>: <span data-v="hash">–</span></div>`;
 
@@ -138,10 +140,12 @@ class OnebyteDemo extends HTMLElement {
     this.root.innerHTML = `<style>${STYLE}</style><p class="note">Loading the engine…</p>`;
     try {
       await loadWasm();
+      // Removed from the page while the engine loaded: start nothing.
+      if (!this.isConnected) return;
       if (this.hasAttribute('relay')) this.startLive();
       else this.startLocal();
     } catch (error) {
-      this.root.innerHTML = `<style>${STYLE}</style><p role="alert">onebyte-demo: ${error.message ?? error}</p>`;
+      this.fail(error);
     }
   }
 
@@ -149,6 +153,19 @@ class OnebyteDemo extends HTMLElement {
     clearTimeout(this.timer);
     this.playing = false;
     this.client?.stop();
+    // The wasm objects hold memory outside JavaScript's collector.
+    this.swarm?.free();
+    this.swarm = null;
+    this.client = null;
+  }
+
+  fail(error) {
+    clearTimeout(this.timer);
+    this.playing = false;
+    const alert = document.createElement('p');
+    alert.setAttribute('role', 'alert');
+    alert.textContent = `onebyte-demo: ${error?.message ?? error}`;
+    this.root.replaceChildren(this.root.querySelector('style') ?? '', alert);
   }
 
   attributeChangedCallback(name, _old, value) {
@@ -185,19 +202,44 @@ class OnebyteDemo extends HTMLElement {
     play.setAttribute('aria-pressed', String(this.playing));
     this.root.querySelector('[data-act=step]').disabled = this.playing;
     if (this.playing) this.tick();
-    else clearTimeout(this.timer);
+    else {
+      clearTimeout(this.timer);
+      this.announce();
+    }
   }
 
   tick() {
     if (!this.playing) return;
     const { interval, batch } = SPEEDS[this.root.querySelector('[data-act=speed]').value];
-    this.show(batch > 1 ? this.swarm.steps(batch) : this.swarm.step());
+    try {
+      this.show(batch > 1 ? this.swarm.steps(batch) : this.swarm.step());
+    } catch (error) {
+      this.fail(error);
+      return;
+    }
     this.timer = setTimeout(() => this.tick(), interval);
   }
 
   /** Exactly one log entry. */
   stepOnce() {
-    if (!this.playing) this.show(this.swarm.step());
+    if (this.playing) return;
+    try {
+      this.show(this.swarm.step());
+    } catch (error) {
+      this.fail(error);
+      return;
+    }
+    this.announce();
+  }
+
+  /** Tells screen readers where training stands: after a single step or a pause, not every step. */
+  announce() {
+    const s = this.lastStep;
+    if (!s) return;
+    const agree = s.hashes.every((h) => h === s.hashes[0]);
+    this.$('announce').textContent =
+      `Version ${s.version}: peer ${s.peer} sent byte ${s.byte}; ` +
+      (agree ? `all ${s.hashes.length} replicas agree.` : 'replicas differ.');
   }
 
   show(step) {

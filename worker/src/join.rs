@@ -374,7 +374,9 @@ async fn session(
                     }
                     Ok(_) => {}
                     Err(SessionEnd::Resync(why)) => return End::Resync(why),
-                    Err(SessionEnd::Fatal(why)) => return End::Fatal(why),
+                    Err(SessionEnd::Refused(why) | SessionEnd::Fatal(why)) => {
+                        return End::Fatal(why);
+                    }
                 }
             }
             _ = std::future::ready(()), if may_send => {
