@@ -152,6 +152,7 @@ pub fn demo(args: &[String]) -> Result<()> {
         );
     }
     println!("\nonebyte demo is running at {url}  (open it and press Join)");
+    println!("  widget:   {url}/embed.html  (the embeddable teaching demo)");
     println!("  status:   {url}/api/status");
     println!("  metrics:  {url}/metrics");
     println!("  join another peer:  target/debug/onebyte join --relay {url}");
