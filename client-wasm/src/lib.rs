@@ -1,10 +1,11 @@
-//! The browser peer: onebyte's engine and protocol, driven from a Web Worker by the page.
+//! The browser peer: onebyte's engine and protocol, driven by the page (from a Web Worker) and
+//! by the `<onebyte-demo>` widget.
 //!
 //! The page never speaks the relay protocol itself. It starts a [`Client`] with a few options
 //! and a callback; the client fetches the job and the newest snapshot, picks WebGPU (or the CPU
 //! backend when the browser has no WebGPU adapter), joins the relay's websocket through
 //! `engine::Session` — the same state machine the native worker uses — and reports what happens
-//! as plain event objects (see [`events`]).
+//! as plain event objects (see [`events`]). [`LocalSwarm`] is the widget's relay-free mode.
 #![cfg(target_family = "wasm")]
 
 mod backend;
