@@ -2,6 +2,7 @@
 
 use crate::clock::sleep_ms;
 use gloo_net::http::Request;
+use protocol::RelayUrls;
 
 /// Where the relay lives.
 #[derive(Debug, Clone)]
@@ -13,20 +14,8 @@ pub struct Endpoints {
 impl Endpoints {
     /// From the relay's base URL (`http(s)://host:port`, or `ws(s)://…`).
     pub fn parse(relay: &str) -> Result<Self, String> {
-        let relay = relay.trim_end_matches('/');
-        let (scheme, rest) = relay
-            .split_once("://")
-            .ok_or_else(|| format!("relay `{relay}`: expected a URL like http://host:port"))?;
-        let (http, ws) = match scheme {
-            "http" | "ws" => ("http", "ws"),
-            "https" | "wss" => ("https", "wss"),
-            other => return Err(format!("relay `{relay}`: unknown scheme `{other}`")),
-        };
-        let rest = rest.strip_suffix("/ws").unwrap_or(rest);
-        Ok(Endpoints {
-            http: format!("{http}://{rest}"),
-            ws: format!("{ws}://{rest}/ws"),
-        })
+        let RelayUrls { http, ws } = RelayUrls::parse(relay).map_err(|e| format!("relay {e}"))?;
+        Ok(Endpoints { http, ws })
     }
 
     async fn get(&self, path: &str) -> Result<gloo_net::http::Response, String> {

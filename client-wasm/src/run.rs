@@ -8,7 +8,7 @@ use crate::events::{Emitter, Event, State};
 use crate::grid::{extent_of, grid_points};
 use crate::options::{Options, load_dataset};
 use crate::relay::{Endpoints, with_retries};
-use engine::{BatchSampler, Dataset, Job, PeerState, Received, Session, SessionEnd};
+use engine::{BatchSampler, Dataset, Job, PeerState, Received, Replica, Session, SessionEnd};
 use futures_util::{FutureExt, SinkExt, StreamExt, select_biased};
 use gloo_net::websocket::{Message as WsMessage, WebSocketError, futures::WebSocket};
 use protocol::{Message, close, framing};
@@ -130,7 +130,7 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
     let backend = choice.backend;
 
     emitter.state(State::Loading, "fetching the newest snapshot");
-    let Some(state) = load_replica(&endpoints, &job, &backend, emitter, controls).await? else {
+    let Some(replica) = load_replica(&endpoints, &job, &backend, emitter, controls).await? else {
         emitter.state(State::Stopped, "stopped");
         return Ok(());
     };
@@ -142,7 +142,7 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         job,
         data,
         backend,
-        state,
+        state: PeerState::new(replica),
         sampler: BatchSampler::new(seed ^ 0x9e37_79b9_7f4a_7c15),
         traffic: Traffic::default(),
         rate: Rate::default(),
@@ -188,7 +188,7 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
                     peer.show(State::Stopped, "stopped");
                     return Ok(());
                 };
-                peer.state.replica = fresh.replica;
+                peer.state.replica = fresh;
                 backoff = 100.0;
             }
             End::Retry(why) => {
@@ -216,7 +216,7 @@ async fn load_replica(
     backend: &Backend,
     emitter: &Emitter,
     controls: &Controls,
-) -> Result<Option<PeerState>, String> {
+) -> Result<Option<Replica>, String> {
     let snapshot = with_retries(
         || endpoints.snapshot(),
         |e, backoff| {
@@ -233,7 +233,7 @@ async fn load_replica(
     .await;
     match snapshot {
         None => Ok(None),
-        Some(bytes) => Ok(Some(PeerState::new(backend.replica(job.clone(), &bytes)?))),
+        Some(bytes) => Ok(Some(backend.replica(job.clone(), &bytes)?)),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod message;
 pub mod quant;
 pub mod seed;
 pub mod serial;
+mod url;
 pub mod varint;
 
 pub use error::DecodeError;
@@ -22,6 +23,7 @@ pub use message::{LogEntry, Message, PackedEntry, RejectReason, WeightHash};
 pub use quant::{QuantizeError, Quantizer};
 pub use seed::DirectionSeed;
 pub use serial::Serial;
+pub use url::{RelayUrlError, RelayUrls};
 
 /// Peers report their weight hash at every version that is a multiple of this; the relay's
 /// follower hashes the same versions and compares.

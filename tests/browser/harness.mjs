@@ -154,6 +154,12 @@ export async function waitFor(what, read, ok, timeoutMs = 180_000) {
   }
 }
 
+/** Opens the relay's page and presses Join, as a visitor does. */
+export async function join(page, url) {
+  await page.goto(url);
+  await page.getByRole('button', { name: 'Join' }).click();
+}
+
 /** What the page shows: state, counters, backend, the latest weight hash. */
 export async function pageStatus(page) {
   return page.evaluate(() => {

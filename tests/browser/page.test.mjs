@@ -5,6 +5,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
+  join,
   launch,
   pageStatus,
   scratch,
@@ -30,8 +31,7 @@ async function trainsAndMatchesNative({ webgpu, backendPattern, shot }) {
   const browser = await launch({ webgpu });
   try {
     const { page, problems } = browser;
-    await page.goto(relay.url);
-    await page.getByRole('button', { name: 'Join' }).click();
+    await join(page, relay.url);
     const training = await waitFor(
       'the page to train',
       () => pageStatus(page),
@@ -84,8 +84,7 @@ test('on a character language model job the page shows samples and bits per char
   const browser = await launch({ webgpu: false });
   try {
     const { page, problems } = browser;
-    await page.goto(relay.url);
-    await page.getByRole('button', { name: 'Join' }).click();
+    await join(page, relay.url);
     await waitFor('20 accepted', () => pageStatus(page), (s) => s.accepted >= 20);
     const shown = await waitFor(
       'a sample and bits per character',

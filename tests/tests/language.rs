@@ -41,6 +41,22 @@ fn at_version(relay: &Relay, data: &str, version: u64) -> serde_json::Value {
     .unwrap()
 }
 
+/// Two workers (seeds 1 and 2) train on `data` up to exactly `version`; their reports, after
+/// checking that they hold the same weights.
+fn two_workers_until(relay: &Relay, data: &str, version: u64) -> Vec<serde_json::Value> {
+    let v = version.to_string();
+    let workers: Vec<Worker> = ["1", "2"]
+        .iter()
+        .map(|seed| {
+            let args = ["--data", data, "--until-version", &v, "--seed", seed];
+            Worker::start(&relay.url(), &args).unwrap()
+        })
+        .collect();
+    let reports: Vec<_> = workers.into_iter().map(|w| w.finish().unwrap()).collect();
+    assert_eq!(reports[0]["hash"], reports[1]["hash"], "{reports:?}");
+    reports
+}
+
 #[test]
 fn a_char_lm_learns_through_a_relay_with_two_workers() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,25 +67,7 @@ fn a_char_lm_learns_through_a_relay_with_two_workers() {
     )
     .unwrap();
     let before = at_version(&relay, "builtin:tales", 0);
-    let workers: Vec<Worker> = ["1", "2"]
-        .iter()
-        .map(|seed| {
-            Worker::start(
-                &relay.url(),
-                &[
-                    "--data",
-                    "builtin:tales",
-                    "--until-version",
-                    "3000",
-                    "--seed",
-                    seed,
-                ],
-            )
-            .unwrap()
-        })
-        .collect();
-    let reports: Vec<_> = workers.into_iter().map(|w| w.finish().unwrap()).collect();
-    assert_eq!(reports[0]["hash"], reports[1]["hash"], "{reports:?}");
+    let reports = two_workers_until(&relay, "builtin:tales", 3000);
     let initial = before["bits_per_char"].as_f64().unwrap();
     // Worker 1 evaluates on the same held-out text as the version-0 follower (seed 1).
     let trained = reports[0]["bits_per_char"].as_f64().unwrap();
@@ -134,25 +132,7 @@ fn fine_tuning_from_a_checkpoint_lowers_the_loss_on_new_text() {
         start["hash"], checkpoint_hash,
         "version 0 is not the checkpoint"
     );
-    let workers: Vec<Worker> = ["1", "2"]
-        .iter()
-        .map(|seed| {
-            Worker::start(
-                &relay.url(),
-                &[
-                    "--data",
-                    "builtin:recipes",
-                    "--until-version",
-                    "2000",
-                    "--seed",
-                    seed,
-                ],
-            )
-            .unwrap()
-        })
-        .collect();
-    let reports: Vec<_> = workers.into_iter().map(|w| w.finish().unwrap()).collect();
-    assert_eq!(reports[0]["hash"], reports[1]["hash"], "{reports:?}");
+    let reports = two_workers_until(&relay, "builtin:recipes", 2000);
     let (before, after) = (
         start["test_loss"].as_f64().unwrap(),
         reports[0]["test_loss"].as_f64().unwrap(),

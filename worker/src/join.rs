@@ -7,11 +7,11 @@
 //! the replica's version; a `Resync` reloads the snapshot.
 
 use crate::data::{BackendArg, load_data};
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use engine::{BatchSampler, Dataset, Job, PeerState, Received, Replica, Session, SessionEnd};
 use futures_util::{SinkExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use protocol::{Message, RejectReason, close};
+use protocol::{Message, RejectReason, RelayUrls, close};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -87,21 +87,10 @@ struct Endpoints {
 
 impl Endpoints {
     fn parse(relay: &str) -> Result<Self> {
-        let relay = relay.trim_end_matches('/');
-        let (scheme, rest) = relay
-            .split_once("://")
-            .ok_or_else(|| anyhow!("--relay {relay}: expected a URL like http://host:port"))?;
-        let (http, ws) = match scheme {
-            "http" | "ws" => ("http", "ws"),
-            "https" | "wss" => ("https", "wss"),
-            other => {
-                bail!("--relay {relay}: unknown scheme `{other}` (use http, https, ws or wss)")
-            }
-        };
-        let rest = rest.strip_suffix("/ws").unwrap_or(rest);
+        let RelayUrls { http, ws } = RelayUrls::parse(relay).context("--relay")?;
         Ok(Endpoints {
-            http: format!("{http}://{rest}"),
-            ws: format!("{ws}://{rest}/ws"),
+            http,
+            ws,
             tls: None,
         })
     }
