@@ -139,11 +139,15 @@ function onEvent(event) {
         showState(event.state, event.detail);
       }
       break;
-    case 'backend':
-      $('backend').textContent = event.backend === 'webgpu' ? `WebGPU · ${event.adapter}` : 'CPU (WebAssembly)';
-      $('backend').title = event.reason ?? event.adapter;
+    case 'backend': {
+      const lanes = event.lanes > 1 ? ` · ${event.lanes} directions per pass` : '';
+      $('backend').textContent =
+        (event.backend === 'webgpu' ? `WebGPU · ${event.adapter}` : 'CPU (WebAssembly)') + lanes;
+      $('backend').title = [event.reason, event.measured].filter(Boolean).join('\n') || event.adapter;
       if (event.reason) $('backend').textContent += ` — ${event.reason}`;
+      if (event.measured) $('backend').textContent += ` (measured: ${event.measured})`;
       break;
+    }
     case 'data':
       $('samples-card').hidden = !event.language;
       $('bpc-stat').hidden = !event.language;
@@ -179,6 +183,7 @@ function onProgress(p) {
   $('rejected').textContent = p.rejected;
   $('rate').textContent = p.contributionsPerS.toFixed(1);
   $('step-ms').textContent = p.stepMs == null ? '–' : p.stepMs.toFixed(0);
+  $('busy').textContent = p.busyShare == null ? '–' : Math.round(100 * p.busyShare);
   $('bytes-sent').textContent = formatBytes(p.bytesSent);
   $('bytes-received').textContent = formatBytes(p.bytesReceived);
   $('bytes-fp32').textContent = formatBytes(p.fp32Bytes);

@@ -1,5 +1,9 @@
-//! WebGPU when the browser has an adapter, burn's CPU backend inside wasm when it does not.
+//! WebGPU when the browser has an adapter and it measures faster, burn's CPU backend inside
+//! wasm otherwise.
 
+use crate::clock::now_ms;
+use engine::calibrate;
+use engine::data::Split;
 use engine::gpu::GpuContext;
 use engine::{Job, Replica};
 use std::sync::Arc;
@@ -83,7 +87,66 @@ fn describe_adapter(adapter: &wasm_bindgen::JsValue) -> String {
     }
 }
 
-/// Picks the backend: `preference` is `auto` or `cpu`.
+/// What the measurement found and chose.
+pub struct Settled {
+    pub backend: Backend,
+    pub replica: Replica,
+    /// Contributions per step.
+    pub lanes: usize,
+    /// The figures measured, for the page ("webgpu K=16 410/s · cpu 150/s"); empty when
+    /// nothing was measured.
+    pub measured: String,
+    /// Why this backend, in words.
+    pub reason: Option<String>,
+}
+
+/// Milliseconds of timed steps per backend and lane count.
+const MEASURE_BUDGET_MS: f64 = 300.0;
+
+/// Settles the backend and the lanes per step. With WebGPU available and `preference` `auto`,
+/// races WebGPU (at several lane counts) against the CPU and keeps the faster; with `webgpu`,
+/// measures only the lane count; `lanes > 0` fixes the lane count.
+pub async fn settle(
+    choice: Choice,
+    preference: &str,
+    lanes: usize,
+    job: &Arc<Job>,
+    snapshot: &[u8],
+    batch: &Split,
+) -> Result<Settled, String> {
+    if !matches!(choice.backend, Backend::WebGpu(_)) {
+        return Ok(Settled {
+            replica: choice.backend.replica(job.clone(), snapshot)?,
+            backend: choice.backend,
+            lanes: lanes.max(1),
+            measured: String::new(),
+            reason: choice.reason,
+        });
+    }
+    let on_gpu = choice.backend.replica(job.clone(), snapshot)?;
+    let on_cpu = match preference {
+        "webgpu" => None,
+        _ => Some(Backend::Cpu.replica(job.clone(), snapshot)?),
+    };
+    let race = calibrate::race(on_gpu, on_cpu, lanes, batch, MEASURE_BUDGET_MS, now_ms)
+        .await
+        .map_err(|e| format!("measuring the backends failed: {e}"))?;
+    Ok(Settled {
+        measured: race.figures("webgpu"),
+        reason: race
+            .reason("WebGPU")
+            .or_else(|| Some("WebGPU was asked for".into())),
+        lanes: race.lanes,
+        backend: if race.on_gpu {
+            choice.backend
+        } else {
+            Backend::Cpu
+        },
+        replica: race.replica,
+    })
+}
+
+/// Picks the candidate backend: `preference` is `auto`, `webgpu` or `cpu`.
 pub async fn choose(preference: &str) -> Choice {
     let cpu = |reason: String| Choice {
         backend: Backend::Cpu,

@@ -34,6 +34,10 @@ pub enum Event {
         backend: &'static str,
         adapter: String,
         reason: Option<String>,
+        /// Contributions per step (one batched forward pass).
+        lanes: usize,
+        /// What was measured to choose, e.g. "webgpu K=16 410/s · cpu K=1 150/s".
+        measured: String,
     },
     /// The local data, once loaded (a sample of training points for the playground).
     Data {
@@ -71,6 +75,9 @@ pub enum Event {
         params: usize,
         /// Milliseconds the latest contribution took to compute (two forward passes).
         step_ms: Option<f64>,
+        /// Share of the last 5 s of training spent proposing or applying the log (`None`
+        /// while not training).
+        busy_share: Option<f64>,
     },
     /// The weight hash at a report boundary (also sent to the relay).
     Hash {

@@ -24,10 +24,14 @@ pub struct Options {
     pub seed: u32,
     #[serde(default)]
     pub token: String,
-    /// `auto` (WebGPU when the browser has an adapter) or `cpu`.
+    /// `auto` (WebGPU or the CPU, whichever measures faster), `webgpu` or `cpu`.
     #[serde(default = "default_backend")]
     pub backend: String,
-    #[serde(default = "default_window")]
+    /// Contributions per step (0: measured).
+    #[serde(default)]
+    pub lanes: usize,
+    /// Contributions in flight at most (0: 32, or half the job's staleness bound if less).
+    #[serde(default)]
     pub window: usize,
     #[serde(default = "default_throttle")]
     pub throttle: f64,
@@ -43,9 +47,6 @@ fn default_seed() -> u32 {
 }
 fn default_backend() -> String {
     "auto".into()
-}
-fn default_window() -> usize {
-    4
 }
 fn default_throttle() -> f64 {
     1.0

@@ -22,6 +22,14 @@ const MODEL_EVERY_MS: f64 = 1_000.0;
 const MODEL_SHARE: f64 = 0.2;
 /// How long to wait for the socket or the page before looking again (ms).
 const IDLE_WAIT_MS: f64 = 200.0;
+/// Most log entries merged from delivered batches into one.
+const MERGED_ENTRIES: usize = 4096;
+/// No answer to a contribution in flight for this long means the tab is behind the log.
+const ANSWERS_OVERDUE_MS: f64 = 2_000.0;
+/// Longest run of steps between two yields to the browser.
+const COMPUTE_SLICE_MS: f64 = 20.0;
+/// Longest a due step waits while frames keep arriving.
+const MAX_DEFER_MS: f64 = 250.0;
 
 /// Everything one run holds.
 struct Peer<'a> {
@@ -41,10 +49,13 @@ struct Peer<'a> {
     next_model: f64,
     /// How long the latest proposal took (ms).
     step_ms: Option<f64>,
+    busy: Busy,
     modelled_version: Option<u64>,
     shown: Option<State>,
-    /// The catch-up target the page was last told.
-    shown_head: u64,
+    /// The state's detail the page was last told.
+    shown_detail: String,
+    /// When the relay last answered a contribution, or none was in flight.
+    answered_at: f64,
 }
 
 #[derive(Default)]
@@ -69,6 +80,50 @@ impl Rate {
     fn per_second(&self, now: f64) -> f64 {
         let recent = self.stamps.iter().filter(|&&t| now - t <= 5_000.0).count();
         recent as f64 / 5.0
+    }
+}
+
+/// The share of the last few seconds of training spent proposing or applying the log: the
+/// rest is idle (waiting on the relay, the throttle, or the browser).
+#[derive(Default)]
+struct Busy {
+    spans: std::collections::VecDeque<(f64, f64)>,
+    since: Option<f64>,
+}
+
+impl Busy {
+    const WINDOW_MS: f64 = 5_000.0;
+
+    fn record(&mut self, from: f64, to: f64) {
+        self.since.get_or_insert(from);
+        self.spans.push_back((from, to));
+        while self
+            .spans
+            .front()
+            .is_some_and(|&(_, end)| to - end > Self::WINDOW_MS)
+        {
+            self.spans.pop_front();
+        }
+    }
+
+    /// Starts over (training paused or fell behind): idle time then says nothing.
+    fn reset(&mut self) {
+        self.spans.clear();
+        self.since = None;
+    }
+
+    /// `None` until a second of training has been seen.
+    fn share(&self, now: f64) -> Option<f64> {
+        let start = (now - Self::WINDOW_MS).max(self.since?);
+        if now - start < 1_000.0 {
+            return None;
+        }
+        let busy: f64 = self
+            .spans
+            .iter()
+            .map(|&(a, b)| (b.min(now) - a.max(start)).max(0.0))
+            .sum();
+        Some(busy / (now - start))
     }
 }
 
@@ -122,18 +177,42 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
 
     emitter.state(State::Loading, "starting the backend");
     let choice = backend::choose(&options.backend).await;
-    emitter.emit(&Event::Backend {
-        backend: choice.backend.name(),
-        adapter: choice.adapter,
-        reason: choice.reason,
-    });
-    let backend = choice.backend;
+    let adapter = choice.adapter.clone();
 
     emitter.state(State::Loading, "fetching the newest snapshot");
-    let Some(replica) = load_replica(&endpoints, &job, &backend, emitter, controls).await? else {
+    let Some(snapshot) = fetch_snapshot(&endpoints, emitter, controls).await else {
         emitter.state(State::Stopped, "stopped");
         return Ok(());
     };
+    if matches!(choice.backend, Backend::WebGpu(_)) {
+        emitter.state(
+            State::Loading,
+            "measuring WebGPU and the CPU on a few steps (the first compiles the GPU kernels)",
+        );
+    }
+    let probe = BatchSampler::new(seed).sample(&data.train, job.hyper().batch_size);
+    let settled = backend::settle(
+        choice,
+        &options.backend,
+        options.lanes,
+        &job,
+        &snapshot,
+        &probe,
+    )
+    .await?;
+    emitter.emit(&Event::Backend {
+        backend: settled.backend.name(),
+        adapter: match settled.backend {
+            Backend::Cpu => "burn CPU backend in WebAssembly".into(),
+            Backend::WebGpu(_) => adapter,
+        },
+        reason: settled.reason,
+        lanes: settled.lanes,
+        measured: settled.measured,
+    });
+    let backend = settled.backend;
+    let mut state = PeerState::new(settled.replica);
+    state.lanes = settled.lanes;
     let mut peer = Peer {
         options,
         controls,
@@ -142,16 +221,18 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         job,
         data,
         backend,
-        state: PeerState::new(replica),
+        state,
         sampler: BatchSampler::new(seed ^ 0x9e37_79b9_7f4a_7c15),
         traffic: Traffic::default(),
         rate: Rate::default(),
         last_progress: 0.0,
         next_model: 0.0,
         step_ms: None,
+        busy: Busy::default(),
         modelled_version: None,
         shown: None,
-        shown_head: 0,
+        shown_detail: String::new(),
+        answered_at: 0.0,
     };
     // The first evaluation compiles the forward pass's kernels: seconds on a software adapter.
     emitter.state(
@@ -217,7 +298,19 @@ async fn load_replica(
     emitter: &Emitter,
     controls: &Controls,
 ) -> Result<Option<Replica>, String> {
-    let snapshot = with_retries(
+    match fetch_snapshot(endpoints, emitter, controls).await {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(backend.replica(job.clone(), &bytes)?)),
+    }
+}
+
+/// The relay's newest snapshot, retried until it comes or the page stops (`None`).
+async fn fetch_snapshot(
+    endpoints: &Endpoints,
+    emitter: &Emitter,
+    controls: &Controls,
+) -> Option<Vec<u8>> {
+    with_retries(
         || endpoints.snapshot(),
         |e, backoff| {
             emitter.state(
@@ -230,11 +323,7 @@ async fn load_replica(
         },
         || controls.stopped(),
     )
-    .await;
-    match snapshot {
-        None => Ok(None),
-        Some(bytes) => Ok(Some(backend.replica(job.clone(), &bytes)?)),
-    }
+    .await
 }
 
 fn emit_data(emitter: &Emitter, data: &Dataset, language: bool) {
@@ -268,6 +357,14 @@ impl Peer<'_> {
         let mut session = Session::new(&self.state, &self.options.token, self.options.window);
         // Computing may start no earlier than this (the throttle's idle time).
         let mut next_compute = 0.0;
+        // Whether steps have run for a whole slice: the next turn yields to the browser first.
+        let mut must_yield = false;
+        // When the current run of steps without yielding began.
+        let mut slice_began = None;
+        // Since when a due step has waited for the frames already delivered.
+        let mut due_since = None;
+        // A message read ahead while merging log batches, handled next turn.
+        let mut held: Option<Result<Message, End>> = None;
         loop {
             for msg in session.take_outbox() {
                 let bytes = msg.encode();
@@ -288,18 +385,44 @@ impl Peer<'_> {
             } else {
                 IDLE_WAIT_MS
             };
-            // Frames first: keeping up with the log keeps contributions fresh.
-            let frame = select_biased! {
-                frame = ws.next().fuse() => Some(frame),
-                _ = sleep_ms(wait).fuse() => None,
+            // Frames first: a contribution computed on a lagging replica arrives stale. Every
+            // frame already delivered is applied before a step that is due (yet a step waits at
+            // most MAX_DEFER_MS, or a log that streams in as fast as it is applied would starve
+            // computing for ever). Steps run back to back for at most COMPUTE_SLICE_MS; then
+            // the turn waits on the socket or a timer, which yields to the browser so that the
+            // frames that arrived meanwhile are delivered. (Yielding after every step would
+            // cost the timer's 4 ms clamp each time: most of a CPU step's time.)
+            let now = now_ms();
+            let due = wants && !must_yield && now >= next_compute;
+            due_since = due.then(|| due_since.unwrap_or(now));
+            let frame = if held.is_some() {
+                None
+            } else if due_since.is_some_and(|since| now - since < MAX_DEFER_MS) {
+                ws.next().now_or_never()
+            } else if due {
+                None
+            } else {
+                must_yield = false;
+                slice_began = None;
+                select_biased! {
+                    frame = ws.next().fuse() => Some(frame),
+                    _ = sleep_ms(wait).fuse() => None,
+                }
             };
-            match frame {
-                Some(frame) => {
-                    let msg = match self.decode(frame, &mut ws).await {
-                        Ok(msg) => msg,
+            let next = match frame {
+                Some(frame) => Some(self.decode(frame, &mut ws).await),
+                None => held.take(),
+            };
+            match next {
+                Some(next) => {
+                    let msg = match next {
+                        Ok(msg) => self.merge_delivered(msg, &mut ws, &mut held).await,
                         Err(end) => return end,
                     };
-                    match session.receive(&mut self.state, msg).await {
+                    let began = now_ms();
+                    let received = session.receive(&mut self.state, msg).await;
+                    self.busy.record(began, now_ms());
+                    match received {
                         Ok(Received::Applied { hashes, .. }) => {
                             for (version, hash) in hashes {
                                 self.emitter.emit(&Event::Hash {
@@ -308,7 +431,9 @@ impl Peer<'_> {
                                 });
                             }
                         }
+                        Ok(Received::Accepted) => self.answered_at = now_ms(),
                         Ok(Received::Rejected { reason, detail }) => {
+                            self.answered_at = now_ms();
                             if reason == protocol::RejectReason::Paused {
                                 next_compute = now_ms() + 1_000.0;
                             }
@@ -327,17 +452,59 @@ impl Peer<'_> {
                         .sampler
                         .sample(&self.data.train, self.job.hyper().batch_size);
                     let began = now_ms();
-                    if let Err(e) = session.contribute(&mut self.state, &batch).await {
-                        return End::Failed(e.to_string());
-                    }
+                    let step = match session.contribute(&mut self.state, &batch).await {
+                        Ok(step) => step,
+                        Err(e) => return End::Failed(e.to_string()),
+                    };
                     let done = now_ms();
-                    self.rate.record(done);
+                    self.busy.record(began, done);
+                    must_yield = done - *slice_began.get_or_insert(began) >= COMPUTE_SLICE_MS;
+                    for _ in &step {
+                        self.rate.record(done);
+                    }
                     self.step_ms = Some(done - began);
                     let share = self.controls.throttle();
                     next_compute = done + (done - began) * (1.0 - share) / share;
                 }
                 None => {}
             }
+        }
+    }
+
+    /// `msg`, and if it is a log batch, every batch that follows on from it among the frames
+    /// already delivered, as one: a slow adapter pays per dispatch, so applying a backlog in
+    /// few large runs is what lets it catch up. The first other message read is `held`.
+    async fn merge_delivered(
+        &mut self,
+        msg: Message,
+        ws: &mut WebSocket,
+        held: &mut Option<Result<Message, End>>,
+    ) -> Message {
+        let Message::LogBatch {
+            first_version,
+            mut entries,
+        } = msg
+        else {
+            return msg;
+        };
+        while entries.len() < MERGED_ENTRIES {
+            let Some(frame) = ws.next().now_or_never() else {
+                break;
+            };
+            match self.decode(frame, ws).await {
+                Ok(Message::LogBatch {
+                    first_version: next,
+                    entries: more,
+                }) if next.0 == first_version.0 + entries.len() as u64 => entries.extend(more),
+                other => {
+                    *held = Some(other);
+                    break;
+                }
+            }
+        }
+        Message::LogBatch {
+            first_version,
+            entries,
         }
     }
 
@@ -384,26 +551,50 @@ impl Peer<'_> {
 
     /// Keeps the page's state, progress and model views current (rate-limited).
     async fn update_display(&mut self, session: &Session) {
+        let now = now_ms();
+        if session.in_flight() == 0 {
+            self.answered_at = now;
+        }
+        // Answers travel behind the log on one socket: none for seconds means this tab reads
+        // the log more slowly than the swarm writes it.
+        let overdue_s = ((now - self.answered_at) / 1_000.0).floor();
+        let overdue = overdue_s * 1_000.0 >= ANSWERS_OVERDUE_MS;
+        let replaying = session.catching_up(&self.state);
         let state = if !session.streaming() {
             State::Connecting
-        } else if session.catching_up(&self.state) {
+        } else if replaying {
             State::CatchingUp
         } else if self.controls.paused() {
             State::Paused
+        } else if session.behind().is_some() || overdue {
+            State::CatchingUp
         } else {
             State::Training
         };
-        let now = now_ms();
-        if self.shown != Some(state)
-            || (state == State::CatchingUp && self.shown_head != session.head().0)
-        {
-            self.shown_head = session.head().0;
-            let detail = match state {
-                State::Connecting => format!("waiting for the relay at {}", self.endpoints.ws),
-                State::CatchingUp => format!("replaying the log to version {}", session.head()),
-                State::Paused => "paused: following the log, computing nothing".into(),
-                _ => format!("contributing on {}", self.backend.name()),
-            };
+        let detail = match state {
+            State::Connecting => format!("waiting for the relay at {}", self.endpoints.ws),
+            State::CatchingUp if replaying => {
+                format!("replaying the log to version {}", session.head())
+            }
+            State::CatchingUp => match session.behind() {
+                Some(behind) => format!(
+                    "too slow for the swarm: contributions reach the relay {behind} versions late \
+                     (the job accepts {}); trying again",
+                    self.job.hyper().staleness_bound
+                ),
+                None => format!(
+                    "behind the swarm: no answer from the relay for {overdue_s} s, this tab \
+                     reads the log more slowly than the swarm writes it"
+                ),
+            },
+            State::Paused => "paused: following the log, computing nothing".into(),
+            _ => format!("contributing on {}", self.backend.name()),
+        };
+        if state != State::Training {
+            self.busy.reset();
+        }
+        if self.shown != Some(state) || self.shown_detail != detail {
+            self.shown_detail = detail.clone();
             self.show(state, detail);
             self.last_progress = 0.0;
         }
@@ -425,6 +616,7 @@ impl Peer<'_> {
                 fp32_bytes: self.state.accepted * 8 * d as u64,
                 params: d,
                 step_ms: self.step_ms,
+                busy_share: self.busy.share(now),
             });
         }
         if state != State::CatchingUp && now >= self.next_model {

@@ -95,6 +95,128 @@ fn main() {
         &cpu_update,
         step.as_secs_f64() / (2.0 * forward.as_secs_f64()),
     );
+    lanes_figures();
+}
+
+/// The three models the lane figures use: the demo's spirals MLP, the char LM, and an MLP of
+/// about a million parameters (64-1024-1024-10), each with a batch of its own shape.
+fn lane_models() -> Vec<(&'static str, Arc<Job>, engine::Split)> {
+    let lm = Job::from_toml(
+        "[job]\nname = \"bench-lm\"\n[model]\nkind = \"char_lm\"\nembedding = 8\nhidden = [64]\n\
+         [task]\nfeatures = 8\nclasses = 256\ndataset = \"tales\"\n[hyper]\nbatch_size = 64\n",
+    )
+    .expect("the LM job");
+    let lm = Arc::new(lm);
+    let lm_data = engine::data::for_job(&lm, &"tales".parse().unwrap(), None, 1).unwrap();
+    let big = Job::from_toml(
+        "[job]\nname = \"bench-1m\"\n[model]\nkind = \"mlp\"\nhidden = [1024, 1024]\nactivation = \"relu\"\n\
+         [task]\nfeatures = 64\nclasses = 10\n[hyper]\nbatch_size = 64\n",
+    )
+    .expect("the 1M job");
+    let big_batch = engine::Split {
+        features: 64,
+        x: (0..64 * 64)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect(),
+        y: (0..64).map(|i| i % 10).collect(),
+    };
+    let spirals = Builtin::Spirals.generate(4_000, 1_000, 1);
+    let mut sampler = engine::BatchSampler::new(3);
+    let demo = Arc::new(Job::demo());
+    let demo_batch = sampler.sample(&spirals.train, demo.hyper().batch_size);
+    let lm_batch = sampler.sample(&lm_data.train, lm.hyper().batch_size);
+    vec![
+        ("spirals MLP", demo, demo_batch),
+        ("char LM", lm, lm_batch),
+        ("MLP 64-1024-1024-10", Arc::new(big), big_batch),
+    ]
+}
+
+/// Contributions per second, bytes read back per contribution, and ZO step / (2 × forward) at
+/// the same lane count, for K = 1, 4, 16, 64 on each backend; then the log's apply throughput
+/// for the largest model at 256 entries per dispatch.
+fn lanes_figures() {
+    #[cfg(feature = "wgpu")]
+    let gpu = block_on(engine::gpu::GpuContext::init()).expect("a wgpu adapter");
+    for (name, job, batch) in lane_models() {
+        let d = job.model.layout().d();
+        println!("\nlanes: {name}, d = {d}, batch {}", batch.len());
+        println!(
+            "  backend   K  contributions/s  per-contribution cost vs K=1  read back B/contribution  step/(2×fwd)"
+        );
+        #[cfg_attr(not(feature = "wgpu"), allow(unused_mut))]
+        let mut backends: Vec<(&str, Replica)> =
+            vec![("cpu", Replica::new(job.clone(), cpu_device()))];
+        #[cfg(feature = "wgpu")]
+        backends.push(("wgpu", Replica::new_gpu(job.clone(), &gpu)));
+        for (backend, mut replica) in backends {
+            let mut single = None;
+            // The million-parameter model at 64 lanes would take minutes on a software adapter.
+            let ks: &[usize] = if d > 100_000 {
+                &[1, 4, 16]
+            } else {
+                &[1, 4, 16, 64]
+            };
+            for &k in ks {
+                let counters: Vec<Counter> = (0..k as u64).map(Counter).collect();
+                block_on(replica.propose_lanes(PeerId(0), &counters, &batch)).unwrap();
+                let iters = if d > 100_000 { 2 } else { 8 };
+                let before = replica.bytes_read_back();
+                let step = time(3, iters, |_| {
+                    black_box(
+                        block_on(replica.propose_lanes(PeerId(0), &counters, &batch)).unwrap(),
+                    );
+                });
+                let read = (replica.bytes_read_back() - before) as f64 / (3 * iters * k) as f64;
+                let forward = time(3, iters, |_| {
+                    black_box(block_on(replica.batch_loss_copies(&batch, k)).unwrap());
+                });
+                let per = step.as_secs_f64() / k as f64;
+                let base = *single.get_or_insert(per);
+                println!(
+                    "  {backend:<7} {k:>3}  {:>15.0}  {:>28.3}  {:>24.1}  {:>12.3}",
+                    1.0 / per,
+                    per / base,
+                    read,
+                    step.as_secs_f64() / (2.0 * forward.as_secs_f64()),
+                );
+            }
+        }
+        if d > 100_000 {
+            let mut cpu = Replica::new(job.clone(), cpu_device());
+            let cpu_apply = apply_256(&mut cpu);
+            println!(
+                "  apply the log, 256 entries per dispatch: cpu {cpu_apply:.3e} params·entries/s"
+            );
+            #[cfg(feature = "wgpu")]
+            {
+                let mut on_gpu = Replica::new_gpu(job.clone(), &gpu);
+                let gpu_apply = apply_256(&mut on_gpu);
+                println!(
+                    "  apply the log, 256 entries per dispatch: wgpu {gpu_apply:.3e} params·entries/s ({:.2}× the CPU)",
+                    gpu_apply / cpu_apply
+                );
+            }
+        }
+    }
+}
+
+/// Parameters × entries per second applying 256 entries at once (a read-back at the end so GPU
+/// work is finished).
+fn apply_256(replica: &mut Replica) -> f64 {
+    let d = replica.job().model.layout().d() as f64;
+    let entries: Vec<LogEntry> = (0..256)
+        .map(|i| LogEntry {
+            peer: PeerId(2),
+            counter: Counter(i),
+            byte: 0x21,
+        })
+        .collect();
+    let t = time(3, 1, |_| {
+        replica.apply(&entries);
+        black_box(block_on(replica.weight_hash()).unwrap());
+    });
+    d * 256.0 / t.as_secs_f64()
 }
 
 /// Parameters × entries per second when applying batches of 1, 16 and 256 entries.

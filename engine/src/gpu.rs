@@ -1,24 +1,23 @@
-//! θ on a GPU: the `shaders` kernels on the wgpu device that burn's wgpu runtime also uses.
+//! θ on a GPU: the `shaders` kernels launched on burn's own wgpu compute client, over burn's own
+//! tensor buffers.
 //!
-//! burn creates the device (`Device::wgpu_options().init_with_setup_async()`) and hands back its
-//! wgpu handles; θ lives in a storage buffer that only the update kernel writes. The perturb
-//! kernel writes `θ ± εz` into a scratch buffer; no buffer ever holds `z`.
+//! θ is a burn tensor on the wgpu device that only the update kernel writes (in place, through
+//! its buffer handle). The perturb kernel writes `θ ± εz` for several lanes into a fresh burn
+//! tensor that the forward pass consumes where it lies: nothing goes through the CPU but the
+//! losses. No buffer ever holds `z`. Launching through burn's client (rather than on the raw wgpu
+//! queue beside it) puts our kernels in burn's own stream, so burn's pending work and ours run in
+//! the order they were issued and burn's memory pool never hands out a buffer we still use.
 
+use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
+use burn_cubecl::{Cube, tensor::CubeTensor};
+use cubecl::ir::{UIntKind, metadata::Info, settings::Dim3};
+use cubecl::prelude::*;
+use cubecl::server::{Handle, KernelArguments};
 use protocol::DirectionSeed;
-use shaders::{PerturbParams, UpdateEntry, UpdateParams, dispatch_size, key_words};
-use wgpu::util::DeviceExt;
+use shaders::{PerturbLane, PerturbParams, UpdateEntry, UpdateParams, dispatch_size, key_words};
 
 /// Log entries per update dispatch: one kernel launch applies at most this many, in order.
 pub const MAX_ENTRIES_PER_DISPATCH: usize = 256;
-
-/// The compiled kernels on one device.
-#[derive(Debug, Clone)]
-pub struct GpuKernels {
-    device: wgpu::Device,
-    queue: wgpu::Queue,
-    perturb: wgpu::ComputePipeline,
-    update: wgpu::ComputePipeline,
-}
 
 /// A failure on the GPU path.
 #[derive(Debug, thiserror::Error)]
@@ -27,129 +26,92 @@ pub enum GpuError {
     Init(String),
     #[error("reading a buffer back from the GPU failed: {0}")]
     Readback(String),
+    #[error("the tensor does not live on burn's wgpu runtime: {0}")]
+    NotOnGpu(String),
 }
 
-fn pipeline(device: &wgpu::Device, label: &str, source: String) -> wgpu::ComputePipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(label),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    })
+/// A hand-written WGSL kernel from `shaders`, as burn's compute client launches it.
+struct WgslKernel {
+    name: &'static str,
+    source: fn() -> String,
 }
 
-impl GpuKernels {
-    /// Compiles the kernels for an existing device and queue.
-    pub fn new(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        let perturb = pipeline(&device, "onebyte perturb", shaders::perturb_source());
-        let update = pipeline(&device, "onebyte update", shaders::update_source());
-        GpuKernels {
-            device,
-            queue,
-            perturb,
-            update,
+const PERTURB: WgslKernel = WgslKernel {
+    name: "onebyte perturb",
+    source: shaders::perturb_source,
+};
+const UPDATE: WgslKernel = WgslKernel {
+    name: "onebyte update",
+    source: shaders::update_source,
+};
+
+impl KernelMetadata for WgslKernel {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn id(&self) -> KernelId {
+        // One type, several kernels: the name keys the compilation cache.
+        KernelId::new::<Self>().info(self.name)
+    }
+
+    fn address_type(&self) -> ElemType {
+        ElemType::UInt(UIntKind::U32)
+    }
+}
+
+impl CubeKernel for WgslKernel {
+    fn define(&self) -> KernelDefinition {
+        // The source text is the kernel; the definition only keys the cache.
+        let settings = KernelSettings::new(
+            Dim3::new_1d(shaders::WORKGROUP_SIZE),
+            ExecutionMode::Checked,
+            AddressType::U32,
+        );
+        KernelDefinition {
+            body: Scope::root(settings.clone()),
+            settings,
+            info: Info::default(),
         }
     }
 
-    fn storage(&self, label: &str, contents: &[u8], extra: wgpu::BufferUsages) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE | extra,
-            })
-    }
-
-    fn dispatch(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], d: u32) {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            let (x, y) = dispatch_size(d);
-            pass.dispatch_workgroups(x, y, 1);
-        }
-        self.queue.submit([encoder.finish()]);
-    }
-
-    /// Copies `buffer` back to the CPU. Awaits the map on wasm; polls the device natively.
-    pub async fn read(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>, GpuError> {
-        let size = buffer.size();
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("onebyte readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
-        #[cfg(not(target_family = "wasm"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        rx.await
-            .map_err(|_| GpuError::Readback("the map callback was dropped".into()))?
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        let view = staging
-            .slice(..)
-            .get_mapped_range()
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        let values = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
-        drop(view);
-        staging.unmap();
-        Ok(values)
+    fn source(&self) -> Option<PrecompiledSource> {
+        Some(PrecompiledSource {
+            source: (self.source)(),
+            entrypoint_name: "main".to_string(),
+            lang: "wgsl",
+        })
     }
 }
 
-/// θ and a scratch buffer of the same size, on the GPU.
+/// θ on the GPU, as burn's own tensor.
 #[derive(Debug, Clone)]
 pub struct GpuWeights {
-    kernels: GpuKernels,
-    theta: wgpu::Buffer,
-    scratch: wgpu::Buffer,
+    theta: CubeTensor,
     d: u32,
 }
 
 impl GpuWeights {
-    /// Uploads θ.
-    pub fn new(kernels: GpuKernels, theta: &[f32]) -> Self {
-        let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-        let bytes: &[u8] = bytemuck::cast_slice(theta);
-        GpuWeights {
-            theta: kernels.storage("onebyte θ", bytes, usage),
-            scratch: kernels.storage("onebyte θ±εz", bytes, usage),
-            d: theta.len() as u32,
-            kernels,
-        }
+    /// Uploads θ to `device`, which must be burn's wgpu device.
+    pub fn new(device: &Device, theta: &[f32]) -> Result<Self, GpuError> {
+        let d = theta.len();
+        let tensor = Tensor::<1>::from_data(TensorData::new(theta.to_vec(), [d]), device);
+        let theta = tensor
+            .try_into_primitive::<Cube>()
+            .map_err(|e| GpuError::NotOnGpu(format!("{e:?}")))?;
+        Ok(GpuWeights { theta, d: d as u32 })
+    }
+
+    /// θ as a tensor for burn's operations. It shares θ's buffer, and burn never writes a buffer
+    /// that another tensor still holds, so forward passes read θ without copying it.
+    pub fn tensor(&self) -> Tensor<1> {
+        Tensor::from_primitive::<Cube>(self.theta.clone())
     }
 
     /// `θ += c_j·z(seed_j)` for each step in order, in dispatches of up to
-    /// [`MAX_ENTRIES_PER_DISPATCH`] entries.
+    /// [`MAX_ENTRIES_PER_DISPATCH`] entries, in place.
     pub fn apply(&self, steps: &[(DirectionSeed, f32)]) {
+        let client = &self.theta.client;
         for chunk in steps.chunks(MAX_ENTRIES_PER_DISPATCH) {
             let entries: Vec<UpdateEntry> = chunk
                 .iter()
@@ -164,74 +126,85 @@ impl GpuWeights {
                 entries: entries.len() as u32,
                 _pad: [0; 2],
             };
-            let k = &self.kernels;
-            let entries = k.storage(
-                "entries",
-                bytemuck::cast_slice(&entries),
-                wgpu::BufferUsages::empty(),
-            );
-            let params = k.storage(
-                "update params",
-                bytemuck::bytes_of(&params),
-                wgpu::BufferUsages::empty(),
-            );
-            k.dispatch(&k.update, &[&self.theta, &entries, &params], self.d);
+            let entries = client.create_from_slice(bytemuck::cast_slice(&entries));
+            let params = client.create_from_slice(bytemuck::bytes_of(&params));
+            self.launch(UPDATE, 1, [self.theta.handle.clone(), entries, params]);
         }
     }
 
-    /// Writes `θ + scale·z(seed)` into the scratch buffer and returns it.
-    pub fn perturb(&self, seed: &DirectionSeed, scale: f32) -> &wgpu::Buffer {
+    /// `[θ + scale_l·z(seed_l)]` for each lane `l`, as a `lanes × d` tensor on the device; θ is
+    /// not touched and nothing is read back.
+    pub fn perturbed(&self, lanes: &[(DirectionSeed, f32)]) -> Tensor<2> {
+        let client = &self.theta.client;
+        let (d, count) = (self.d as usize, lanes.len());
+        let lane_params: Vec<PerturbLane> = lanes
+            .iter()
+            .map(|(seed, scale)| PerturbLane {
+                key: key_words(&seed.0),
+                scale: *scale,
+                _pad: [0; 3],
+            })
+            .collect();
         let params = PerturbParams {
-            key: key_words(&seed.0),
-            scale,
             d: self.d,
+            lanes: count as u32,
             _pad: [0; 2],
         };
-        let k = &self.kernels;
-        let params = k.storage(
-            "perturb params",
-            bytemuck::bytes_of(&params),
-            wgpu::BufferUsages::empty(),
+        let out = client.empty(count * d * size_of::<f32>());
+        let lane_params = client.create_from_slice(bytemuck::cast_slice(&lane_params));
+        let params = client.create_from_slice(bytemuck::bytes_of(&params));
+        let buffers = [self.theta.handle.clone(), out.clone(), lane_params, params];
+        self.launch(PERTURB, count as u32, buffers);
+        let out = CubeTensor::new_contiguous(
+            client.clone(),
+            self.theta.device.clone(),
+            Shape::new([count, d]),
+            out,
+            DType::F32,
         );
-        k.dispatch(&k.perturb, &[&self.theta, &self.scratch, &params], self.d);
-        &self.scratch
+        Tensor::from_primitive::<Cube>(out)
     }
 
-    /// θ, read back.
-    pub async fn read(&self) -> Result<Vec<f32>, GpuError> {
-        self.kernels.read(&self.theta).await
-    }
-
-    /// The perturbed copy, read back.
-    pub async fn read_scratch(&self) -> Result<Vec<f32>, GpuError> {
-        self.kernels.read(&self.scratch).await
+    /// Launches `kernel` over θ's parameters (x, y) and `lanes` (z) on burn's stream, with
+    /// `buffers` as bindings 0, 1, ….
+    fn launch<const N: usize>(&self, kernel: WgslKernel, lanes: u32, buffers: [Handle; N]) {
+        let (x, y) = dispatch_size(self.d);
+        let arguments = buffers.into_iter().fold(KernelArguments::new(), |args, b| {
+            args.with_buffer(b.binding())
+        });
+        self.theta
+            .client
+            .launch(Box::new(kernel), CubeCount::Static(x, y, lanes), arguments);
     }
 }
 
-/// burn's wgpu device and our kernels on the same wgpu device and queue.
+/// burn's wgpu device, where θ and the forward passes live.
 #[derive(Debug, Clone)]
 pub struct GpuContext {
     /// The burn device forward passes run on.
-    pub device: burn::tensor::Device,
-    /// The `shaders` kernels, compiled for the same wgpu device.
-    pub kernels: GpuKernels,
+    pub device: Device,
     /// What the adapter says it is.
     pub adapter: String,
 }
 
 impl GpuContext {
-    /// Initialises burn's wgpu runtime on the default adapter and compiles the kernels on its
-    /// device. Async because a browser cannot block while WebGPU starts.
+    /// Initialises burn's wgpu runtime on the default adapter. Async because a browser cannot
+    /// block while WebGPU starts. burn sets its runtime up once per process, so later calls
+    /// return the first context.
     pub async fn init() -> Result<Self, GpuError> {
-        let (device, setup) = burn::tensor::Device::wgpu_options()
+        static CONTEXT: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
+        if let Some(context) = CONTEXT.get() {
+            return Ok(context.clone());
+        }
+        let (device, setup) = Device::wgpu_options()
             .init_with_setup_async()
             .await
             .map_err(|e| GpuError::Init(format!("{e:?}")))?;
         let info = setup.adapter.get_info();
-        Ok(GpuContext {
+        let context = GpuContext {
             device,
-            kernels: GpuKernels::new(setup.device, setup.queue),
             adapter: format!("{} ({:?}, {})", info.name, info.backend, info.driver),
-        })
+        };
+        Ok(CONTEXT.get_or_init(|| context).clone())
     }
 }

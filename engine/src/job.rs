@@ -83,7 +83,10 @@ pub struct HyperParams {
     pub epsilon: f32,
     /// Examples per gradient estimate.
     pub batch_size: usize,
-    /// Oldest `base_version` accepted, counted back from the log's head.
+    /// Oldest `base_version` accepted, counted back from the log's head. The default (1024)
+    /// is about half a second of two native workers at full speed: room for a browser tab's
+    /// round trip, while fast peers stay far fresher (their window of contributions in flight
+    /// is what bounds their staleness).
     pub staleness_bound: u64,
     /// The one-byte codec.
     pub quantizer: Quantizer,
@@ -95,7 +98,7 @@ impl Default for HyperParams {
             learning_rate: 0.002,
             epsilon: 1e-3,
             batch_size: 32,
-            staleness_bound: 64,
+            staleness_bound: 1024,
             quantizer: Quantizer::default(),
         }
     }

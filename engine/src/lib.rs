@@ -5,6 +5,7 @@
 //! that touches θ is deterministic and bit-exact across platforms; forward passes run on whatever
 //! burn device the replica is given.
 
+pub mod calibrate;
 pub mod data;
 pub mod direction;
 #[cfg(feature = "wgpu")]
@@ -19,6 +20,7 @@ pub mod session;
 pub mod sim;
 pub mod snapshot;
 pub mod text;
+pub mod transformer;
 
 pub use data::{BatchSampler, Builtin, DataSource, Dataset, Split};
 pub use job::{HyperParams, Job, JobConfig};

@@ -5,6 +5,7 @@
 //! anything about layers.
 
 use crate::layout::ParamLayout;
+use crate::transformer::{Dims, Preset};
 use burn::tensor::{Tensor, activation};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -32,6 +33,23 @@ pub enum ModelSpec {
         hidden: Vec<usize>,
         #[serde(default)]
         activation: Activation,
+    },
+    /// A GPT-2 style transformer language model that predicts the token after the previous
+    /// `task.features` tokens (`task.classes` is the vocabulary: 256 for bytes). Sizes come
+    /// from `preset` (`tiny`, `small`), each overridden by an explicit key, or from the four
+    /// keys alone.
+    Transformer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preset: Option<Preset>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layers: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heads: Option<usize>,
+        /// Positions in the position table (at least `task.features`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<usize>,
     },
 }
 
@@ -64,6 +82,10 @@ pub enum ModelError {
     Vocabulary(usize),
     #[error("a char_lm reads 1 to 256 previous bytes: task.features = {0}")]
     Context(usize),
+    #[error("a transformer needs `{0}` (or a `preset`)")]
+    MissingSize(&'static str),
+    #[error("transformer: {0}")]
+    TransformerSize(String),
 }
 
 /// A model built for a given number of input features and classes.
@@ -76,12 +98,25 @@ pub struct Model {
     embedding: Option<(usize, usize)>,
     /// Input features (for a char LM: context bytes).
     features: usize,
+    /// The transformer's sizes, for a transformer (then `widths` and `embedding` are unused).
+    transformer: Option<Dims>,
     layout: ParamLayout,
 }
 
 impl Model {
     /// Builds the model for `features` inputs and `classes` outputs.
     pub fn new(spec: &ModelSpec, features: usize, classes: usize) -> Result<Self, ModelError> {
+        if let ModelSpec::Transformer { .. } = spec {
+            let dims = transformer_dims(spec, features, classes)?;
+            return Ok(Model {
+                spec: spec.clone(),
+                widths: vec![features, classes],
+                embedding: None,
+                features,
+                transformer: Some(dims),
+                layout: dims.layout(),
+            });
+        }
         let (hidden, embedding) = match spec {
             ModelSpec::Mlp { hidden, .. } => (hidden, None),
             ModelSpec::CharLm {
@@ -98,6 +133,7 @@ impl Model {
                 }
                 (hidden, Some((classes, *embedding)))
             }
+            ModelSpec::Transformer { .. } => unreachable!("built above"),
         };
         if hidden.is_empty() {
             return Err(ModelError::NoHiddenLayers);
@@ -122,18 +158,25 @@ impl Model {
             widths,
             embedding,
             features,
+            transformer: None,
             layout,
         })
     }
 
-    /// Whether this is a character language model (inputs are byte codes).
+    /// Whether this is a language model (inputs are token codes, the label the next token).
     pub fn is_language_model(&self) -> bool {
-        self.embedding.is_some()
+        self.embedding.is_some() || self.transformer.is_some()
+    }
+
+    /// The transformer's sizes, for a transformer.
+    pub fn transformer(&self) -> Option<&Dims> {
+        self.transformer.as_ref()
     }
 
     fn activation(&self) -> Activation {
         match &self.spec {
             ModelSpec::Mlp { activation, .. } | ModelSpec::CharLm { activation, .. } => *activation,
+            ModelSpec::Transformer { .. } => Activation::Tanh,
         }
     }
 
@@ -158,8 +201,10 @@ impl Model {
     }
 
     /// Initial weights, generated on the CPU from a ChaCha key: uniform in `±gain·√(3/fan_in)`
-    /// for weights (LeCun-uniform scaled by the activation's gain), zero biases. Integer
-    /// arithmetic and single roundings only, so every platform gets the same bits.
+    /// for weights (LeCun-uniform scaled by the activation's gain), zero biases; for a
+    /// transformer, uniform with GPT-2's standard deviations ([`Dims::init_std`]) and LayerNorm
+    /// gains at 1. Integer arithmetic and single roundings only, so every platform gets the same
+    /// bits.
     pub fn init(&self, key: [u8; 32]) -> Vec<f32> {
         let gain = match self.activation() {
             Activation::Tanh => 5.0 / 3.0,
@@ -168,8 +213,18 @@ impl Model {
         let mut rng = ChaCha8Rng::from_seed(key);
         let mut theta = vec![0.0f32; self.layout.d()];
         for p in self.layout.params() {
-            if p.shape.len() == 2 {
-                let bound = (gain * (3.0 / p.shape[0] as f64).sqrt()) as f32;
+            let bound = match &self.transformer {
+                Some(dims) => {
+                    if p.name.contains("ln_") && p.name.ends_with(".weight") {
+                        theta[p.range()].fill(1.0);
+                    }
+                    dims.init_std(&p.name).map(|std| (std * 3f64.sqrt()) as f32)
+                }
+                None => {
+                    (p.shape.len() == 2).then(|| (gain * (3.0 / p.shape[0] as f64).sqrt()) as f32)
+                }
+            };
+            if let Some(bound) = bound {
                 for v in &mut theta[p.range()] {
                     // 24 random bits -> [0, 1) exactly, then one rounded multiply-add.
                     let unit = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
@@ -183,32 +238,43 @@ impl Model {
     /// Logits `[batch, classes]` for inputs `x: [batch, features]` under weights `theta: [d]`.
     /// A char LM's inputs are byte codes (0–255) as floats.
     pub fn forward(&self, theta: &Tensor<1>, x: Tensor<2>) -> Tensor<2> {
+        let d = self.layout.d();
+        let thetas = theta.clone().reshape([1, d]);
+        let [batch, _] = x.dims();
+        self.forward_lanes(&thetas, x)
+            .reshape([batch, self.classes()])
+    }
+
+    /// Logits `[lanes, batch, classes]` for inputs `x: [batch, features]` under `lanes` weight
+    /// vectors `thetas: [lanes, d]` at once: every layer is one batched matmul over the lanes,
+    /// so `K` perturbed copies cost one pass, not `K`.
+    pub fn forward_lanes(&self, thetas: &Tensor<2>, x: Tensor<2>) -> Tensor<3> {
+        if let Some(dims) = &self.transformer {
+            return crate::transformer::last_logits(dims, &self.layout, thetas, x);
+        }
+        let [lanes, _] = thetas.dims();
+        let [batch, features] = x.dims();
+        let param = |index: usize, shape: [usize; 3]| -> Tensor<3> {
+            let spec = &self.layout.params()[index];
+            thetas
+                .clone()
+                .narrow(1, spec.offset, spec.len())
+                .reshape(shape)
+        };
         let layers = self.widths.len() - 1;
         let (mut h, first) = match self.embedding {
-            None => (x, 0),
+            None => (x.unsqueeze::<3>().expand([lanes, batch, features]), 0),
             Some((vocabulary, width)) => {
-                let [batch, context] = x.dims();
-                let table_spec = &self.layout.params()[0];
-                let table = theta
-                    .clone()
-                    .narrow(0, table_spec.offset, table_spec.len())
-                    .reshape([vocabulary, width]);
-                let codes = x.reshape([batch * context]).int();
-                (table.select(0, codes).reshape([batch, context * width]), 1)
+                let table = param(0, [lanes, vocabulary, width]);
+                let codes = x.reshape([batch * features]).int();
+                let rows = table.select(1, codes);
+                (rows.reshape([lanes, batch, features * width]), 1)
             }
         };
         let activation = self.activation();
         for (l, w) in self.widths.windows(2).enumerate() {
-            let weight_spec = &self.layout.params()[first + 2 * l];
-            let bias_spec = &self.layout.params()[first + 2 * l + 1];
-            let weight = theta
-                .clone()
-                .narrow(0, weight_spec.offset, weight_spec.len())
-                .reshape([w[0], w[1]]);
-            let bias = theta
-                .clone()
-                .narrow(0, bias_spec.offset, bias_spec.len())
-                .reshape([1, w[1]]);
+            let weight = param(first + 2 * l, [lanes, w[0], w[1]]);
+            let bias = param(first + 2 * l + 1, [lanes, 1, w[1]]);
             h = h.matmul(weight) + bias;
             if l + 1 < layers {
                 h = match activation {
@@ -219,6 +285,73 @@ impl Model {
         }
         h
     }
+}
+
+/// The transformer's sizes from its spec, checked.
+fn transformer_dims(spec: &ModelSpec, features: usize, classes: usize) -> Result<Dims, ModelError> {
+    let ModelSpec::Transformer {
+        preset,
+        layers,
+        width,
+        heads,
+        context,
+    } = spec
+    else {
+        unreachable!("called for transformers")
+    };
+    let sizes = preset.map(Preset::sizes);
+    let pick = |explicit: Option<usize>, from_preset: Option<usize>, name| {
+        explicit
+            .or(from_preset)
+            .ok_or(ModelError::MissingSize(name))
+    };
+    let dims = Dims {
+        layers: pick(*layers, sizes.map(|s| s.0), "layers")?,
+        width: pick(*width, sizes.map(|s| s.1), "width")?,
+        heads: pick(*heads, sizes.map(|s| s.2), "heads")?,
+        context: pick(*context, sizes.map(|s| s.3), "context")?,
+        vocab: classes,
+    };
+    let bad = |why: String| Err(ModelError::TransformerSize(why));
+    if !(1..=48).contains(&dims.layers) {
+        return bad(format!("layers = {} must be between 1 and 48", dims.layers));
+    }
+    if !(1..=4096).contains(&dims.width)
+        || dims.heads == 0
+        || !dims.width.is_multiple_of(dims.heads)
+    {
+        return bad(format!(
+            "width = {} must be between 1 and 4096 and divisible by heads = {}",
+            dims.width, dims.heads
+        ));
+    }
+    if !(1..=4096).contains(&dims.context) {
+        return bad(format!(
+            "context = {} must be between 1 and 4096",
+            dims.context
+        ));
+    }
+    if features == 0 || features > dims.context {
+        return bad(format!(
+            "task.features = {features} tokens per example must be between 1 and context = {}",
+            dims.context
+        ));
+    }
+    if !(2..=1 << 20).contains(&classes) {
+        return bad(format!(
+            "task.classes = {classes} is the vocabulary: 256 for bytes, or the tokenizer's size"
+        ));
+    }
+    Ok(dims)
+}
+
+/// Mean cross-entropy of each lane: `logits: [lanes, batch, classes]` against one-hot
+/// `targets: [batch, classes]`, giving `[lanes]`.
+pub fn lane_losses(logits: Tensor<3>, targets: &Tensor<2>) -> Tensor<1> {
+    let [lanes, _, _] = logits.dims();
+    let log_probs = activation::log_softmax(logits, 2);
+    let picked = (log_probs * targets.clone().unsqueeze::<3>()).sum_dim(2);
+    picked.mean_dim(1).reshape([lanes]).neg()
 }
 
 #[cfg(test)]

@@ -7,11 +7,17 @@ use crate::data::Split;
 use crate::direction::{apply_update, perturb_into};
 use crate::hash::weight_hash;
 use crate::job::Job;
+use crate::model::lane_losses;
 use crate::snapshot::{Snapshot, SnapshotError};
 use burn::tensor::{Device, Int, Tensor, TensorData, loss::cross_entropy_with_logits};
 use protocol::{Counter, DirectionSeed, LogEntry, PeerId, Version, WeightHash};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use thiserror::Error;
+
+/// The largest buffer of perturbed copies one forward pass takes: WebGPU's default limit on a
+/// storage buffer binding (128 MiB). More lanes than fit are evaluated in several passes.
+pub const MAX_LANE_BYTES: usize = 128 << 20;
 
 /// A failure inside the engine.
 #[derive(Debug, Error)]
@@ -58,10 +64,10 @@ pub struct Evaluation {
 #[derive(Debug)]
 enum WeightStore {
     /// On the CPU: the reference.
-    Host { theta: Vec<f32>, scratch: Vec<f32> },
-    /// In GPU buffers, changed only by the `shaders` kernels.
+    Host { theta: Vec<f32> },
+    /// In a burn tensor on the GPU, changed only by the `shaders` update kernel.
     #[cfg(feature = "wgpu")]
-    Gpu(crate::gpu::GpuWeights),
+    Gpu(Box<crate::gpu::GpuWeights>),
 }
 
 /// θ at a version, following one job's log.
@@ -71,6 +77,8 @@ pub struct Replica {
     device: Device,
     store: WeightStore,
     version: Version,
+    /// Bytes this replica has read back from its device (losses, hashes, evaluations).
+    read_back: AtomicU64,
 }
 
 impl Replica {
@@ -87,12 +95,12 @@ impl Replica {
     }
 
     fn at(job: Arc<Job>, device: Device, theta: Vec<f32>, version: Version) -> Self {
-        let scratch = vec![0.0; theta.len()];
         Replica {
             job,
             device,
-            store: WeightStore::Host { theta, scratch },
+            store: WeightStore::Host { theta },
             version,
+            read_back: AtomicU64::new(0),
         }
     }
 
@@ -121,11 +129,14 @@ impl Replica {
         theta: &[f32],
         version: Version,
     ) -> Self {
+        let weights = crate::gpu::GpuWeights::new(&gpu.device, theta)
+            .expect("a GpuContext's device is burn's wgpu device");
         Replica {
             job,
             device: gpu.device.clone(),
-            store: WeightStore::Gpu(crate::gpu::GpuWeights::new(gpu.kernels.clone(), theta)),
+            store: WeightStore::Gpu(Box::new(weights)),
             version,
+            read_back: AtomicU64::new(0),
         }
     }
 
@@ -149,12 +160,25 @@ impl Replica {
         self.version
     }
 
+    /// Bytes read back from the device so far: what a GPU peer pays in transfers besides its
+    /// forward passes (for a proposal, only the losses).
+    pub fn bytes_read_back(&self) -> u64 {
+        self.read_back.load(Relaxed)
+    }
+
+    /// The most directions one forward pass evaluates for this model: two perturbed copies
+    /// each, within [`MAX_LANE_BYTES`].
+    pub fn max_lanes(&self) -> usize {
+        let copy = 2 * self.job.model.layout().d() * size_of::<f32>();
+        (MAX_LANE_BYTES / copy).max(1)
+    }
+
     /// θ, in parameter order (read back from the GPU when it lives there).
     pub async fn read_weights(&self) -> Result<Vec<f32>, EngineError> {
         match &self.store {
             WeightStore::Host { theta, .. } => Ok(theta.clone()),
             #[cfg(feature = "wgpu")]
-            WeightStore::Gpu(gpu) => Ok(gpu.read().await?),
+            WeightStore::Gpu(gpu) => self.read(gpu.tensor()).await,
         }
     }
 
@@ -225,41 +249,78 @@ impl Replica {
         counter: Counter,
         batch: &Split,
     ) -> Result<Proposal, EngineError> {
-        let seed = self.seed(peer, counter);
+        let mut proposals = self.propose_lanes(peer, &[counter], batch).await?;
+        Ok(proposals.remove(0))
+    }
+
+    /// [`Replica::propose`] for several contributions at once, all on `batch`: their `2K`
+    /// perturbed copies go through one batched forward pass (a lane each, in as few passes as
+    /// [`Replica::max_lanes`] allows), and only the `2K` losses come back from the device.
+    pub async fn propose_lanes(
+        &mut self,
+        peer: PeerId,
+        counters: &[Counter],
+        batch: &Split,
+    ) -> Result<Vec<Proposal>, EngineError> {
         let eps = self.job.hyper().epsilon;
         let (x, targets) = self.batch_tensors(batch)?;
+        let mut proposals = Vec::with_capacity(counters.len());
+        for chunk in counters.chunks(self.max_lanes()) {
+            let lanes: Vec<(DirectionSeed, f32)> = chunk
+                .iter()
+                .flat_map(|&c| {
+                    let seed = self.seed(peer, c);
+                    [(seed, eps), (seed, -eps)]
+                })
+                .collect();
+            let thetas = self.perturbed(&lanes);
+            let logits = self.job.model.forward_lanes(&thetas, x.clone());
+            let losses = self.read(lane_losses(logits, &targets)).await?;
+            for (&counter, pair) in chunk.iter().zip(losses.chunks_exact(2)) {
+                let (lp, lm) = (pair[0], pair[1]);
+                let g = (lp - lm) / (2.0 * eps);
+                proposals.push(Proposal {
+                    counter,
+                    base_version: self.version,
+                    byte: self.job.hyper().quantizer.encode(g),
+                    g,
+                    loss: 0.5 * (lp + lm),
+                    loss_plus: lp,
+                    loss_minus: lm,
+                });
+            }
+        }
+        Ok(proposals)
+    }
 
-        let theta_plus = self.perturbed(&seed, eps).await?;
-        let plus = self.loss_at(theta_plus, &x, &targets);
-        let theta_minus = self.perturbed(&seed, -eps).await?;
-        let minus = self.loss_at(theta_minus, &x, &targets);
-
-        let losses = read_f32(Tensor::cat(vec![plus, minus], 0)).await?;
-        let (lp, lm) = (losses[0], losses[1]);
-        let g = (lp - lm) / (2.0 * eps);
-        Ok(Proposal {
-            counter,
-            base_version: self.version,
-            byte: self.job.hyper().quantizer.encode(g),
-            g,
-            loss: 0.5 * (lp + lm),
-            loss_plus: lp,
-            loss_minus: lm,
-        })
+    /// Losses of `copies` unperturbed copies of θ on `batch`, in one batched forward pass: what
+    /// a step of `copies / 2` lanes costs without the perturbation (for benchmarks).
+    pub async fn batch_loss_copies(
+        &self,
+        batch: &Split,
+        copies: usize,
+    ) -> Result<Vec<f32>, EngineError> {
+        let (x, targets) = self.batch_tensors(batch)?;
+        let d = self.job.model.layout().d();
+        let thetas = self.theta_tensor().reshape([1, d]).repeat_dim(0, copies);
+        let logits = self.job.model.forward_lanes(&thetas, x);
+        self.read(lane_losses(logits, &targets)).await
     }
 
     /// Mean cross-entropy of the current (unperturbed) weights on `batch`: one forward pass.
     pub async fn batch_loss(&self, batch: &Split) -> Result<f32, EngineError> {
         let (x, targets) = self.batch_tensors(batch)?;
-        let theta = self.theta_tensor().await?;
+        let theta = self.theta_tensor();
         let logits = self.job.model.forward(&theta, x);
-        Ok(read_f32(cross_entropy_with_logits(logits, targets)).await?[0])
+        Ok(self
+            .read(cross_entropy_with_logits(logits, targets))
+            .await?[0])
     }
 
     /// Mean cross-entropy and accuracy of the current weights on `split`.
     pub async fn evaluate(&self, split: &Split) -> Result<Evaluation, EngineError> {
         let (x, targets) = self.batch_tensors(split)?;
-        let theta = self.theta_tensor().await?;
+        let theta = self.theta_tensor();
         let logits = self.job.model.forward(&theta, x);
         let loss = cross_entropy_with_logits(logits.clone(), targets.clone());
         let predicted = logits.argmax(1).reshape([split.len()]);
@@ -271,7 +332,7 @@ impl Replica {
             &self.device,
         );
         let correct = predicted.equal(labels).int().sum().float();
-        let both = read_f32(Tensor::cat(vec![loss, correct], 0)).await?;
+        let both = self.read(Tensor::cat(vec![loss, correct], 0)).await?;
         Ok(Evaluation {
             loss: both[0],
             accuracy: both[1] / split.len() as f32,
@@ -290,9 +351,10 @@ impl Replica {
         let rows = x.len() / features;
         let input =
             Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, features]), &self.device);
-        let theta = self.theta_tensor().await?;
+        let theta = self.theta_tensor();
         let probs = burn::tensor::activation::softmax(self.job.model.forward(&theta, input), 1);
-        read_f32(probs.reshape([rows * self.job.model.classes()])).await
+        self.read(probs.reshape([rows * self.job.model.classes()]))
+            .await
     }
 
     /// `len` bytes a char LM writes after `prompt`, each drawn from its predicted distribution
@@ -306,15 +368,16 @@ impl Replica {
         use rand_core::{RngCore, SeedableRng};
         let model = &self.job.model;
         let (context, classes) = (model.features(), model.classes());
-        let theta = self.theta_tensor().await?;
+        let theta = self.theta_tensor();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut text = prompt.to_vec();
         for _ in 0..len {
             let row = crate::text::context_of(&text, context);
             let input = Tensor::<2>::from_data(TensorData::new(row, [1, context]), &self.device);
             let logits = model.forward(&theta, input);
-            let probs =
-                read_f32(burn::tensor::activation::softmax(logits, 1).reshape([classes])).await?;
+            let probs = self
+                .read(burn::tensor::activation::softmax(logits, 1).reshape([classes]))
+                .await?;
             let mut u = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
             let mut next = probs.len() - 1;
             for (i, p) in probs.iter().enumerate() {
@@ -329,35 +392,30 @@ impl Replica {
         Ok(text.split_off(prompt.len()))
     }
 
-    fn loss_at(&self, theta: Tensor<1>, x: &Tensor<2>, targets: &Tensor<2>) -> Tensor<1> {
-        let logits = self.job.model.forward(&theta, x.clone());
-        cross_entropy_with_logits(logits, targets.clone())
-    }
-
-    /// `θ + scale·z(seed)` as a tensor on the replica's device; θ itself is not touched.
-    async fn perturbed(
-        &mut self,
-        seed: &DirectionSeed,
-        scale: f32,
-    ) -> Result<Tensor<1>, EngineError> {
-        let values = match &mut self.store {
-            WeightStore::Host { theta, scratch } => {
-                perturb_into(theta, seed, scale, scratch);
-                scratch.clone()
+    /// `θ + scale·z(seed)` for each lane, as a `lanes × d` tensor on the replica's device; θ
+    /// itself is not touched. On the GPU the copies are made there and never leave it.
+    fn perturbed(&self, lanes: &[(DirectionSeed, f32)]) -> Tensor<2> {
+        match &self.store {
+            WeightStore::Host { theta } => {
+                let d = theta.len();
+                let mut copies = vec![0.0f32; lanes.len() * d];
+                for ((seed, scale), out) in lanes.iter().zip(copies.chunks_exact_mut(d)) {
+                    perturb_into(theta, seed, *scale, out);
+                }
+                Tensor::from_data(TensorData::new(copies, [lanes.len(), d]), &self.device)
             }
-            // The kernel writes the perturbed copy on the GPU; it reaches burn through the CPU
-            // until burn can wrap our buffer as a tensor (see ARCHITECTURE.md).
             #[cfg(feature = "wgpu")]
-            WeightStore::Gpu(gpu) => {
-                gpu.perturb(seed, scale);
-                gpu.read_scratch().await?
-            }
-        };
-        Ok(self.tensor_1d(values))
+            WeightStore::Gpu(gpu) => gpu.perturbed(lanes),
+        }
     }
 
-    async fn theta_tensor(&self) -> Result<Tensor<1>, EngineError> {
-        Ok(self.tensor_1d(self.read_weights().await?))
+    /// θ as a tensor on the replica's device (on the GPU: θ's own buffer, no copy).
+    fn theta_tensor(&self) -> Tensor<1> {
+        match &self.store {
+            WeightStore::Host { theta } => self.tensor_1d(theta.clone()),
+            #[cfg(feature = "wgpu")]
+            WeightStore::Gpu(gpu) => gpu.tensor(),
+        }
     }
 
     fn tensor_1d(&self, values: Vec<f32>) -> Tensor<1> {
@@ -397,11 +455,18 @@ impl Replica {
     }
 }
 
-async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>, EngineError> {
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| EngineError::Device(format!("{e:?}")))?;
-    data.try_to_vec::<f32>()
-        .map_err(|e| EngineError::Device(format!("{e:?}")))
+impl Replica {
+    /// Reads a tensor back from the device, counting the bytes.
+    async fn read(&self, t: Tensor<1>) -> Result<Vec<f32>, EngineError> {
+        let data = t
+            .into_data_async()
+            .await
+            .map_err(|e| EngineError::Device(format!("{e:?}")))?;
+        let values = data
+            .try_to_vec::<f32>()
+            .map_err(|e| EngineError::Device(format!("{e:?}")))?;
+        self.read_back
+            .fetch_add((values.len() * size_of::<f32>()) as u64, Relaxed);
+        Ok(values)
+    }
 }

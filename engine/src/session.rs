@@ -9,6 +9,11 @@
 //! relay's version at `Welcome` it is *catching up* and proposes nothing (a contribution computed
 //! on old weights would only be rejected as stale). Every time the replica reaches a multiple of
 //! [`HASH_REPORT_INTERVAL`] the session hashes θ and queues a `HashReport`.
+//!
+//! A peer proposes `lanes` contributions per step (one batched forward pass on a GPU) and keeps
+//! computing while earlier ones are in flight, up to a window (32 by default, at most half the
+//! job's staleness bound). When the relay turns contributions down as stale the peer is too slow for
+//! the swarm's pace: [`Session::behind`] says by how many versions, so nobody calls that training.
 
 use crate::data::Split;
 use crate::replica::{Proposal, Replica};
@@ -16,9 +21,13 @@ use protocol::{
     Counter, HASH_REPORT_INTERVAL, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId,
     RejectReason, Serial, Version, WeightHash,
 };
+use std::collections::VecDeque;
 
 /// A local loss is reported to the relay every this many contributions.
 pub const LOSS_REPORT_EVERY: u64 = 64;
+/// Contributions in flight by default (or half the staleness bound, if less): enough to keep
+/// computing across a round trip, few enough that a fast peer's contributions stay fresh.
+pub const DEFAULT_WINDOW: u64 = 32;
 
 /// What a peer keeps across connections: its replica, its identity and its tallies.
 #[derive(Debug)]
@@ -34,6 +43,8 @@ pub struct PeerState {
     pub last_loss: Option<f32>,
     /// Stop applying the log at exactly this version (peers compare hashes at equal versions).
     pub until_version: Option<u64>,
+    /// Contributions proposed per step, in one batched forward pass (at least 1).
+    pub lanes: usize,
 }
 
 impl PeerState {
@@ -45,6 +56,7 @@ impl PeerState {
             rejected: 0,
             last_loss: None,
             until_version: None,
+            lanes: 1,
         }
     }
 }
@@ -105,15 +117,27 @@ pub struct Session {
     start: Version,
     /// The log's version when the relay welcomed us: the end of catching up.
     head: Version,
-    in_flight: usize,
+    /// Contributions sent and not yet answered: counter and base version, oldest first.
+    in_flight: VecDeque<(Counter, Version)>,
     window: usize,
     sent: u64,
+    /// How many versions late the latest answered contribution was, when it was turned down as
+    /// stale; `None` once one is accepted.
+    behind: Option<u64>,
     outbox: Vec<Message>,
 }
 
 impl Session {
-    /// Starts a connection: queues the `Hello` for `peer`'s replica.
+    /// Starts a connection: queues the `Hello` for `peer`'s replica. At most `window`
+    /// contributions are in flight (`0`: [`DEFAULT_WINDOW`], or half the job's staleness bound
+    /// if less), and never fewer than
+    /// one step's lanes.
     pub fn new(peer: &PeerState, token: &str, window: usize) -> Self {
+        let window = if window == 0 {
+            (peer.replica.job().hyper().staleness_bound / 2).min(DEFAULT_WINDOW) as usize
+        } else {
+            window
+        };
         let from = peer.replica.version();
         let hello = Message::Hello {
             protocol: PROTOCOL_VERSION,
@@ -128,9 +152,10 @@ impl Session {
             next_counter: Counter(0),
             start: from,
             head: from,
-            in_flight: 0,
-            window: window.max(1),
+            in_flight: VecDeque::new(),
+            window: window.max(peer.lanes).max(1),
             sent: 0,
+            behind: None,
             outbox: vec![hello],
         }
     }
@@ -162,12 +187,30 @@ impl Session {
 
     /// Contributions sent and not yet answered.
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.in_flight.len()
+    }
+
+    /// The most contributions in flight at once.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// How many versions behind the log this peer's latest answered contribution arrived, when
+    /// the relay turned it down as stale (and none has been accepted since): the peer cannot
+    /// keep up with the swarm, and is catching up rather than training.
+    pub fn behind(&self) -> Option<u64> {
+        self.behind
     }
 
     /// Whether a contribution may be proposed now: live, caught up, and room in the window.
     pub fn ready_to_contribute(&self, peer: &PeerState) -> bool {
-        !self.catching_up(peer) && self.in_flight < self.window
+        !self.catching_up(peer) && self.in_flight.len() < self.window
+    }
+
+    /// Removes an answered contribution from the window; its base version if it was there.
+    fn answered(&mut self, counter: Counter) -> Option<Version> {
+        let at = self.in_flight.iter().position(|(c, _)| *c == counter)?;
+        self.in_flight.remove(at).map(|(_, base)| base)
     }
 
     /// Handles one message from the relay.
@@ -231,13 +274,25 @@ impl Session {
                     hashes,
                 })
             }
-            (Phase::Live, Message::Accepted { .. }) => {
-                self.in_flight = self.in_flight.saturating_sub(1);
+            (Phase::Live, Message::Accepted { counter, .. }) => {
+                self.answered(counter);
+                self.behind = None;
                 peer.accepted += 1;
                 Ok(Received::Accepted)
             }
-            (Phase::Live, Message::Rejected { reason, detail, .. }) => {
-                self.in_flight = self.in_flight.saturating_sub(1);
+            (
+                Phase::Live,
+                Message::Rejected {
+                    counter,
+                    reason,
+                    detail,
+                },
+            ) => {
+                let base = self.answered(counter);
+                if reason == RejectReason::Stale {
+                    let now = peer.replica.version().0;
+                    self.behind = Some(base.map_or(0, |b| now.saturating_sub(b.0)));
+                }
                 peer.rejected += 1;
                 Ok(Received::Rejected { reason, detail })
             }
@@ -280,37 +335,44 @@ impl Session {
         Ok(hashes)
     }
 
-    /// Proposes the next contribution on `batch` and queues it (and, now and then, a
+    /// Proposes the next step on `batch`: up to `peer.lanes` contributions (as many as the
+    /// window has room for) in one batched pass, and queues them (and, now and then, a
     /// `LossReport`). Call only when [`Session::ready_to_contribute`] holds.
     pub async fn contribute(
         &mut self,
         peer: &mut PeerState,
         batch: &Split,
-    ) -> Result<Proposal, SessionEnd> {
+    ) -> Result<Vec<Proposal>, SessionEnd> {
         let id = peer
             .id
             .ok_or_else(|| SessionEnd::Fatal("contributing before the relay's Welcome".into()))?;
-        let proposal = peer
+        let room = self.window.saturating_sub(self.in_flight.len());
+        let k = peer.lanes.max(1).min(room.max(1)) as u64;
+        let counters: Vec<Counter> = (0..k).map(|i| Counter(self.next_counter.0 + i)).collect();
+        let proposals = peer
             .replica
-            .propose(id, self.next_counter, batch)
+            .propose_lanes(id, &counters, batch)
             .await
             .map_err(|e| SessionEnd::Fatal(format!("proposing failed: {e}")))?;
-        self.outbox.push(Message::Contribute {
-            counter: Serial::of(self.next_counter.0),
-            base_version: Serial::of(proposal.base_version.0),
-            byte: proposal.byte,
-        });
-        self.next_counter = Counter(self.next_counter.0 + 1);
-        self.in_flight += 1;
-        self.sent += 1;
-        peer.last_loss = Some(proposal.loss);
-        if self.sent.is_multiple_of(LOSS_REPORT_EVERY) {
-            self.outbox.push(Message::LossReport {
-                version: proposal.base_version,
-                loss: proposal.loss,
+        for proposal in &proposals {
+            self.outbox.push(Message::Contribute {
+                counter: Serial::of(proposal.counter.0),
+                base_version: Serial::of(proposal.base_version.0),
+                byte: proposal.byte,
             });
+            self.in_flight
+                .push_back((proposal.counter, proposal.base_version));
+            self.sent += 1;
+            peer.last_loss = Some(proposal.loss);
+            if self.sent.is_multiple_of(LOSS_REPORT_EVERY) {
+                self.outbox.push(Message::LossReport {
+                    version: proposal.base_version,
+                    loss: proposal.loss,
+                });
+            }
         }
-        Ok(proposal)
+        self.next_counter = Counter(self.next_counter.0 + k);
+        Ok(proposals)
     }
 }
 
@@ -322,9 +384,14 @@ mod tests {
     use std::sync::Arc;
 
     fn welcomed(head: u64) -> (PeerState, Session) {
+        welcomed_with(head, 1, 2)
+    }
+
+    fn welcomed_with(head: u64, lanes: usize, window: usize) -> (PeerState, Session) {
         let replica = Replica::new(Arc::new(Job::demo()), cpu_device());
         let mut peer = PeerState::new(replica);
-        let mut session = Session::new(&peer, "t", 2);
+        peer.lanes = lanes;
+        let mut session = Session::new(&peer, "t", window);
         assert!(matches!(
             session.take_outbox().as_slice(),
             [Message::Hello { resume: None, .. }]
@@ -403,5 +470,48 @@ mod tests {
             block_on(session.receive(&mut peer, again)),
             Err(SessionEnd::Fatal(_))
         ));
+    }
+
+    #[test]
+    fn a_step_sends_a_contribution_per_lane_and_stale_rejections_say_how_far_behind() {
+        // Window 0: the default window, 32 in flight.
+        let (mut peer, mut session) = welcomed_with(0, 4, 0);
+        assert_eq!(session.window(), 32);
+        let data = Builtin::Spirals.generate(64, 8, 1);
+        let step = block_on(session.contribute(&mut peer, &data.train)).unwrap();
+        assert_eq!(step.len(), 4);
+        let sent = session.take_outbox();
+        let counters: Vec<Serial> = sent
+            .iter()
+            .map(|m| match m {
+                Message::Contribute { counter, .. } => *counter,
+                other => panic!("expected Contribute, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(counters, (10..14).map(Serial::of).collect::<Vec<_>>());
+        assert_eq!(session.in_flight(), 4);
+
+        // The log moves on 100 versions; the relay turns counter 11 down as stale.
+        let mut cursor = LogCursor::new(Version(0), []);
+        block_on(session.receive(&mut peer, cursor.pack(&synthetic_log(100, 2)))).unwrap();
+        let stale = Message::Rejected {
+            counter: Counter(11),
+            reason: RejectReason::Stale,
+            detail: "too old".into(),
+        };
+        block_on(session.receive(&mut peer, stale)).unwrap();
+        assert_eq!(session.behind(), Some(100));
+        assert_eq!(session.in_flight(), 3);
+        let accepted = Message::Accepted {
+            counter: Counter(12),
+            version: Version(100),
+        };
+        block_on(session.receive(&mut peer, accepted)).unwrap();
+        assert_eq!(
+            session.behind(),
+            None,
+            "an accepted contribution means keeping up"
+        );
+        assert_eq!(session.in_flight(), 2);
     }
 }

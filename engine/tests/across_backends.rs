@@ -129,3 +129,49 @@ fn spirals_converges_on_wgpu() {
         "GPU replicas diverged"
     );
 }
+
+#[test]
+fn lanes_match_single_steps_on_wgpu() {
+    let job = Arc::new(Job::demo());
+    let log = synthetic_log(300, 11);
+    let mut lanes = Replica::new_gpu(job.clone(), gpu());
+    let mut single = Replica::new_gpu(job.clone(), gpu());
+    let mut cpu = Replica::new(job, cpu_device());
+    for r in [&mut lanes, &mut single, &mut cpu] {
+        r.apply(&log);
+    }
+    let entries = common::assert_lanes_match_single_steps(&mut lanes, &mut single);
+    // The lanes' contributions, applied on both backends, keep the replicas bit-identical.
+    lanes.apply(&entries);
+    cpu.apply(&entries);
+    assert_eq!(
+        block_on(lanes.weight_hash()).unwrap(),
+        block_on(cpu.weight_hash()).unwrap()
+    );
+}
+
+#[test]
+fn gpu_step_reads_back_only_losses() {
+    let job = Arc::new(Job::demo());
+    let data = Builtin::Spirals.generate(512, 64, 2);
+    let batch = data.train.shard(0, 8);
+    let mut gpu = Replica::new_gpu(job, gpu());
+    assert_eq!(gpu.bytes_read_back(), 0);
+    gpu.apply(&synthetic_log(500, 4));
+    assert_eq!(
+        gpu.bytes_read_back(),
+        0,
+        "applying the log read something back"
+    );
+    for k in [1u64, 16] {
+        let before = gpu.bytes_read_back();
+        let counters: Vec<Counter> = (0..k).map(|i| Counter(1_000 * k + i)).collect();
+        let proposals = block_on(gpu.propose_lanes(PeerId(2), &counters, &batch)).unwrap();
+        assert_eq!(proposals.len() as u64, k);
+        assert_eq!(
+            gpu.bytes_read_back() - before,
+            8 * k,
+            "a step of {k} lanes must read back exactly its 2·{k} f32 losses"
+        );
+    }
+}

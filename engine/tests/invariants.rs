@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md that the engine alone upholds, each tested under its own name.
+//! The invariants of ARCHITECTURE.md that the engine alone upholds, each tested under its own name.
 
 mod common;
 
@@ -169,5 +169,22 @@ fn reference_log_reaches_the_reference_hash() {
     assert_eq!(
         hash, REFERENCE_HASH,
         "the reference weights moved; if intended, set REFERENCE_HASH to {hash}"
+    );
+}
+
+#[test]
+fn lanes_match_single_steps() {
+    let job = Arc::new(Job::demo());
+    let mut lanes = Replica::new(job.clone(), cpu_device());
+    let mut single = Replica::new(job.clone(), cpu_device());
+    let log = synthetic_log(300, 11);
+    lanes.apply(&log);
+    single.apply(&log);
+    let entries = common::assert_lanes_match_single_steps(&mut lanes, &mut single);
+    lanes.apply(&entries);
+    single.apply(&entries);
+    assert_eq!(
+        block_on(lanes.weight_hash()).unwrap(),
+        block_on(single.weight_hash()).unwrap()
     );
 }

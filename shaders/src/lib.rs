@@ -2,9 +2,9 @@
 //!
 //! Every kernel reproduces a CPU reference in `engine::direction` bit for bit:
 //!
-//! * [`CHACHA_WORDS`]: one word of the ChaCha8 stream per query, for testing the block function;
-//! * [`PERTURB`]: `out = θ + s·z(seed)` without touching θ;
-//! * [`UPDATE`]: `θ += Σ_j c_j·z(seed_j)` for a batch of log entries, in log order, in place.
+//! * [`chacha_words_source`]: one word of the ChaCha8 stream per query, for testing the block function;
+//! * [`perturb_source`]: `out_l = θ + s_l·z(seed_l)` for several lanes at once, without touching θ;
+//! * [`update_source`]: `θ += Σ_j c_j·z(seed_j)` for a batch of log entries, in log order, in place.
 //!
 //! Each thread computes one ChaCha block in registers and handles its 512 parameters, so no
 //! buffer holding `z` exists anywhere. Buffers and uniforms are laid out as the `#[repr(C)]`
@@ -23,13 +23,17 @@ pub fn chacha_words_source() -> String {
     format!("{CHACHA_LIB}\n{}", include_str!("wgsl/chacha_words.wgsl"))
 }
 
-/// Perturb kernel: bindings `0: θ` (read), `1: out` (read-write), `2: PerturbParams` (storage, read).
+/// Perturb kernel: bindings `0: θ`, `1: out` (`lanes × d`), `2: array<PerturbLane>`,
+/// `3: PerturbParams`; dispatched with [`dispatch_size`] in x and y and one lane per z.
 pub fn perturb_source() -> String {
     format!("{CHACHA_LIB}\n{}", include_str!("wgsl/perturb.wgsl"))
 }
 
-/// Update kernel: bindings `0: θ` (read-write), `1: array<UpdateEntry>` (read),
-/// `2: UpdateParams` (storage, read).
+/// Update kernel: bindings `0: θ` (written in place), `1: array<UpdateEntry>`, `2: UpdateParams`.
+///
+/// Every binding of [`perturb_source`] and [`update_source`] is declared
+/// `read_write`: the engine launches them through burn's compute client, which binds every
+/// buffer that way.
 pub fn update_source() -> String {
     format!("{CHACHA_LIB}\n{}", include_str!("wgsl/update.wgsl"))
 }
@@ -43,13 +47,21 @@ pub struct ChachaQuery {
     pub pos_hi: u32,
 }
 
+/// One lane of the perturb kernel: a direction's key and the scale (`±ε`) along it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PerturbLane {
+    pub key: [u32; 8],
+    pub scale: f32,
+    pub _pad: [u32; 3],
+}
+
 /// Parameters of the perturb kernel.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PerturbParams {
-    pub key: [u32; 8],
-    pub scale: f32,
     pub d: u32,
+    pub lanes: u32,
     pub _pad: [u32; 2],
 }
 

@@ -75,9 +75,13 @@ export async function startRelay(store, args = [], listen = '127.0.0.1:0') {
   return relay;
 }
 
-/** Runs `onebyte join --relay URL --json ARGS…`; `result` resolves with its JSON report. */
+/**
+ * Runs `onebyte join --relay URL --json ARGS…` (on the CPU unless ARGS name a backend);
+ * `result` resolves with its JSON report.
+ */
 export function startWorker(url, args = []) {
-  const proc = spawn(path.join(BIN, 'onebyte'), ['join', '--relay', url, '--json', ...args], {
+  const backend = args.includes('--backend') ? [] : ['--backend', 'cpu'];
+  const proc = spawn(path.join(BIN, 'onebyte'), ['join', '--relay', url, '--json', ...backend, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -115,6 +119,7 @@ export async function launch({ webgpu }) {
     '--disable-component-update',
     '--disable-sync',
     '--disable-quic',
+    ...(process.env.EXTRA_FLAGS ? process.env.EXTRA_FLAGS.split(' ') : []),
   ];
   // Here `--enable-unsafe-webgpu` yields SwiftShader's adapter; without it, and with WebGPU
   // disabled, `requestAdapter()` resolves to null.
@@ -154,9 +159,13 @@ export async function waitFor(what, read, ok, timeoutMs = 180_000) {
   }
 }
 
-/** Opens the relay's page and presses Join, as a visitor does. */
-export async function join(page, url) {
+/**
+ * Opens the relay's page and presses Join, as a visitor does; `backend` picks "Compute on"
+ * first (`auto`, `webgpu` or `cpu`).
+ */
+export async function join(page, url, { backend } = {}) {
   await page.goto(url);
+  if (backend) await page.locator('#backend-choice').selectOption(backend);
   await page.getByRole('button', { name: 'Join' }).click();
 }
 

@@ -23,7 +23,7 @@ async function nativeHashAt(url, version) {
   return report.hash;
 }
 
-async function trainsAndMatchesNative({ webgpu, backendPattern, shot }) {
+async function trainsAndMatchesNative({ webgpu, backend, backendPattern, shot }) {
   const tmp = scratch();
   const relay = await startRelay(path.join(tmp.dir, 'relay.db'));
   // One native peer trains beside the page (a bounded share, so the small CI machine keeps up).
@@ -31,7 +31,7 @@ async function trainsAndMatchesNative({ webgpu, backendPattern, shot }) {
   const browser = await launch({ webgpu });
   try {
     const { page, problems } = browser;
-    await join(page, relay.url);
+    await join(page, relay.url, { backend });
     const training = await waitFor(
       'the page to train',
       () => pageStatus(page),
@@ -60,8 +60,78 @@ async function trainsAndMatchesNative({ webgpu, backendPattern, shot }) {
   }
 }
 
-test('the page trains on WebGPU and its weights equal the native CPU replica', async () => {
-  await trainsAndMatchesNative({ webgpu: true, backendPattern: /^WebGPU/, shot: 'page-webgpu.png' });
+test('the page trains on WebGPU with lanes and its weights equal the native CPU replica', async () => {
+  await trainsAndMatchesNative({
+    webgpu: true,
+    backend: 'webgpu',
+    backendPattern: /^WebGPU.*measured: webgpu K=1 /,
+    shot: 'page-webgpu.png',
+  });
+});
+
+/**
+ * The demo's situation: two native workers at full speed, then a tab joins. Within 30 s of Join
+ * the tab has contributions accepted, or says plainly why not (catching up, so many versions
+ * late); it never shows "training" for long while nothing of its is accepted.
+ */
+async function keepsUpBesideFullSpeedWorkers({ webgpu, backend, shot, mustContribute }) {
+  const tmp = scratch();
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'));
+  const natives = ['1', '2'].map((seed) => startWorker(relay.url, ['--seed', seed]));
+  const browser = await launch({ webgpu });
+  try {
+    const { page, problems } = browser;
+    await waitFor('the native workers to drive the log', () => pageStatusOf(relay.url), (s) => s.version > 500, 60_000);
+    await join(page, relay.url, { backend });
+    const joined = Date.now();
+    let trainingIdleSince = null;
+    const seen = await waitFor(
+      'an accepted contribution, or the page saying why not',
+      async () => {
+        const s = await pageStatus(page);
+        const idleTraining = s.state === 'training' && s.accepted === 0;
+        trainingIdleSince = idleTraining ? (trainingIdleSince ?? Date.now()) : null;
+        assert.ok(
+          trainingIdleSince === null || Date.now() - trainingIdleSince < 10_000,
+          `the page said "training" for 10 s with nothing accepted: ${JSON.stringify(s)}`,
+        );
+        return { ...s, elapsed: Date.now() - joined };
+      },
+      (s) => s.accepted > 0 || (s.elapsed > 30_000 && s.state === 'catching_up'),
+      90_000,
+    );
+    await screenshot(page, shot);
+    if (seen.accepted === 0) {
+      assert.ok(!mustContribute, `nothing accepted within 30 s: ${JSON.stringify(seen)}`);
+      assert.match(seen.detail, /versions late|replaying the log/, JSON.stringify(seen));
+    } else {
+      assert.ok(seen.elapsed <= 30_000 + 5_000, `first accepted only after ${seen.elapsed} ms`);
+    }
+    assert.deepEqual(problems, []);
+  } finally {
+    natives.forEach((w) => w.kill());
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+}
+
+async function pageStatusOf(url) {
+  const response = await fetch(`${url}/api/status`);
+  return response.json();
+}
+
+test('beside two full-speed native workers a WebGPU tab contributes within 30 s, or says why not', async () => {
+  await keepsUpBesideFullSpeedWorkers({ webgpu: true, backend: 'webgpu', shot: 'page-beside-workers-webgpu.png' });
+});
+
+test('beside two full-speed native workers a CPU tab contributes within 30 s', async () => {
+  await keepsUpBesideFullSpeedWorkers({
+    webgpu: false,
+    backend: 'cpu',
+    shot: 'page-beside-workers-cpu.png',
+    mustContribute: true,
+  });
 });
 
 test('without WebGPU the page falls back to the CPU, says so, and still trains', async () => {

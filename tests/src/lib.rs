@@ -173,10 +173,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts `onebyte join --relay URL --json ARGS…`.
+    /// Starts `onebyte join --relay URL --json --backend cpu ARGS…` (the CPU unless ARGS say
+    /// otherwise: measuring backends would only slow the tests).
     pub fn start(relay: &str, args: &[&str]) -> Result<Worker> {
+        let backend: &[&str] = if args.contains(&"--backend") {
+            &[]
+        } else {
+            &["--backend", "cpu"]
+        };
         let child = Command::new(binary("onebyte"))
             .args(["join", "--relay", relay, "--json"])
+            .args(backend)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -89,7 +89,16 @@ async fn relay_killed_mid_training_loses_no_accepted_contribution() {
         .map(|seed| {
             Worker::start(
                 &relay.url(),
-                &["--until-version", "6000", "--seed", &seed.to_string()],
+                // A narrow window keeps the workers below full speed, so they are still
+                // training when the relay is killed.
+                &[
+                    "--until-version",
+                    "6000",
+                    "--seed",
+                    &seed.to_string(),
+                    "--window",
+                    "2",
+                ],
             )
             .unwrap()
         })
@@ -328,7 +337,14 @@ async fn a_peer_that_stops_reading_is_dropped_and_others_continue() {
     raw::send(&mut stalled, &raw::hello(job.id, Version(0), ""))
         .await
         .unwrap();
+    // Joined before anything else happens: otherwise "one peer left" could be seen before the
+    // stalled peer ever counted.
+    match raw::receive(&mut stalled).await {
+        Received::Message(Message::Welcome { .. }) => {}
+        other => panic!("expected Welcome, got {other:?}"),
+    }
     let mut fast = RawPeer::join(&relay.ws_url(), job.id, "").await.unwrap();
+    assert_eq!(relay.status().await.unwrap()["peers"], 2);
 
     // Contribute until the relay has dropped the peer that does not read.
     let mut sent = 0u64;

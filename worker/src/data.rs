@@ -25,6 +25,9 @@ pub fn load_data(spec: &str, job: &Job, seed: u64) -> Result<Dataset> {
 /// `--backend`: where θ and the forward passes live.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum BackendArg {
+    /// Time a few steps on each backend this machine has (wgpu at several lane counts, the
+    /// CPU) and use the faster.
+    Auto,
     /// burn's CPU backend, the reference.
     Cpu,
     /// θ on the GPU through onebyte's WGSL kernels; burn's wgpu runtime for forward passes.

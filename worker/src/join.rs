@@ -29,9 +29,13 @@ pub struct Args {
     /// builtin:recipes or a .txt file. It never leaves this machine.
     #[arg(long, default_value = "builtin:spirals")]
     data: String,
-    /// Where θ and the forward passes live.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    /// Where θ and the forward passes live; `auto` measures and picks the faster.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+    /// Contributions per step, evaluated in one batched forward pass (0: measured on a GPU,
+    /// 1 on the CPU).
+    #[arg(long, default_value_t = 0)]
+    lanes: usize,
     /// Stop once this many of this peer's contributions were accepted (and send no more).
     /// `--contributions 0` only follows the log.
     #[arg(long, value_name = "N")]
@@ -46,8 +50,8 @@ pub struct Args {
     /// Seed of the built-in dataset and of this peer's batch draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Contributions sent but not yet answered, at most.
-    #[arg(long, default_value_t = 4)]
+    /// Contributions sent but not yet answered, at most (0: 32, or half the job's staleness bound if less).
+    #[arg(long, default_value_t = 0)]
     window: usize,
     /// An extra root certificate (PEM) to trust for an https/wss relay, e.g. a self-signed one.
     #[arg(long, value_name = "PEM")]
@@ -75,6 +79,8 @@ struct Report {
     test_loss: Option<f32>,
     /// For a char LM: the held-out loss in bits per character.
     bits_per_char: Option<f32>,
+    /// Share of the time since this peer first caught up spent proposing or applying the log.
+    busy_share: Option<f64>,
 }
 
 /// Where the relay lives.
@@ -107,6 +113,33 @@ struct Peer {
     reconnects: u64,
     backend: Backend,
     started_from: u64,
+    busy: Busy,
+}
+
+/// Time spent proposing or applying the log since the peer first caught up: the rest it was
+/// idle, waiting on the relay.
+#[derive(Default)]
+struct Busy {
+    since: Option<Instant>,
+    busy: Duration,
+}
+
+impl Busy {
+    /// Counts the time since `began` once the peer has trained (caught up); `training` starts
+    /// the clock.
+    fn record(&mut self, training: bool, began: Instant) {
+        if training {
+            self.since.get_or_insert(began);
+        }
+        if self.since.is_some() {
+            self.busy += began.elapsed();
+        }
+    }
+
+    fn share(&self) -> Option<f64> {
+        let total = self.since?.elapsed().as_secs_f64();
+        (total > 0.0).then(|| self.busy.as_secs_f64() / total)
+    }
 }
 
 enum Backend {
@@ -152,21 +185,14 @@ async fn run_async(args: Args) -> Result<()> {
     let job_toml = with_retries(deadline, || get_text(&http, &endpoints.http, "/api/job")).await?;
     let job = Arc::new(Job::from_toml(&job_toml).context("the relay's job is not valid")?);
     let data = load_data(&args.data, &job, args.seed)?;
-    let backend = match args.backend {
-        BackendArg::Cpu => Backend::Cpu,
-        #[cfg(feature = "wgpu")]
-        BackendArg::Wgpu => {
-            let gpu = engine::gpu::GpuContext::init().await?;
-            eprintln!("wgpu adapter: {}", gpu.adapter);
-            Backend::Wgpu(gpu)
-        }
-        #[cfg(not(feature = "wgpu"))]
-        BackendArg::Wgpu => bail!("this onebyte was built without wgpu"),
-    };
-    let replica = load_replica(&http, &endpoints, &job, &backend, deadline).await?;
+    let snapshot = fetch_snapshot(&http, &endpoints, deadline).await?;
+    let batch = BatchSampler::new(args.seed).sample(&data.train, job.hyper().batch_size);
+    let (backend, replica, lanes) =
+        choose_backend(args.backend, args.lanes, &job, &snapshot, &batch).await?;
     let sampler = BatchSampler::new(args.seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut state = PeerState::new(replica);
     state.until_version = args.until_version;
+    state.lanes = lanes;
     let mut peer = Peer {
         args,
         job,
@@ -176,6 +202,7 @@ async fn run_async(args: Args) -> Result<()> {
         reconnects: 0,
         backend,
         started_from: 0,
+        busy: Busy::default(),
     };
     peer.started_from = peer.state.replica.version().0;
 
@@ -259,6 +286,12 @@ async fn report(peer: &Peer) -> Result<()> {
             e.loss
         );
     }
+    if let Some(share) = peer.busy.share() {
+        println!(
+            "busy {:.0} % of the time since it caught up (proposing or applying the log)",
+            share * 100.0
+        );
+    }
     println!("weight hash {hash}");
     if peer.args.json {
         let report = Report {
@@ -274,6 +307,7 @@ async fn report(peer: &Peer) -> Result<()> {
             bits_per_char: eval
                 .filter(|_| peer.job.model.is_language_model())
                 .map(|e| e.loss / std::f32::consts::LN_2),
+            busy_share: peer.busy.share(),
         };
         println!("{}", serde_json::to_string(&report)?);
     }
@@ -353,7 +387,10 @@ async fn session(
                     Ok(msg) => msg,
                     Err(end) => return end,
                 };
-                match session.receive(&mut peer.state, msg).await {
+                let began = Instant::now();
+                let received = session.receive(&mut peer.state, msg).await;
+                peer.busy.record(!session.catching_up(&peer.state), began);
+                match received {
                     Ok(Received::Rejected { reason, detail }) => {
                         if reason == RejectReason::Paused {
                             // Wait for the administrator rather than spin.
@@ -370,9 +407,11 @@ async fn session(
             }
             _ = std::future::ready(()), if may_send => {
                 let batch = peer.sampler.sample(&peer.data.train, peer.job.hyper().batch_size);
+                let began = Instant::now();
                 if let Err(e) = session.contribute(&mut peer.state, &batch).await {
                     return End::Fatal(e.to_string());
                 }
+                peer.busy.record(true, began);
             }
         }
     }
@@ -386,6 +425,8 @@ fn show_progress(peer: &Peer, session: &Session, bar: &ProgressBar, online: u64)
     });
     let activity = if session.catching_up(state) {
         format!("catching up to {}", session.head())
+    } else if let Some(behind) = session.behind() {
+        format!("catching up: contributions arrive {behind} versions late")
     } else {
         format!("accepted {}", state.accepted)
     };
@@ -426,14 +467,12 @@ fn decode(
     }
 }
 
-async fn load_replica(
+async fn fetch_snapshot(
     http: &reqwest::Client,
     endpoints: &Endpoints,
-    job: &Arc<Job>,
-    backend: &Backend,
     deadline: Duration,
-) -> Result<Replica> {
-    let bytes = with_retries(deadline, || async {
+) -> Result<Vec<u8>> {
+    with_retries(deadline, || async {
         let resp = http
             .get(format!("{}/api/snapshot", endpoints.http))
             .send()
@@ -441,13 +480,91 @@ async fn load_replica(
             .error_for_status()?;
         Ok(resp.bytes().await?.to_vec())
     })
-    .await?;
-    let replica = match backend {
-        Backend::Cpu => Replica::from_snapshot(job.clone(), engine::cpu_device(), &bytes)?,
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu(gpu) => Replica::from_snapshot_gpu(job.clone(), gpu, &bytes)?,
-    };
-    Ok(replica)
+    .await
+}
+
+async fn load_replica(
+    http: &reqwest::Client,
+    endpoints: &Endpoints,
+    job: &Arc<Job>,
+    backend: &Backend,
+    deadline: Duration,
+) -> Result<Replica> {
+    let bytes = fetch_snapshot(http, endpoints, deadline).await?;
+    backend.replica(job, &bytes)
+}
+
+impl Backend {
+    fn replica(&self, job: &Arc<Job>, snapshot: &[u8]) -> Result<Replica> {
+        Ok(match self {
+            Backend::Cpu => Replica::from_snapshot(job.clone(), engine::cpu_device(), snapshot)?,
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(gpu) => Replica::from_snapshot_gpu(job.clone(), gpu, snapshot)?,
+        })
+    }
+}
+
+/// Milliseconds of timed steps per backend and lane count when measuring.
+const MEASURE_BUDGET_MS: f64 = 300.0;
+
+/// The backend, a replica on it, and the lanes per step: as asked, or measured (`auto`, and
+/// `--lanes 0` on a GPU). Says what it measured and what it chose.
+async fn choose_backend(
+    asked: BackendArg,
+    lanes: usize,
+    job: &Arc<Job>,
+    snapshot: &[u8],
+    batch: &engine::data::Split,
+) -> Result<(Backend, Replica, usize)> {
+    let on_cpu = || Backend::Cpu.replica(job, snapshot);
+    if matches!(asked, BackendArg::Cpu) {
+        return Ok((Backend::Cpu, on_cpu()?, lanes.max(1)));
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        let gpu = match engine::gpu::GpuContext::init().await {
+            Ok(gpu) => gpu,
+            Err(e) if matches!(asked, BackendArg::Auto) => {
+                eprintln!("backend: cpu (no wgpu adapter: {e})");
+                return Ok((Backend::Cpu, on_cpu()?, lanes.max(1)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let backend = Backend::Wgpu(gpu.clone());
+        let rival = match asked {
+            BackendArg::Auto => Some(on_cpu()?),
+            _ => None,
+        };
+        let clock = Instant::now();
+        let now = move || clock.elapsed().as_secs_f64() * 1_000.0;
+        let race = engine::calibrate::race(
+            backend.replica(job, snapshot)?,
+            rival,
+            lanes,
+            batch,
+            MEASURE_BUDGET_MS,
+            now,
+        )
+        .await?;
+        eprintln!("wgpu adapter: {}", gpu.adapter);
+        eprintln!("measured: {}", race.figures("wgpu"));
+        let chosen = if race.on_gpu { backend } else { Backend::Cpu };
+        eprintln!(
+            "backend: {} with {} lanes{}",
+            if race.on_gpu { "wgpu" } else { "cpu" },
+            race.lanes,
+            race.reason("wgpu")
+                .map_or(String::new(), |r| format!(" ({r})"))
+        );
+        Ok((chosen, race.replica, race.lanes))
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        if matches!(asked, BackendArg::Wgpu) {
+            bail!("this onebyte was built without wgpu");
+        }
+        Ok((Backend::Cpu, on_cpu()?, lanes.max(1)))
+    }
 }
 
 /// rustls settings trusting the web's roots and the certificate in `pem`.

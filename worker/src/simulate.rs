@@ -77,6 +77,10 @@ pub fn run(args: Args) -> Result<()> {
         ExchangeArg::F32 => Exchange::RawF32,
     };
     let replicas: Vec<Replica> = match args.backend {
+        BackendArg::Auto => bail!(
+            "--backend auto measures a peer against a live swarm (`onebyte join`); \
+             simulate takes cpu or wgpu"
+        ),
         BackendArg::Cpu => (0..args.peers)
             .map(|_| Replica::new(job.clone(), cpu_device()))
             .collect(),

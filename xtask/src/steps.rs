@@ -187,7 +187,9 @@ pub fn bench() -> Result<()> {
     run(
         "the same with a 20 ms tick: fewer, fuller batches (latency for downlink bytes)",
         longer_tick,
-    )
+    )?;
+    web::build_web()?;
+    web::browser_bench()
 }
 
 fn is_root() -> bool {

@@ -214,6 +214,22 @@ pub fn ensure_chromium() -> Result<()> {
     ensure_debs(&["chromium"], "browser tests in headless Chromium")
 }
 
+/// The page as a peer, measured in Chromium (`tests/browser/bench.mjs`): WebGPU against the CPU
+/// backend, contributions/s and busy share. Needs the built page and the relay binary.
+pub fn browser_bench() -> Result<()> {
+    ensure_chromium()?;
+    npm_install("tests/browser")?;
+    let mut bench = Command::new("node");
+    bench
+        .current_dir(root().join("tests/browser"))
+        .arg("bench.mjs")
+        .env("ONEBYTE_BIN_DIR", root().join("target/debug"));
+    run(
+        "the page in headless Chromium: WebGPU (SwiftShader) against the CPU in wasm",
+        bench,
+    )
+}
+
 /// The page end to end: real relay and workers, the built page in Chromium.
 pub fn browser_tests() -> Result<()> {
     ensure_chromium()?;

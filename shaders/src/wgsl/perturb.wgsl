@@ -1,31 +1,46 @@
-// out = θ + scale·z(seed), θ untouched. One thread per ChaCha block: 16 words, 512 parameters.
-// Parameter i takes bit i % 32 of word i / 32; a set bit is +1.
+// Perturbed copies of θ for several directions at once (lanes), θ untouched:
+//   out[l·d + i] = θ[i] + scale_l·z_l(i)
+// One thread per ChaCha block of one lane: 16 words, 512 parameters; the lane is the z
+// coordinate of the dispatch. Parameter i takes bit i % 32 of word i / 32; a set bit is +1.
+// Every binding is read_write because the engine launches this through burn's compute client,
+// which binds every buffer as a read-write storage buffer.
 
-struct Perturb {
+struct Lane {
     key: array<u32, 8>,
     scale: f32,
-    d: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> theta: array<f32>;
+struct Perturb {
+    d: u32,
+    lanes: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> theta: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> params: Perturb;
+@group(0) @binding(2) var<storage, read_write> lanes: array<Lane>;
+@group(0) @binding(3) var<storage, read_write> params: Perturb;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let block_index = gid.x + gid.y * groups.x * 64u;
     let first = block_index * 512u;
-    if (first >= params.d) {
+    let lane_index = gid.z;
+    if (first >= params.d || lane_index >= params.lanes) {
         return;
     }
-    let block = chacha8_block(params.key, block_index, 0u);
+    let lane = lanes[lane_index];
+    let base = lane_index * params.d;
+    let block = chacha8_block(lane.key, block_index, 0u);
     for (var w = 0u; w < 16u; w = w + 1u) {
         let word = block[w];
         for (var bit = 0u; bit < 32u; bit = bit + 1u) {
             let i = first + w * 32u + bit;
             if (i < params.d) {
-                let s = select(-params.scale, params.scale, ((word >> bit) & 1u) == 1u);
-                out[i] = theta[i] + s;
+                let s = select(-lane.scale, lane.scale, ((word >> bit) & 1u) == 1u);
+                out[base + i] = theta[i] + s;
             }
         }
     }

@@ -1,6 +1,7 @@
 // θ += Σ_j c_j·z(seed_j), entries in log order, in place. One thread per ChaCha block (512
 // parameters); each thread walks the entries in order, so every parameter sees the same
 // sequence of single rounded adds as on the CPU (engine::direction::apply_update).
+// Every binding is read_write: burn's compute client binds buffers that way.
 // Words are walked with constant-bound loops (word, then bit), as in perturb.wgsl: indexing the
 // block with an expression of the parameter index was miscompiled by lavapipe (Mesa 22.3).
 
@@ -18,8 +19,8 @@ struct Update {
 }
 
 @group(0) @binding(0) var<storage, read_write> theta: array<f32>;
-@group(0) @binding(1) var<storage, read> entries: array<Entry>;
-@group(0) @binding(2) var<storage, read> params: Update;
+@group(0) @binding(1) var<storage, read_write> entries: array<Entry>;
+@group(0) @binding(2) var<storage, read_write> params: Update;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {

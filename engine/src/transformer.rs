@@ -1,0 +1,282 @@
+//! A GPT-2 style transformer over a flat `θ`: token and learned position embeddings,
+//! pre-LayerNorm blocks of causal multi-head self-attention and a GELU MLP, a final LayerNorm,
+//! and the output tied to the token embedding.
+//!
+//! Parameter names and shapes are Hugging Face's GPT-2 names (`wte.weight`,
+//! `h.0.attn.c_attn.weight`, …), and linear weights are stored `[in, out]` as GPT-2's `Conv1D`
+//! stores them, so a GPT-2 checkpoint is read tensor by tensor with no transposes.
+//!
+//! Every forward pass runs over a lane dimension: `K` weight vectors at once, each matmul one
+//! batched matmul over the lanes, so the `2K` perturbed copies of a step cost one pass.
+
+use crate::layout::ParamLayout;
+use burn::tensor::{Tensor, TensorData, activation};
+use serde::{Deserialize, Serialize};
+
+/// GPT-2's LayerNorm epsilon.
+const LN_EPS: f32 = 1e-5;
+
+/// The additive attention mask above the diagonal. Large enough that `exp` of it is exactly zero
+/// in f32 after softmax's max subtraction, finite so that no `inf − inf` can appear.
+const MASKED: f32 = -1e9;
+
+/// Named sizes a job can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// 2 layers, width 64, 4 heads, 64 positions: ~120 k parameters over bytes. What tests use.
+    Tiny,
+    /// 4 layers, width 256, 8 heads, 128 positions: ~3.3 M parameters over bytes. For GPUs.
+    Small,
+}
+
+impl Preset {
+    /// `(layers, width, heads, context)`.
+    pub fn sizes(self) -> (usize, usize, usize, usize) {
+        match self {
+            Preset::Tiny => (2, 64, 4, 64),
+            Preset::Small => (4, 256, 8, 128),
+        }
+    }
+}
+
+/// The sizes of one transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub layers: usize,
+    pub width: usize,
+    pub heads: usize,
+    /// Positions in the position table: the longest input the model reads.
+    pub context: usize,
+    /// Tokens in the vocabulary (256 for bytes).
+    pub vocab: usize,
+}
+
+impl Dims {
+    /// Width of one attention head.
+    pub fn head_width(&self) -> usize {
+        self.width / self.heads
+    }
+
+    /// The parameter layout, in GPT-2's order and with its names.
+    pub fn layout(&self) -> ParamLayout {
+        let (w, v, c) = (self.width, self.vocab, self.context);
+        let mut layout = ParamLayout::default();
+        layout.push("wte.weight", &[v, w]);
+        layout.push("wpe.weight", &[c, w]);
+        for l in 0..self.layers {
+            let p = |name: &str| format!("h.{l}.{name}");
+            layout.push(p("ln_1.weight"), &[w]);
+            layout.push(p("ln_1.bias"), &[w]);
+            layout.push(p("attn.c_attn.weight"), &[w, 3 * w]);
+            layout.push(p("attn.c_attn.bias"), &[3 * w]);
+            layout.push(p("attn.c_proj.weight"), &[w, w]);
+            layout.push(p("attn.c_proj.bias"), &[w]);
+            layout.push(p("ln_2.weight"), &[w]);
+            layout.push(p("ln_2.bias"), &[w]);
+            layout.push(p("mlp.c_fc.weight"), &[w, 4 * w]);
+            layout.push(p("mlp.c_fc.bias"), &[4 * w]);
+            layout.push(p("mlp.c_proj.weight"), &[4 * w, w]);
+            layout.push(p("mlp.c_proj.bias"), &[w]);
+        }
+        layout.push("ln_f.weight", &[w]);
+        layout.push("ln_f.bias", &[w]);
+        layout
+    }
+
+    /// The standard deviation GPT-2 initialises a tensor with: 0.02 for embeddings and weights,
+    /// scaled by `1/√(2·layers)` for the projections that write into the residual stream; `None`
+    /// for tensors that start at a constant (LayerNorm gains at 1, biases at 0).
+    pub fn init_std(&self, name: &str) -> Option<f64> {
+        if name.ends_with(".bias") {
+            return None;
+        }
+        if name.contains("ln_") {
+            return None;
+        }
+        if name.ends_with("c_proj.weight") {
+            return Some(0.02 / (2.0 * self.layers as f64).sqrt());
+        }
+        Some(0.02)
+    }
+}
+
+/// Logits `[lanes, batch, vocab]` at the last position of each row of `tokens: [batch, T]`
+/// (token ids as floats, `T ≤ context`) under `thetas: [lanes, d]`.
+pub fn last_logits(
+    dims: &Dims,
+    layout: &ParamLayout,
+    thetas: &Tensor<2>,
+    tokens: Tensor<2>,
+) -> Tensor<3> {
+    let [lanes, _] = thetas.dims();
+    let [batch, t] = tokens.dims();
+    let h = hidden(dims, layout, thetas, tokens);
+    let last = h
+        .reshape([lanes, batch, t, dims.width])
+        .narrow(2, t - 1, 1)
+        .reshape([lanes, batch, dims.width]);
+    tied_output(dims, layout, thetas, last)
+}
+
+/// Logits `[lanes, batch·T, vocab]` at every position (row-major over batch then position).
+pub fn all_logits(
+    dims: &Dims,
+    layout: &ParamLayout,
+    thetas: &Tensor<2>,
+    tokens: Tensor<2>,
+) -> Tensor<3> {
+    let h = hidden(dims, layout, thetas, tokens);
+    tied_output(dims, layout, thetas, h)
+}
+
+/// Final LayerNorm, then the product with the token embedding: `[lanes, n, width] → [lanes, n,
+/// vocab]`.
+fn tied_output(dims: &Dims, layout: &ParamLayout, thetas: &Tensor<2>, h: Tensor<3>) -> Tensor<3> {
+    let params = Params { layout, thetas };
+    let w = dims.width;
+    let h = layer_norm(
+        h,
+        params.vector("ln_f.weight", w),
+        params.vector("ln_f.bias", w),
+    );
+    let wte = params.matrix("wte.weight", dims.vocab, w);
+    h.matmul(wte.swap_dims(1, 2))
+}
+
+/// The residual stream after the last block, before the final LayerNorm: `[lanes, batch·T,
+/// width]`.
+fn hidden(dims: &Dims, layout: &ParamLayout, thetas: &Tensor<2>, tokens: Tensor<2>) -> Tensor<3> {
+    let params = Params { layout, thetas };
+    let [lanes, _] = thetas.dims();
+    let [batch, t] = tokens.dims();
+    let (w, heads, hw) = (dims.width, dims.heads, dims.head_width());
+    let device = thetas.device();
+
+    let codes = tokens.reshape([batch * t]).int();
+    let tok = params.matrix("wte.weight", dims.vocab, w).select(1, codes);
+    let pos = params
+        .matrix("wpe.weight", dims.context, w)
+        .narrow(1, 0, t)
+        .reshape([lanes, 1, t, w]);
+    let mut h = (tok.reshape([lanes, batch, t, w]) + pos).reshape([lanes, batch * t, w]);
+
+    let mut mask = vec![0.0f32; t * t];
+    for (i, row) in mask.chunks_exact_mut(t).enumerate() {
+        row[i + 1..].fill(MASKED);
+    }
+    let mask = Tensor::<3>::from_data(TensorData::new(mask, [1, t, t]), &device);
+    let scale = 1.0 / (hw as f32).sqrt();
+
+    for l in 0..dims.layers {
+        let name = |n: &str| format!("h.{l}.{n}");
+        // Attention.
+        let x = layer_norm(
+            h.clone(),
+            params.vector(&name("ln_1.weight"), w),
+            params.vector(&name("ln_1.bias"), w),
+        );
+        let qkv = x.matmul(params.matrix(&name("attn.c_attn.weight"), w, 3 * w))
+            + params.vector(&name("attn.c_attn.bias"), 3 * w);
+        // [lanes, batch·T, w] → [lanes·batch·heads, T, head width].
+        let split_heads = |m: Tensor<3>| -> Tensor<3> {
+            m.reshape([lanes, batch, t, heads, hw])
+                .swap_dims(2, 3)
+                .reshape([lanes * batch * heads, t, hw])
+        };
+        let q = split_heads(qkv.clone().narrow(2, 0, w));
+        let k = split_heads(qkv.clone().narrow(2, w, w));
+        let v = split_heads(qkv.narrow(2, 2 * w, w));
+        let scores = q.matmul(k.swap_dims(1, 2)) * scale + mask.clone();
+        let attended = activation::softmax(scores, 2).matmul(v);
+        let merged = attended
+            .reshape([lanes, batch, heads, t, hw])
+            .swap_dims(2, 3)
+            .reshape([lanes, batch * t, w]);
+        h = h
+            + merged.matmul(params.matrix(&name("attn.c_proj.weight"), w, w))
+            + params.vector(&name("attn.c_proj.bias"), w);
+        // MLP.
+        let x = layer_norm(
+            h.clone(),
+            params.vector(&name("ln_2.weight"), w),
+            params.vector(&name("ln_2.bias"), w),
+        );
+        let up = x.matmul(params.matrix(&name("mlp.c_fc.weight"), w, 4 * w))
+            + params.vector(&name("mlp.c_fc.bias"), 4 * w);
+        h = h
+            + gelu(up).matmul(params.matrix(&name("mlp.c_proj.weight"), 4 * w, w))
+            + params.vector(&name("mlp.c_proj.bias"), w);
+    }
+    h
+}
+
+/// Named slices of `thetas`, shaped with a leading lane dimension.
+struct Params<'a> {
+    layout: &'a ParamLayout,
+    thetas: &'a Tensor<2>,
+}
+
+impl Params<'_> {
+    fn slice(&self, name: &str) -> Tensor<2> {
+        let spec = self
+            .layout
+            .get(name)
+            .unwrap_or_else(|| panic!("the transformer layout has `{name}`"));
+        self.thetas.clone().narrow(1, spec.offset, spec.len())
+    }
+
+    /// `[lanes, rows, cols]`.
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Tensor<3> {
+        let [lanes, _] = self.thetas.dims();
+        self.slice(name).reshape([lanes, rows, cols])
+    }
+
+    /// `[lanes, 1, len]`, to broadcast over rows.
+    fn vector(&self, name: &str, len: usize) -> Tensor<3> {
+        let [lanes, _] = self.thetas.dims();
+        self.slice(name).reshape([lanes, 1, len])
+    }
+}
+
+/// LayerNorm over the last dimension, with gain and bias `[lanes, 1, width]`.
+fn layer_norm(x: Tensor<3>, gain: Tensor<3>, bias: Tensor<3>) -> Tensor<3> {
+    let centred = x.clone() - x.mean_dim(2);
+    let variance = (centred.clone() * centred.clone()).mean_dim(2);
+    centred / (variance + LN_EPS).sqrt() * gain + bias
+}
+
+/// GPT-2's GELU, the tanh approximation.
+fn gelu(x: Tensor<3>) -> Tensor<3> {
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044_715) * 0.797_884_6;
+    x * 0.5 * (inner.tanh() + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_has_gpt2_names_and_about_120k_parameters() {
+        let (layers, width, heads, context) = Preset::Tiny.sizes();
+        let dims = Dims {
+            layers,
+            width,
+            heads,
+            context,
+            vocab: 256,
+        };
+        let layout = dims.layout();
+        assert_eq!(layout.d(), 120_576);
+        assert_eq!(layout.params()[0].name, "wte.weight");
+        assert_eq!(
+            layout.get("h.1.attn.c_attn.weight").unwrap().shape,
+            [64, 192]
+        );
+        assert_eq!(layout.params().last().unwrap().name, "ln_f.bias");
+        assert_eq!(dims.init_std("h.0.ln_1.weight"), None);
+        assert_eq!(dims.init_std("h.0.mlp.c_fc.bias"), None);
+        assert_eq!(dims.init_std("h.0.attn.c_proj.weight"), Some(0.01));
+    }
+}

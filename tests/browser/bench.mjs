@@ -1,0 +1,100 @@
+// The page as a peer, measured: contributions/s and the share of time busy (proposing or
+// applying the log) for the demo job and a char LM job, on the page's WebGPU (SwiftShader here)
+// and on its CPU backend in wasm. Alone with the relay, so nothing but the tab sets the pace.
+// Run by `cargo xtask bench`, never by CI (the figures are what we look at, not assertions).
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { join, launch, pageStatus, scratch, sleep, startRelay, startWorker, waitFor } from './harness.mjs';
+
+const MEASURE_MS = 15_000;
+
+const JOBS = [
+  { name: 'demo (spirals MLP)', toml: null, data: 'builtin:spirals' },
+  {
+    name: 'char LM (tales)',
+    toml:
+      '[job]\nname = "tales-lm"\n[model]\nkind = "char_lm"\nembedding = 8\nhidden = [64]\n' +
+      '[task]\nfeatures = 8\nclasses = 256\ndataset = "tales"\n[hyper]\nbatch_size = 64\n',
+    data: 'builtin:tales',
+  },
+];
+
+async function measure(job, backend) {
+  const tmp = scratch();
+  const args = [];
+  if (job.toml) {
+    const file = path.join(tmp.dir, 'job.toml');
+    writeFileSync(file, job.toml);
+    args.push('--job', file);
+  }
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), args);
+  const browser = await launch({ webgpu: backend === 'webgpu' });
+  try {
+    const { page } = browser;
+    await join(page, relay.url, { backend });
+    await waitFor('training with a contribution accepted', () => pageStatus(page), (s) => s.state === 'training' && s.accepted > 0, 300_000);
+    // Let the busy share's 5 s window fill with training only.
+    await sleep(6_000);
+    const first = await pageStatus(page);
+    const began = Date.now();
+    await sleep(MEASURE_MS);
+    const last = await pageStatus(page);
+    const seconds = (Date.now() - began) / 1000;
+    const shown = await page.evaluate(() => ({
+      busy: Number(document.getElementById('busy').textContent),
+      stepMs: Number(document.getElementById('step-ms').textContent),
+    }));
+    return {
+      backend: last.backend,
+      perSecond: (last.accepted - first.accepted) / seconds,
+      busy: shown.busy,
+      stepMs: shown.stepMs,
+      state: last.state,
+    };
+  } finally {
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+}
+
+/** A native worker (CPU) alone with the relay, for comparison: accepted/s and busy share. */
+async function measureNative(job) {
+  const tmp = scratch();
+  const args = [];
+  if (job.toml) {
+    const file = path.join(tmp.dir, 'job.toml');
+    writeFileSync(file, job.toml);
+    args.push('--job', file);
+  }
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), args);
+  try {
+    const contributions = 10_000;
+    const began = Date.now();
+    const report = await startWorker(relay.url, ['--contributions', String(contributions), '--data', job.data]).result;
+    const seconds = (Date.now() - began) / 1000;
+    return { perSecond: report.accepted / seconds, busy: Math.round(100 * (report.busy_share ?? 0)) };
+  } finally {
+    await relay.kill();
+    tmp.cleanup();
+  }
+}
+
+console.log(`the page alone with a relay, ${MEASURE_MS / 1000} s per figure, throttle 100 %`);
+for (const job of JOBS) {
+  console.log(`\n${job.name}`);
+  console.log('  backend   accepted/s   busy   idle   one step   what the page said');
+  const rates = {};
+  for (const backend of ['webgpu', 'cpu']) {
+    const r = await measure(job, backend);
+    rates[backend] = r.perSecond;
+    console.log(
+      `  ${backend.padEnd(7)} ${r.perSecond.toFixed(1).padStart(11)} ${String(r.busy).padStart(5)} % ${String(100 - r.busy).padStart(4)} % ${r.stepMs.toFixed(0).padStart(7)} ms   ${r.backend}`,
+    );
+  }
+  const native = await measureNative(job);
+  console.log(
+    `  native  ${native.perSecond.toFixed(1).padStart(11)} ${String(native.busy).padStart(5)} % ${String(100 - native.busy).padStart(4)} %              onebyte join --backend cpu (10 000 contributions, start-up included)`,
+  );
+  console.log(`  WebGPU / CPU in the page: ${(rates.webgpu / rates.cpu).toFixed(2)}×, the page's CPU / native: ${(rates.cpu / native.perSecond).toFixed(2)}×`);
+}
