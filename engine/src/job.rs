@@ -239,13 +239,17 @@ impl Job {
             path: shown.clone(),
             source,
         })?;
-        let theta =
-            crate::snapshot::read_checkpoint(&bytes, self.model.layout()).map_err(|source| {
-                JobError::Checkpoint {
-                    path: shown,
-                    source,
-                }
-            })?;
+        // A transformer reads GPT-2 checkpoints as Hugging Face writes them (our own snapshots
+        // of it are one case of those); other models read exactly their own tensors.
+        let read = if self.model.transformer().is_some() {
+            crate::gpt2::read_gpt2
+        } else {
+            crate::snapshot::read_checkpoint
+        };
+        let theta = read(&bytes, self.model.layout()).map_err(|source| JobError::Checkpoint {
+            path: shown,
+            source,
+        })?;
         self.initial = Some(std::sync::Arc::new(theta));
         Ok(self)
     }

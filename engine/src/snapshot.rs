@@ -39,6 +39,8 @@ pub enum SnapshotError {
         found: Vec<usize>,
         dtype: String,
     },
+    #[error("checkpoint tensor `{0}` is not part of this model (a checkpoint of another model?)")]
+    UnusedTensor(String),
     #[error("snapshot has {0} tensors, the model has {1}")]
     ExtraParams(usize, usize),
     #[error("snapshot weights hash to {found}, its metadata says {expected}")]

@@ -13,6 +13,15 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative to the workspace, as
+/// cargo reads it), else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => target_dir(),
+    }
+}
+
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
@@ -110,8 +119,8 @@ pub fn demo(args: &[String]) -> Result<()> {
     let mut build = cargo();
     build.args(["build", "--workspace", "--bins"]);
     run("building the relay and the worker", build)?;
-    let bin = root().join("target").join("debug");
-    let store = root().join("target").join("demo-relay.db");
+    let bin = target_dir().join("debug");
+    let store = target_dir().join("demo-relay.db");
     let mut relay = Command::new(bin.join("onebyte-relay"));
     relay.arg("--store").arg(&store).args(args);
     if !args.iter().any(|a| a == "--web") {
@@ -155,7 +164,10 @@ pub fn demo(args: &[String]) -> Result<()> {
     println!("  widget:   {url}/embed.html  (the embeddable teaching demo)");
     println!("  status:   {url}/api/status");
     println!("  metrics:  {url}/metrics");
-    println!("  join another peer:  target/debug/onebyte join --relay {url}");
+    println!(
+        "  join another peer:  {} join --relay {url}",
+        bin.join("onebyte").display()
+    );
     println!("Ctrl-C stops it.");
     let status = relay.wait()?;
     for mut w in workers {
@@ -173,7 +185,7 @@ pub fn bench() -> Result<()> {
     let mut build = cargo();
     build.args(["build", "--workspace", "--bins", "--examples"]);
     run("building the benchmarks, the relay and the worker", build)?;
-    let examples = root().join("target").join("debug").join("examples");
+    let examples = target_dir().join("debug").join("examples");
     run(
         "engine benchmarks (CPU backend and wgpu)",
         Command::new(examples.join("bench")),

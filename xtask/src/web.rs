@@ -1,6 +1,6 @@
 //! The browser side: the wasm client, wasm-bindgen, npm packages, Chromium.
 
-use crate::steps::{cargo, describe, ensure_debs, root, run};
+use crate::steps::{cargo, describe, ensure_debs, root, run, target_dir};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
@@ -159,8 +159,7 @@ pub fn build_web() -> Result<()> {
         "the browser client for wasm32 (engine, WebGPU and CPU backends), linted by clippy",
         wasm_cargo("build", build_std),
     )?;
-    let wasm = root()
-        .join("target")
+    let wasm = target_dir()
         .join(WASM_TARGET)
         .join("debug")
         .join("client_wasm.wasm");
@@ -223,7 +222,7 @@ pub fn browser_bench() -> Result<()> {
     bench
         .current_dir(root().join("tests/browser"))
         .arg("bench.mjs")
-        .env("ONEBYTE_BIN_DIR", root().join("target/debug"));
+        .env("ONEBYTE_BIN_DIR", target_dir().join("debug"));
     run(
         "the page in headless Chromium: WebGPU (SwiftShader) against the CPU in wasm",
         bench,
@@ -237,7 +236,7 @@ pub fn browser_tests() -> Result<()> {
     let mut test = Command::new("node");
     test.current_dir(root().join("tests/browser"))
         .args(["--test", "--test-concurrency=1"])
-        .env("ONEBYTE_BIN_DIR", root().join("target/debug"))
+        .env("ONEBYTE_BIN_DIR", target_dir().join("debug"))
         .env("ONEBYTE_ARTIFACTS", root().join("artifacts"));
     eprintln!("    (screenshots go to artifacts/)");
     let what = format!(
