@@ -276,6 +276,40 @@ impl Job {
         .expect("the demo job is valid")
     }
 
+    /// The built-in transformer: the `tiny` GPT-2 (~120 k parameters) predicting the next byte
+    /// of the `tales` corpus from the 32 before it, from random weights. Zeroth-order steps on a
+    /// transformer tolerate little staleness, so its bound is far tighter than the MLP's.
+    pub fn tiny_lm() -> Self {
+        Job::new(JobConfig {
+            job: JobSection {
+                name: "tiny-lm".into(),
+                id: None,
+                init_seed: 1,
+                init: None,
+            },
+            model: ModelSpec::Transformer {
+                preset: Some(crate::transformer::Preset::Tiny),
+                layers: None,
+                width: None,
+                heads: None,
+                context: None,
+            },
+            task: TaskSpec {
+                features: 32,
+                classes: 256,
+                dataset: crate::text::Corpus::Tales.name().into(),
+            },
+            hyper: HyperParams {
+                learning_rate: 2e-4,
+                epsilon: 1e-3,
+                batch_size: 32,
+                staleness_bound: 64,
+                quantizer: Quantizer::default(),
+            },
+        })
+        .expect("the tiny transformer job is valid")
+    }
+
     /// The hyper-parameters.
     pub fn hyper(&self) -> &HyperParams {
         &self.config.hyper

@@ -256,6 +256,25 @@ fn gelu(x: Tensor<3>) -> Tensor<3> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Exchange, Job, Simulation, block_on, cpu_device};
+    use std::sync::Arc;
+
+    #[test]
+    fn tiny_lm_learns_from_one_byte_steps() {
+        let job = Arc::new(Job::tiny_lm());
+        let data = crate::text::corpus_dataset(crate::text::Corpus::Tales, 32, 1);
+        let held_out = data.test.shard(0, 8);
+        let mut sim = Simulation::new(job, &data, 4, 1, Exchange::Byte, cpu_device());
+        let before = block_on(sim.evaluate(&held_out)).unwrap().loss;
+        while sim.version().0 < 500 {
+            block_on(sim.round()).unwrap();
+        }
+        let after = block_on(sim.evaluate(&held_out)).unwrap().loss;
+        eprintln!("held-out loss {before} -> {after} nats/byte");
+        assert!(after < before - 0.3, "held-out loss {before} -> {after}");
+        let hashes = block_on(sim.hashes()).unwrap();
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]), "replicas diverged");
+    }
 
     #[test]
     fn tiny_has_gpt2_names_and_about_120k_parameters() {

@@ -60,6 +60,35 @@ fn replicas_are_bit_identical_across_backends() {
 }
 
 #[test]
+fn transformer_replicas_are_bit_identical_across_backends() {
+    let job = Arc::new(Job::tiny_lm());
+    let data = engine::text::corpus_dataset(engine::Corpus::Tales, 32, 3);
+    let batch = data.train.shard(0, 64);
+    let log = synthetic_log(600, 21);
+    let mut cpu = Replica::new(job.clone(), cpu_device());
+    let mut gpu = Replica::new_gpu(job, gpu());
+    for (at, chunk) in log.chunks(200).enumerate() {
+        cpu.apply(chunk);
+        gpu.apply(chunk);
+        assert_eq!(
+            block_on(cpu.weight_hash()).unwrap(),
+            block_on(gpu.weight_hash()).unwrap(),
+            "backends differ at version {}",
+            (at + 1) * 200
+        );
+    }
+    // The forward passes agree too (to rounding), so both backends contribute the same signal.
+    let a = block_on(cpu.propose(PeerId(5), Counter(7), &batch)).unwrap();
+    let b = block_on(gpu.propose(PeerId(5), Counter(7), &batch)).unwrap();
+    assert!(
+        (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
+        "loss {} vs {}",
+        a.loss,
+        b.loss
+    );
+}
+
+#[test]
 fn gpu_replica_restored_from_a_cpu_snapshot_continues_identically() {
     let job = Arc::new(Job::demo());
     let log = synthetic_log(1_000, 9);
