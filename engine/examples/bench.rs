@@ -98,8 +98,9 @@ fn main() {
     lanes_figures();
 }
 
-/// The three models the lane figures use: the demo's spirals MLP, the char LM, and an MLP of
-/// about a million parameters (64-1024-1024-10), each with a batch of its own shape.
+/// The models the lane figures use: the demo's spirals MLP, the char LM, the tiny transformer
+/// and an MLP of about a million parameters (64-1024-1024-10), each with a batch of its own
+/// shape.
 fn lane_models() -> Vec<(&'static str, Arc<Job>, engine::Split)> {
     let lm = Job::from_toml(
         "[job]\nname = \"bench-lm\"\n[model]\nkind = \"char_lm\"\nembedding = 8\nhidden = [64]\n\
@@ -125,9 +126,13 @@ fn lane_models() -> Vec<(&'static str, Arc<Job>, engine::Split)> {
     let demo = Arc::new(Job::demo());
     let demo_batch = sampler.sample(&spirals.train, demo.hyper().batch_size);
     let lm_batch = sampler.sample(&lm_data.train, lm.hyper().batch_size);
+    let tiny = Arc::new(Job::tiny_lm());
+    let tiny_data = engine::data::for_job(&tiny, &"tales".parse().unwrap(), None, 1).unwrap();
+    let tiny_batch = sampler.sample(&tiny_data.train, tiny.hyper().batch_size);
     vec![
         ("spirals MLP", demo, demo_batch),
         ("char LM", lm, lm_batch),
+        ("tiny transformer", tiny, tiny_batch),
         ("MLP 64-1024-1024-10", Arc::new(big), big_batch),
     ]
 }

@@ -345,6 +345,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_tiny_lm_job_file_is_the_built_in_job() {
+        let shipped = Job::from_toml(include_str!("../../deploy/jobs/tiny-lm.toml")).unwrap();
+        let built_in = Job::tiny_lm();
+        assert_eq!(shipped.config, built_in.config);
+        assert_eq!(shipped.id, built_in.id);
+        assert_eq!(shipped.model.layout().d(), 120_576);
+    }
+
+    #[test]
     fn demo_job_round_trips_through_toml() {
         let job = Job::demo();
         let again = Job::from_toml(&job.to_toml()).unwrap();

@@ -142,20 +142,30 @@ test('without WebGPU the page falls back to the CPU, says so, and still trains',
   });
 });
 
-test('on a character language model job the page shows samples and bits per character', async () => {
+test('on a tiny transformer job the page shows samples, bits per character, and the native weights', async () => {
   const tmp = scratch();
-  const job = path.join(tmp.dir, 'tales.toml');
+  const job = path.join(tmp.dir, 'tiny-lm.toml');
   writeFileSync(
     job,
-    '[job]\nname = "tales-lm"\n[model]\nkind = "char_lm"\nembedding = 8\nhidden = [64]\n' +
-      '[task]\nfeatures = 8\nclasses = 256\ndataset = "tales"\n[hyper]\nbatch_size = 64\n',
+    '[job]\nname = "tiny-lm-page"\n[model]\nkind = "transformer"\npreset = "tiny"\n' +
+      '[task]\nfeatures = 32\nclasses = 256\ndataset = "tales"\n' +
+      '[hyper]\nlearning_rate = 2e-4\nbatch_size = 16\nstaleness_bound = 64\n',
   );
   const relay = await startRelay(path.join(tmp.dir, 'relay.db'), ['--job', job]);
-  const browser = await launch({ webgpu: false });
+  // WebGPU on: the page measures both backends and trains on the faster.
+  const browser = await launch({ webgpu: true });
   try {
     const { page, problems } = browser;
     await join(page, relay.url);
-    await waitFor('20 accepted', () => pageStatus(page), (s) => s.accepted >= 20);
+    const status = await waitFor(
+      '20 accepted and a weight hash',
+      () => pageStatus(page),
+      (s) => (s.accepted >= 20 && s.hashVersion > 0) || s.state === 'failed' || s.state === 'refused',
+      300_000,
+    );
+    assert.ok(status.accepted >= 20, JSON.stringify(status));
+    const expected = await nativeHashAt(relay.url, status.hashVersion);
+    assert.equal(status.hash, expected, `weights differ at version ${status.hashVersion}`);
     const shown = await waitFor(
       'a sample and bits per character',
       () =>
@@ -169,7 +179,7 @@ test('on a character language model job the page shows samples and bits per char
     );
     assert.ok(shown.samplesVisible && shown.playgroundHidden, JSON.stringify(shown));
     assert.ok(shown.bpc < 9, `bits per character ${shown.bpc}`);
-    await screenshot(page, 'page-char-lm.png');
+    await screenshot(page, 'page-transformer.png');
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();

@@ -120,14 +120,29 @@ pub fn demo(args: &[String]) -> Result<()> {
     build.args(["build", "--workspace", "--bins"]);
     run("building the relay and the worker", build)?;
     let bin = target_dir().join("debug");
-    let store = target_dir().join("demo-relay.db");
+    // One store per job file: a store holds one job, and a demo of another job starts fresh.
+    let job = args
+        .iter()
+        .position(|a| a == "--job")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|path| std::path::Path::new(path).file_stem())
+        .map(|stem| stem.to_string_lossy().into_owned());
+    let store = match job {
+        Some(stem) => target_dir().join(format!("demo-{stem}.db")),
+        None => target_dir().join("demo-relay.db"),
+    };
     let mut relay = Command::new(bin.join("onebyte-relay"));
     relay.arg("--store").arg(&store).args(args);
     if !args.iter().any(|a| a == "--web") {
         relay.arg("--web").arg(root().join("web"));
     }
     eprintln!(
-        "\n==> starting the relay with the built-in demo job (store {})",
+        "\n==> starting the relay with {} (store {})",
+        if args.iter().any(|a| a == "--job") {
+            "the given job"
+        } else {
+            "the built-in demo job"
+        },
         store.display()
     );
     eprintln!("    $ {}", describe(&relay));
