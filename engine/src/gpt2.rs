@@ -9,9 +9,8 @@
 //! the tied output head (`lm_head.weight`) carry nothing the layout lacks and are skipped. Any
 //! other tensor is an error: it means the file is of a different model.
 
-use crate::hash::weight_hash;
 use crate::layout::ParamLayout;
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{SnapshotError, check_hash_if_present};
 use safetensors::{Dtype, SafeTensors};
 
 /// The prefix `GPT2LMHeadModel` puts before the transformer's own names.
@@ -69,16 +68,7 @@ pub fn read_gpt2(bytes: &[u8], layout: &ParamLayout) -> Result<Vec<f32>, Snapsho
             ),
         }
     }
-    let (_, meta) = SafeTensors::read_metadata(bytes)?;
-    if let Some(expected) = meta.metadata().as_ref().and_then(|m| m.get("onebyte.hash")) {
-        let found = weight_hash(&theta).to_hex();
-        if *expected != found {
-            return Err(SnapshotError::HashMismatch {
-                expected: expected.clone(),
-                found,
-            });
-        }
-    }
+    check_hash_if_present(bytes, &theta)?;
     Ok(theta)
 }
 

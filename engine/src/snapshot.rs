@@ -122,9 +122,15 @@ impl Snapshot {
 /// `onebyte.hash`, the weights must match it.
 pub fn read_checkpoint(bytes: &[u8], layout: &ParamLayout) -> Result<Vec<f32>, SnapshotError> {
     let theta = read_params(bytes, layout)?;
+    check_hash_if_present(bytes, &theta)?;
+    Ok(theta)
+}
+
+/// When the file's metadata carries an `onebyte.hash`, `theta` (read from it) must match it.
+pub fn check_hash_if_present(bytes: &[u8], theta: &[f32]) -> Result<(), SnapshotError> {
     let (_, meta) = SafeTensors::read_metadata(bytes)?;
     if let Some(expected) = meta.metadata().as_ref().and_then(|m| m.get("onebyte.hash")) {
-        let found = weight_hash(&theta).to_hex();
+        let found = weight_hash(theta).to_hex();
         if *expected != found {
             return Err(SnapshotError::HashMismatch {
                 expected: expected.clone(),
@@ -132,7 +138,7 @@ pub fn read_checkpoint(bytes: &[u8], layout: &ParamLayout) -> Result<Vec<f32>, S
             });
         }
     }
-    Ok(theta)
+    Ok(())
 }
 
 /// Reads the model's parameters, in layout order, from any safetensors file (a snapshot or a

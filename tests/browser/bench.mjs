@@ -19,7 +19,8 @@ const JOBS = [
   },
 ];
 
-async function measure(job, backend) {
+/** A scratch directory and a relay hosting `job` (its TOML, or the built-in demo). */
+async function relayFor(job) {
   const tmp = scratch();
   const args = [];
   if (job.toml) {
@@ -27,7 +28,11 @@ async function measure(job, backend) {
     writeFileSync(file, job.toml);
     args.push('--job', file);
   }
-  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), args);
+  return { tmp, relay: await startRelay(path.join(tmp.dir, 'relay.db'), args) };
+}
+
+async function measure(job, backend) {
+  const { tmp, relay } = await relayFor(job);
   const browser = await launch({ webgpu: backend === 'webgpu' });
   try {
     const { page } = browser;
@@ -60,14 +65,7 @@ async function measure(job, backend) {
 
 /** A native worker (CPU) alone with the relay, for comparison: accepted/s and busy share. */
 async function measureNative(job) {
-  const tmp = scratch();
-  const args = [];
-  if (job.toml) {
-    const file = path.join(tmp.dir, 'job.toml');
-    writeFileSync(file, job.toml);
-    args.push('--job', file);
-  }
-  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), args);
+  const { tmp, relay } = await relayFor(job);
   try {
     const contributions = 10_000;
     const began = Date.now();
