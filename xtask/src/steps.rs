@@ -16,9 +16,13 @@ pub fn root() -> PathBuf {
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative to the workspace, as
 /// cargo reads it), else the workspace's `target/`.
 pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
+    target_dir_for(std::env::var_os("CARGO_TARGET_DIR"))
+}
+
+fn target_dir_for(cargo_target_dir: Option<std::ffi::OsString>) -> PathBuf {
+    match cargo_target_dir {
         Some(dir) if !dir.is_empty() => root().join(dir),
-        _ => target_dir(),
+        _ => root().join("target"),
     }
 }
 
@@ -275,4 +279,20 @@ fn ensure_lavapipe() -> Result<()> {
         &["mesa-vulkan-drivers", "libvulkan1"],
         "GPU kernel tests on software Vulkan (lavapipe)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_dir_is_the_workspace_target_unless_cargo_is_told_otherwise() {
+        assert_eq!(target_dir_for(None), root().join("target"));
+        assert_eq!(target_dir_for(Some("".into())), root().join("target"));
+        assert_eq!(
+            target_dir_for(Some("/elsewhere/tgt".into())),
+            PathBuf::from("/elsewhere/tgt")
+        );
+        assert_eq!(target_dir_for(Some("tgt".into())), root().join("tgt"));
+    }
 }
