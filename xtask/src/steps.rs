@@ -32,6 +32,37 @@ pub fn cargo() -> Command {
     c
 }
 
+/// Lints the workspace's crates as they compile, warnings as errors. `cargo clippy` is `cargo
+/// check` with clippy-driver as `RUSTC_WORKSPACE_WRAPPER` and its flags in `CLIPPY_ARGS`; doing
+/// the same on the real builds lints every target (lib, bins, tests, examples; natively and for
+/// wasm32, where the client is not empty) without a second, check-only compile of every
+/// dependency. Every cargo build of the xtask sets it, so they all share artifacts.
+pub fn lint_while_building(cmd: &mut Command) {
+    let driver = Command::new("rustup")
+        .args(["which", "clippy-driver"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match driver {
+        Some(driver) => {
+            cmd.env("RUSTC_WORKSPACE_WRAPPER", driver).env(
+                "CLIPPY_ARGS",
+                "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+            );
+        }
+        None => eprintln!("    (clippy is not installed: this build is not linted)"),
+    }
+}
+
+/// A native cargo command, linted as it builds (see [`lint_while_building`]).
+pub fn cargo_linted(args: &[&str]) -> Command {
+    let mut cmd = cargo();
+    cmd.args(args);
+    lint_while_building(&mut cmd);
+    cmd
+}
+
 /// Runs a command, announcing it first and timing it.
 pub fn run(what: &str, mut cmd: Command) -> Result<()> {
     eprintln!("\n==> {what}");
@@ -85,30 +116,19 @@ pub fn test() -> Result<()> {
     fmt.args(["fmt", "--all", "--check"]);
     run("formatting (cargo fmt --check)", fmt)?;
 
-    let mut clippy = cargo();
-    clippy.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]);
-    run("lints (clippy, warnings are errors)", clippy)?;
-
     web::build_web()?;
     web::wasm_tests()?;
 
-    let mut tests = cargo();
-    tests.args(["test", "--workspace"]);
+    // Clippy lints these builds as they compile (warnings are errors): no separate check pass.
     run(
-        "native tests (protocol, engine on CPU and lavapipe, relay, workers end to end)",
-        tests,
+        "native tests (protocol, engine on CPU and lavapipe, relay, workers end to end), \
+         linted by clippy",
+        cargo_linted(&["test", "--workspace"]),
     )?;
-
-    let mut bins = cargo();
-    bins.args(["build", "--workspace", "--bins"]);
-    run("the relay and worker binaries for the browser tests", bins)?;
+    run(
+        "the relay and worker binaries for the browser tests",
+        cargo_linted(&["build", "--workspace", "--bins"]),
+    )?;
     web::browser_tests()?;
 
     eprintln!(
@@ -120,9 +140,10 @@ pub fn test() -> Result<()> {
 
 pub fn demo(args: &[String]) -> Result<()> {
     web::build_web()?;
-    let mut build = cargo();
-    build.args(["build", "--workspace", "--bins"]);
-    run("building the relay and the worker", build)?;
+    run(
+        "building the relay and the worker",
+        cargo_linted(&["build", "--workspace", "--bins"]),
+    )?;
     let bin = target_dir().join("debug");
     // One store per job file: a store holds one job, and a demo of another job starts fresh.
     let job = args
@@ -201,9 +222,10 @@ pub fn demo(args: &[String]) -> Result<()> {
 pub fn bench() -> Result<()> {
     ensure_lavapipe()?;
     // One build with the workspace's features (the same artifacts as `cargo xtask test`).
-    let mut build = cargo();
-    build.args(["build", "--workspace", "--bins", "--examples"]);
-    run("building the benchmarks, the relay and the worker", build)?;
+    run(
+        "building the benchmarks, the relay and the worker",
+        cargo_linted(&["build", "--workspace", "--bins", "--examples"]),
+    )?;
     let examples = target_dir().join("debug").join("examples");
     run(
         "engine benchmarks (CPU backend and wgpu)",

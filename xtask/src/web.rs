@@ -1,6 +1,6 @@
 //! The browser side: the wasm client, wasm-bindgen, npm packages, Chromium.
 
-use crate::steps::{cargo, describe, ensure_debs, root, run, target_dir};
+use crate::steps::{cargo, describe, ensure_debs, lint_while_building, root, run, target_dir};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
@@ -115,29 +115,6 @@ fn wasm_cargo(subcommand: &str, build_std: bool) -> Command {
             .arg("-Zbuild-std=std,panic_abort");
     }
     cmd
-}
-
-/// Lints the workspace's crates as they compile for wasm32, warnings as errors. `cargo clippy` is
-/// `cargo check` with clippy-driver as `RUSTC_WORKSPACE_WRAPPER` and its flags in `CLIPPY_ARGS`;
-/// doing the same on the real build lints the client (which is empty natively, so the native
-/// clippy run never sees it) without a second, check-only compile of every wasm dependency.
-/// Build and tests both set it, so they share artifacts.
-fn lint_while_building(cmd: &mut Command) {
-    let driver = Command::new("rustup")
-        .args(["which", "clippy-driver"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    match driver {
-        Some(driver) => {
-            cmd.env("RUSTC_WORKSPACE_WRAPPER", driver).env(
-                "CLIPPY_ARGS",
-                "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
-            );
-        }
-        None => eprintln!("    (clippy is not installed: the wasm build is not linted)"),
-    }
 }
 
 /// npm packages of `dir` from its lock file.

@@ -1,8 +1,7 @@
 //! The CPU reference and the GPU path (our WGSL kernels on burn's wgpu device; lavapipe in CI)
 //! hold the same bits. A missing adapter fails these tests: they never skip.
-#![cfg(feature = "wgpu")]
 
-mod common;
+use crate::common;
 
 use common::synthetic_log;
 use engine::gpu::GpuContext;

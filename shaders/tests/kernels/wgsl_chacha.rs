@@ -1,7 +1,7 @@
 //! The WGSL ChaCha8 block function against rand_chacha, word for word, on a real adapter
 //! (lavapipe in CI).
 
-mod common;
+use crate::common;
 
 use common::run_kernel;
 use rand_chacha::ChaCha8Rng;

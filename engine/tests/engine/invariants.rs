@@ -1,6 +1,6 @@
 //! The invariants of ARCHITECTURE.md that the engine alone upholds, each tested under its own name.
 
-mod common;
+use crate::common;
 
 use common::synthetic_log;
 use engine::direction::sign_at;

@@ -2,7 +2,7 @@
 //! many entries, in log order, bit for bit. An earlier kernel, indexing the block's words with an
 //! expression of the parameter index, went wrong on lavapipe (Mesa 22.3) past ~100 entries.
 
-mod common;
+use crate::common;
 
 use common::run_kernel;
 use rand_chacha::ChaCha8Rng;

@@ -1,0 +1,4 @@
+//! End-to-end tests, one binary: real relay and worker processes on 127.0.0.1.
+
+mod language;
+mod relay;
