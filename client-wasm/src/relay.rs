@@ -14,7 +14,10 @@ pub struct Endpoints {
 impl Endpoints {
     /// From the relay's base URL (`http(s)://host:port`, or `ws(s)://…`).
     pub fn parse(relay: &str) -> Result<Self, String> {
-        let RelayUrls { http, ws } = RelayUrls::parse(relay).map_err(|e| format!("relay {e}"))?;
+        // The page passes its token separately (from its own address); the websocket keeps
+        // whatever query the relay URL had.
+        let RelayUrls { http, ws, .. } =
+            RelayUrls::parse(relay).map_err(|e| format!("relay {e}"))?;
         Ok(Endpoints { http, ws })
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use wasm_bindgen_test::wasm_bindgen_test;
 
 /// Bit-identical replicas: the CPU backend inside wasm reaches the hash the native CPU replica
-/// reaches (`engine/tests/invariants.rs` asserts the same constant natively).
+/// reaches (`engine/tests/engine/invariants.rs` asserts the same constant natively).
 #[wasm_bindgen_test]
 async fn replicas_are_bit_identical_between_wasm_and_native_cpu() {
     let mut replica = Replica::new(Arc::new(Job::demo()), cpu_device());

@@ -21,7 +21,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The relay, e.g. http://127.0.0.1:8080 (ws:// works too).
+    /// The relay, e.g. http://127.0.0.1:8080 (ws:// works too; a join link with ?token=… gives
+    /// the token).
     #[arg(long)]
     relay: String,
     /// Local training data: builtin:spirals, builtin:moons, builtin:circles, or a CSV file
@@ -92,13 +93,17 @@ struct Endpoints {
 }
 
 impl Endpoints {
-    fn parse(relay: &str) -> Result<Self> {
-        let RelayUrls { http, ws } = RelayUrls::parse(relay).context("--relay")?;
-        Ok(Endpoints {
-            http,
-            ws,
-            tls: None,
-        })
+    /// The endpoints, and the join token the URL's query names (`?token=…`), if any.
+    fn parse(relay: &str) -> Result<(Self, Option<String>)> {
+        let RelayUrls { http, ws, token } = RelayUrls::parse(relay).context("--relay")?;
+        Ok((
+            Endpoints {
+                http,
+                ws,
+                tls: None,
+            },
+            token,
+        ))
     }
 }
 
@@ -167,9 +172,15 @@ pub fn run(args: Args) -> Result<()> {
         .block_on(run_async(args))
 }
 
-async fn run_async(args: Args) -> Result<()> {
+async fn run_async(mut args: Args) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut endpoints = Endpoints::parse(&args.relay)?;
+    let (mut endpoints, url_token) = Endpoints::parse(&args.relay)?;
+    // A join link (`https://relay/?token=…`) names its token; `--token` wins when both do.
+    if args.token.is_empty()
+        && let Some(token) = url_token
+    {
+        args.token = token;
+    }
     let mut http = reqwest::Client::builder();
     if let Some(path) = &args.ca_cert {
         let pem = std::fs::read(path)
