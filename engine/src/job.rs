@@ -276,6 +276,16 @@ impl Job {
         .expect("the demo job is valid")
     }
 
+    /// The demo job's MLP sized for other data: `features` inputs, `classes` outputs (what
+    /// `onebyte simulate --dataset my.csv` trains when given no job file).
+    pub fn demo_sized(features: usize, classes: usize) -> Result<Self, JobError> {
+        let mut config = Job::demo().config;
+        config.job.name = format!("mlp-{features}x{classes}");
+        config.task.features = features;
+        config.task.classes = classes;
+        Job::new(config)
+    }
+
     /// The built-in transformer: the `tiny` GPT-2 (~120 k parameters) predicting the next byte
     /// of the `tales` corpus from the 32 before it, from random weights. Zeroth-order steps on a
     /// transformer tolerate little staleness, so its bound is far tighter than the MLP's.

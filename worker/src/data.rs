@@ -8,18 +8,21 @@ use engine::{DataSource, Dataset, Job};
 pub fn load_data(spec: &str, job: &Job, seed: u64) -> Result<Dataset> {
     let source = spec.parse::<DataSource>()?;
     let contents = match &source {
-        DataSource::Csv(path) | DataSource::Text(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|source| engine::data::DataError::Read {
-                    path: path.clone(),
-                    source,
-                })
-                .with_context(|| format!("loading data from {path}"))?,
-        ),
+        DataSource::Csv(path) | DataSource::Text(path) => Some(read_data_file(path)?),
         DataSource::Builtin(_) | DataSource::Corpus(_) => None,
     };
     engine::data::for_job(job, &source, contents.as_deref(), seed)
         .with_context(|| format!("data `{spec}`"))
+}
+
+/// A CSV or text file of data, or an error naming it.
+pub fn read_data_file(path: &str) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|source| engine::data::DataError::Read {
+            path: path.to_string(),
+            source,
+        })
+        .with_context(|| format!("loading data from {path}"))
 }
 
 /// `--backend`: where θ and the forward passes live.

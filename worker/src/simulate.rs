@@ -1,9 +1,9 @@
 //! `onebyte simulate`: a swarm in one process.
 
-use crate::data::{BackendArg, load_data};
+use crate::data::{BackendArg, load_data, read_data_file};
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
-use engine::{Exchange, Job, Replica, Simulation, block_on, cpu_device};
+use engine::{DataSource, Dataset, Exchange, Job, Replica, Simulation, block_on, cpu_device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -62,15 +62,38 @@ struct Report {
     fp32_allreduce_bytes: u64,
 }
 
+/// With no job file: the built-in demo job, its MLP sized to a CSV's features and classes (and
+/// saying so), or as it is for the built-in point sets.
+fn job_for_data(dataset: &str, seed: u64) -> Result<(Job, Dataset)> {
+    let DataSource::Csv(path) = dataset.parse::<DataSource>()? else {
+        let demo = Job::demo();
+        let data = load_data(dataset, &demo, seed)?;
+        return Ok((demo, data));
+    };
+    let text = read_data_file(&path)?;
+    let data =
+        engine::data::load_csv(&path, &text, seed).with_context(|| format!("data `{path}`"))?;
+    let job = Job::demo_sized(data.features(), data.classes)?;
+    eprintln!(
+        "no --job given: the demo's MLP sized to {path} ({} features, {} classes)",
+        data.features(),
+        data.classes
+    );
+    Ok((job, data))
+}
+
 pub fn run(args: Args) -> Result<()> {
     if args.peers == 0 {
         bail!("--peers must be at least 1");
     }
-    let job = match &args.job {
-        Some(path) => Job::from_file(path)?,
-        None => Job::demo(),
+    let (job, data) = match &args.job {
+        Some(path) => {
+            let job = Job::from_file(path)?;
+            let data = load_data(&args.dataset, &job, args.seed)?;
+            (job, data)
+        }
+        None => job_for_data(&args.dataset, args.seed)?,
     };
-    let data = load_data(&args.dataset, &job, args.seed)?;
     let job = Arc::new(job);
     let exchange = match args.exchange {
         ExchangeArg::Byte => Exchange::Byte,

@@ -81,6 +81,41 @@ fn simulate_trains_on_a_csv_file() {
 }
 
 #[test]
+fn with_no_job_file_simulate_sizes_the_mlp_to_the_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("three.csv");
+    // Three features and three classes: the demo job (2 features, 2 classes) cannot read it.
+    let mut text = String::from("a,b,c,kind\n");
+    for i in 0..300 {
+        let class = i % 3;
+        let jitter = (i as f64 * 0.618).fract() - 0.5;
+        let mut x = [jitter * 0.3; 3];
+        x[class] += 2.0;
+        text += &format!("{},{},{},k{class}\n", x[0], x[1], x[2]);
+    }
+    std::fs::write(&csv, text).unwrap();
+    let out = onebyte()
+        .args([
+            "simulate",
+            "--peers",
+            "2",
+            "--contributions",
+            "300",
+            "--json",
+            "--dataset",
+        ])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3 features, 3 classes"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(report["accuracy"].as_f64().unwrap() > 0.5, "{report}");
+}
+
+#[test]
 fn a_char_lm_trains_on_a_text_file_and_refuses_points() {
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("lm.toml");
