@@ -149,6 +149,11 @@ function onEvent(event) {
       break;
     }
     case 'data':
+      // What this tab trains on, so a person sees that their file was read (and how).
+      $('data-summary').textContent = event.language
+        ? `Training on ${event.name}: ${event.train} train and ${event.test} held-out windows.`
+        : `Training on ${event.name}: ${event.train} train and ${event.test} test examples, ` +
+          `${event.features} features, ${event.classes} classes.`;
       $('samples-card').hidden = !event.language;
       $('bpc-stat').hidden = !event.language;
       $('playground-card').hidden = event.language || event.features !== 2;

@@ -178,11 +178,6 @@ impl LocalSwarm {
         self.sim.peers()
     }
 
-    /// The byte the engine's quantizer gives `g` (for checking what the view shows).
-    pub fn quantize(&self, g: f32) -> u8 {
-        self.job.hyper().quantizer.encode(g)
-    }
-
     /// Peer 0's model on the test split and over a `size × size` grid.
     pub fn model(&self, size: u32) -> Result<JsValue, JsError> {
         let replica = self.sim.replica(0);

@@ -95,6 +95,11 @@ test('a CSV from the file picker trains, and the page fits a phone-wide screen',
     assert.equal(await page.locator('input[name=data][value=file]').isChecked(), true);
     await page.getByRole('button', { name: 'Join' }).click();
     await waitFor('10 accepted from the CSV', () => pageStatus(page), (s) => s.accepted >= 10);
+    // The tab trains on the file, not on the job's built-in spirals: 400 rows split 80/20.
+    assert.equal(
+      await page.locator('#data-summary').textContent(),
+      'Training on blobs.csv: 320 train and 80 test examples, 2 features, 2 classes.',
+    );
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();

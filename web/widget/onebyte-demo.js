@@ -127,11 +127,6 @@ class OnebyteDemo extends HTMLElement {
     return this.swarm ? this.swarm.version() : 0;
   }
 
-  /** The engine's byte for a projected gradient (local mode). */
-  quantize(g) {
-    return this.swarm.quantize(g);
-  }
-
   $(name) {
     return this.root.querySelector(`[data-v="${name}"]`);
   }

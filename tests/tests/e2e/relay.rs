@@ -107,6 +107,7 @@ async fn relay_killed_mid_training_loses_no_accepted_contribution() {
     // A hand-driven peer records every acknowledgement it gets until the relay dies.
     let mut peer = RawPeer::join(&relay.ws_url(), job.id, "").await.unwrap();
     let id = peer.id;
+    let first_counter = peer.next_counter.0;
     let mut sent = 0u32;
     while peer.accepted.len() < 300 {
         if sent < peer.accepted.len() as u32 + peer.rejected as u32 + 16 {
@@ -138,9 +139,16 @@ async fn relay_killed_mid_training_loses_no_accepted_contribution() {
     let log = relay.log().await.unwrap();
     for (counter, version) in &accepted {
         let entry = log[version.0 as usize];
+        // The peer sent byte `n % 8` as its n-th contribution, then `i` for the last 16.
+        let n = (counter.0 - first_counter) as u32;
+        let sent_byte = if n < sent {
+            (n % 8) as u8
+        } else {
+            (n - sent) as u8
+        };
         assert_eq!(
-            (entry.peer, entry.counter),
-            (id, *counter),
+            (entry.peer, entry.counter, entry.byte),
+            (id, *counter, sent_byte),
             "at version {version}"
         );
     }
@@ -435,5 +443,13 @@ async fn a_worker_trains_over_tls() {
         ])
         .output()
         .unwrap();
-    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr).to_lowercase();
+    assert!(!refused.status.success(), "{stderr}");
+    // It failed for the certificate, not for anything else (a wrong URL fails too).
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert_eq!(
+        relay.log().await.unwrap().len(),
+        50,
+        "nothing more was logged"
+    );
 }
