@@ -31,6 +31,9 @@ enum Command {
     },
     /// Benchmarks: figures and ratios measured in one run, printed.
     Bench,
+    /// Build only the page: the wasm client into web/pkg and uPlot into web/vendor (what a
+    /// relay's `--web web` serves; the container recipe uses it).
+    Web,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Test => steps::test(),
         Command::Demo { args } => steps::demo(&args),
         Command::Bench => steps::bench(),
+        Command::Web => web::build_web(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
