@@ -230,7 +230,7 @@ async fn status(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
-    match crate::metrics::render(&ctx.stats) {
+    match ctx.metrics.render() {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

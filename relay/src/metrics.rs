@@ -1,92 +1,122 @@
 //! `GET /metrics`: the relay's figures in the Prometheus/OpenMetrics text format.
 
 use crate::stats::Stats;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Renders the current figures. A fresh registry per scrape: the values live in [`Stats`].
-pub fn render(stats: &Stats) -> Result<String, std::fmt::Error> {
-    let mut registry = Registry::with_prefix("onebyte");
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
-    let gauges: [(&str, &str, u64); 5] = [
-        (
-            "log_version",
-            "Entries in the durable log",
-            load(&stats.version),
-        ),
-        ("peers", "Peers connected", load(&stats.peers)),
-        (
-            "follower_version",
-            "Version of the relay's own replica",
-            load(&stats.follower_version),
-        ),
-        (
-            "snapshot_version",
-            "Version of the newest snapshot",
-            load(&stats.snapshot_version),
-        ),
-        (
-            "paused",
-            "1 while the job is paused",
-            u64::from(stats.paused.load(Relaxed)),
-        ),
-    ];
-    for (name, help, value) in gauges {
-        let g = Gauge::<i64>::default();
-        g.set(value as i64);
-        registry.register(name, help, g);
+/// The relay's registry, built once at start. The figures themselves live in [`Stats`] (plain
+/// atomics the hot paths bump); a collector reads them at each scrape.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        let mut registry = Registry::with_prefix("onebyte");
+        registry.register_collector(Box::new(StatsCollector(stats)));
+        Metrics { registry }
     }
-    let counters: [(&str, &str, u64); 8] = [
-        (
-            "contributions_accepted",
-            "Contributions written to the log",
-            load(&stats.accepted),
-        ),
-        (
-            "contributions_rejected",
-            "Contributions refused",
-            load(&stats.rejected),
-        ),
-        (
-            "sockets_refused",
-            "Sockets closed with a refusal code",
-            load(&stats.refused),
-        ),
-        (
-            "slow_consumers_dropped",
-            "Peers dropped because their queue filled",
-            load(&stats.slow_consumers_dropped),
-        ),
-        (
-            "received_bytes",
-            "Message bytes received from peers",
-            load(&stats.bytes_in),
-        ),
-        (
-            "sent_bytes",
-            "Message bytes sent to peers",
-            load(&stats.bytes_out),
-        ),
-        (
-            "hashes_checked",
-            "Peer weight hashes compared with the follower",
-            load(&stats.hashes_checked),
-        ),
-        (
-            "hashes_diverged",
-            "Peer weight hashes that differed",
-            load(&stats.hashes_diverged),
-        ),
-    ];
-    for (name, help, value) in counters {
-        let c = Counter::<u64>::default();
-        c.inc_by(value);
-        registry.register(name, help, c);
+
+    /// The current figures as OpenMetrics text.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
     }
-    let mut out = String::new();
-    encode(&mut out, &registry)?;
-    Ok(out)
+}
+
+#[derive(Debug)]
+struct StatsCollector(Arc<Stats>);
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+        let gauges: [(&str, &str, u64); 5] = [
+            (
+                "log_version",
+                "Entries in the durable log",
+                load(&self.0.version),
+            ),
+            ("peers", "Peers connected", load(&self.0.peers)),
+            (
+                "follower_version",
+                "Version of the relay's own replica",
+                load(&self.0.follower_version),
+            ),
+            (
+                "snapshot_version",
+                "Version of the newest snapshot",
+                load(&self.0.snapshot_version),
+            ),
+            (
+                "paused",
+                "1 while the job is paused",
+                u64::from(self.0.paused.load(Relaxed)),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "contributions_accepted",
+                "Contributions written to the log",
+                load(&self.0.accepted),
+            ),
+            (
+                "contributions_rejected",
+                "Contributions refused",
+                load(&self.0.rejected),
+            ),
+            (
+                "sockets_refused",
+                "Sockets closed with a refusal code",
+                load(&self.0.refused),
+            ),
+            (
+                "slow_consumers_dropped",
+                "Peers dropped because their queue filled",
+                load(&self.0.slow_consumers_dropped),
+            ),
+            (
+                "received_bytes",
+                "Message bytes received from peers",
+                load(&self.0.bytes_in),
+            ),
+            (
+                "sent_bytes",
+                "Message bytes sent to peers",
+                load(&self.0.bytes_out),
+            ),
+            (
+                "hashes_checked",
+                "Peer weight hashes compared with the follower",
+                load(&self.0.hashes_checked),
+            ),
+            (
+                "hashes_diverged",
+                "Peer weight hashes that differed",
+                load(&self.0.hashes_diverged),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }

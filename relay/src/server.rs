@@ -18,6 +18,7 @@ pub struct Context {
     pub job: Arc<Job>,
     pub job_toml: String,
     pub stats: Arc<Stats>,
+    pub metrics: crate::metrics::Metrics,
     pub sequencer: mpsc::Sender<Command>,
     pub follower: std::sync::mpsc::Sender<FollowerInput>,
 }
@@ -89,6 +90,7 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         config: config.clone(),
         job: job.clone(),
         job_toml,
+        metrics: crate::metrics::Metrics::new(stats.clone()),
         stats,
         sequencer: commands,
         follower: follower_tx,

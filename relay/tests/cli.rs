@@ -80,7 +80,9 @@ fn flags_in(text: &str) -> Vec<String> {
 }
 
 fn deploy_file(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -104,12 +106,10 @@ fn the_systemd_unit_verifies_and_passes_options_the_relay_has() {
         .expect("systemd-analyze (Debian's systemd package) runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // A bad value is only a warning to systemd: any output at all fails the test.
-    assert!(
-        out.status.success() && stderr.trim().is_empty(),
-        "{stderr}"
-    );
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 
-    let help = String::from_utf8_lossy(&relay().arg("--help").output().unwrap().stdout).into_owned();
+    let help =
+        String::from_utf8_lossy(&relay().arg("--help").output().unwrap().stdout).into_owned();
     let exec: String = unit
         .lines()
         .skip_while(|l| !l.starts_with("ExecStart="))
@@ -118,7 +118,10 @@ fn the_systemd_unit_verifies_and_passes_options_the_relay_has() {
     let flags = flags_in(&exec);
     assert!(flags.len() >= 3, "{exec}");
     for flag in flags {
-        assert!(help.contains(&flag), "the unit passes {flag}, which the relay lacks");
+        assert!(
+            help.contains(&flag),
+            "the unit passes {flag}, which the relay lacks"
+        );
     }
 }
 
@@ -134,12 +137,18 @@ fn the_container_recipe_runs_the_relay_with_options_it_has() {
             .expect("ENTRYPOINT in exec form (a JSON array), so signals reach the relay");
     assert_eq!(args[0], "/usr/local/bin/onebyte-relay");
     assert!(
-        recipe.contains("COPY --from=build /src/target/release/onebyte-relay /usr/local/bin/onebyte-relay"),
+        recipe.contains(
+            "COPY --from=build /src/target/release/onebyte-relay /usr/local/bin/onebyte-relay"
+        ),
         "the binary the entrypoint runs is the one built"
     );
-    let help = String::from_utf8_lossy(&relay().arg("--help").output().unwrap().stdout).into_owned();
+    let help =
+        String::from_utf8_lossy(&relay().arg("--help").output().unwrap().stdout).into_owned();
     for flag in flags_in(&args[1..].join(" ")) {
-        assert!(help.contains(&flag), "the recipe passes {flag}, which the relay lacks");
+        assert!(
+            help.contains(&flag),
+            "the recipe passes {flag}, which the relay lacks"
+        );
     }
     // The build stage's Rust is at least the workspace's rust-version.
     let workspace = std::fs::read_to_string(
@@ -157,5 +166,8 @@ fn the_container_recipe_runs_the_relay_with_options_it_has() {
         .and_then(|l| l.split('-').next())
         .expect("a rust build image");
     let version = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap()).collect() };
-    assert!(version(image) >= version(wanted), "rust:{image} < rust-version {wanted}");
+    assert!(
+        version(image) >= version(wanted),
+        "rust:{image} < rust-version {wanted}"
+    );
 }
