@@ -41,6 +41,16 @@ impl Split {
         Split { features: f, x, y }
     }
 
+    /// The rows in `range`.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Split {
+        let f = self.features;
+        Split {
+            features: f,
+            x: self.x[range.start * f..range.end * f].to_vec(),
+            y: self.y[range].to_vec(),
+        }
+    }
+
     /// Peer `index`'s share of `count` disjoint, interleaved shards.
     pub fn shard(&self, index: usize, count: usize) -> Split {
         assert!(index < count, "shard {index} of {count}");

@@ -19,6 +19,11 @@ use thiserror::Error;
 /// storage buffer binding (128 MiB). More lanes than fit are evaluated in several passes.
 pub const MAX_LANE_BYTES: usize = 128 << 20;
 
+/// Most input values (rows × features) one evaluation pass reads. A transformer's activations
+/// grow with its input, and a whole test split in one pass (12 000 windows of 32 bytes for the
+/// tiny LM job) can exhaust a browser tab's memory; the point sets fit in one pass.
+const EVAL_VALUES_PER_PASS: usize = 16_384;
+
 /// A failure inside the engine.
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -319,23 +324,35 @@ impl Replica {
 
     /// Mean cross-entropy and accuracy of the current weights on `split`.
     pub async fn evaluate(&self, split: &Split) -> Result<Evaluation, EngineError> {
-        let (x, targets) = self.batch_tensors(split)?;
+        if split.is_empty() {
+            return Err(EngineError::EmptyBatch);
+        }
+        let rows_per_pass = (EVAL_VALUES_PER_PASS / split.features.max(1)).max(1);
         let theta = self.theta_tensor();
-        let logits = self.job.model.forward(&theta, x);
-        let loss = cross_entropy_with_logits(logits.clone(), targets.clone());
-        let predicted = logits.argmax(1).reshape([split.len()]);
-        let labels = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                split.y.iter().map(|&y| y as i64).collect::<Vec<_>>(),
-                [split.len()],
-            ),
-            &self.device,
-        );
-        let correct = predicted.equal(labels).int().sum().float();
-        let both = self.read(Tensor::cat(vec![loss, correct], 0)).await?;
+        let (mut loss_sum, mut correct) = (0.0f64, 0.0f64);
+        for start in (0..split.len()).step_by(rows_per_pass) {
+            let part = split.rows(start..(start + rows_per_pass).min(split.len()));
+            let (x, targets) = self.batch_tensors(&part)?;
+            let logits = self.job.model.forward(&theta, x);
+            let loss = cross_entropy_with_logits(logits.clone(), targets);
+            let predicted = logits.argmax(1).reshape([part.len()]);
+            let labels = Tensor::<1, Int>::from_data(
+                TensorData::new(
+                    part.y.iter().map(|&y| y as i64).collect::<Vec<_>>(),
+                    [part.len()],
+                ),
+                &self.device,
+            );
+            let right = predicted.equal(labels).int().sum().float();
+            let both = self.read(Tensor::cat(vec![loss, right], 0)).await?;
+            // The pass's mean loss, weighted by its rows (exact for a split that fits in one).
+            loss_sum += f64::from(both[0]) * part.len() as f64;
+            correct += f64::from(both[1]);
+        }
+        let rows = split.len() as f64;
         Ok(Evaluation {
-            loss: both[0],
-            accuracy: both[1] / split.len() as f32,
+            loss: (loss_sum / rows) as f32,
+            accuracy: (correct / rows) as f32,
         })
     }
 
@@ -468,5 +485,37 @@ impl Replica {
         self.read_back
             .fetch_add((values.len() * size_of::<f32>()) as u64, Relaxed);
         Ok(values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::{Corpus, corpus_dataset};
+    use crate::{block_on, cpu_device};
+
+    #[test]
+    fn evaluation_in_passes_is_the_row_weighted_mean() {
+        let job = Job::from_toml(
+            "[job]\nname = \"eval\"\n[model]\nkind = \"char_lm\"\nembedding = 4\nhidden = [16]\n\
+             [task]\nfeatures = 16\nclasses = 256\ndataset = \"tales\"\n",
+        )
+        .unwrap();
+        let replica = Replica::new(Arc::new(job), cpu_device());
+        // 2 500 windows of 16 bytes: passes of 1 024, 1 024 and 452 rows.
+        let split = corpus_dataset(Corpus::Tales, 16, 1).test.rows(0..2500);
+        let whole = block_on(replica.evaluate(&split)).unwrap();
+        let (mut loss, mut accuracy) = (0.0f64, 0.0f64);
+        for rows in [0..1024, 1024..2048, 2048..2500] {
+            let n = rows.len() as f64;
+            let part = block_on(replica.evaluate(&split.rows(rows))).unwrap();
+            loss += f64::from(part.loss) * n;
+            accuracy += f64::from(part.accuracy) * n;
+        }
+        assert!(
+            (f64::from(whole.loss) - loss / 2500.0).abs() < 1e-5,
+            "{whole:?}"
+        );
+        assert!((f64::from(whole.accuracy) - accuracy / 2500.0).abs() < 1e-6);
     }
 }
