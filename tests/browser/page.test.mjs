@@ -1,10 +1,10 @@
 // The page in a real browser against a real relay: join in one click, train on WebGPU (or the
 // CPU when WebGPU is off), and hold exactly the weights a native CPU replica computes.
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
+  ROOT,
   join,
   launch,
   pageStatus,
@@ -140,20 +140,27 @@ test('without WebGPU the page falls back to the CPU, says so, and still trains',
   });
 });
 
-test('on a character language model job the page shows samples and bits per character', async () => {
+test('on the tiny transformer job the page shows samples, bits per character, and the native weights', async () => {
   const tmp = scratch();
-  const job = path.join(tmp.dir, 'tales.toml');
-  writeFileSync(
-    job,
-    '[job]\nname = "tales-lm"\n[model]\nkind = "char_lm"\nembedding = 8\nhidden = [64]\n' +
-      '[task]\nfeatures = 8\nclasses = 256\ndataset = "tales"\n[hyper]\nbatch_size = 64\n',
-  );
-  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), ['--job', job]);
-  const browser = await launch({ webgpu: false });
+  // The job file that ships (what `cargo xtask demo --job deploy/jobs/tiny-lm.toml` hosts).
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), [
+    '--job',
+    path.join(ROOT, 'deploy/jobs/tiny-lm.toml'),
+  ]);
+  // WebGPU on: the page measures both backends and trains on the faster.
+  const browser = await launch({ webgpu: true });
   try {
     const { page, problems } = browser;
     await join(page, relay.url);
-    await waitFor('20 accepted', () => pageStatus(page), (s) => s.accepted >= 20);
+    const status = await waitFor(
+      '20 accepted and a weight hash',
+      () => pageStatus(page),
+      (s) => (s.accepted >= 20 && s.hashVersion > 0) || s.state === 'failed' || s.state === 'refused',
+      180_000,
+    );
+    assert.ok(status.accepted >= 20 && status.hashVersion > 0, JSON.stringify(status));
+    const expected = await nativeHashAt(relay.url, status.hashVersion);
+    assert.equal(status.hash, expected, `weights differ at version ${status.hashVersion}`);
     const shown = await waitFor(
       'a sample and bits per character',
       () =>
@@ -167,7 +174,7 @@ test('on a character language model job the page shows samples and bits per char
     );
     assert.ok(shown.samplesVisible && shown.playgroundHidden, JSON.stringify(shown));
     assert.ok(shown.bpc < 9, `bits per character ${shown.bpc}`);
-    await screenshot(page, 'page-char-lm.png');
+    await screenshot(page, 'page-transformer.png');
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
