@@ -143,7 +143,7 @@ enum End {
 
 pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> Result<(), String> {
     emitter.state(State::Loading, "fetching the job");
-    let endpoints = Endpoints::parse(&options.relay)?;
+    let mut endpoints = Endpoints::parse(&options.relay)?;
     let retrying = |what: &'static str| {
         move |e: &str, backoff: f64| {
             emitter.state(
@@ -214,6 +214,12 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         measured: settled.measured,
     });
     let backend = settled.backend;
+    // The relay's host sees what this tab computes on.
+    let described = match settled.lanes {
+        1 => format!("{} in a browser", backend.name()),
+        lanes => format!("{} in a browser, {lanes} lanes", backend.name()),
+    };
+    endpoints.ws = protocol::websocket_with_backend(&endpoints.ws, &described);
     let mut state = PeerState::new(settled.replica);
     state.lanes = settled.lanes;
     let mut peer = Peer {

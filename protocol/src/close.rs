@@ -32,11 +32,21 @@ pub const PEER_UNAVAILABLE: u16 = 4010;
 pub const AHEAD_OF_LOG: u16 = 4011;
 /// No `Hello` arrived in time.
 pub const HELLO_TIMEOUT: u16 = 4012;
+/// The relay's host dropped this peer (from the dashboard). Reconnecting would undo the host's
+/// decision, so it is fatal.
+pub const DROPPED: u16 = 4013;
 
 /// Whether retrying cannot help: the peer's configuration is wrong.
 pub fn is_fatal(code: u16) -> bool {
     matches!(
         code,
-        BAD_HELLO | UNAUTHORIZED | FORBIDDEN_ORIGIN | WRONG_JOB | MALFORMED | NOT_BINARY | TOO_BIG
+        BAD_HELLO
+            | UNAUTHORIZED
+            | FORBIDDEN_ORIGIN
+            | WRONG_JOB
+            | MALFORMED
+            | NOT_BINARY
+            | TOO_BIG
+            | DROPPED
     )
 }

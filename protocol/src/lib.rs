@@ -23,7 +23,7 @@ pub use message::{LogEntry, Message, PackedEntry, RejectReason, WeightHash};
 pub use quant::{QuantizeError, Quantizer};
 pub use seed::DirectionSeed;
 pub use serial::Serial;
-pub use url::{RelayUrlError, RelayUrls};
+pub use url::{RelayUrlError, RelayUrls, websocket_with_backend};
 
 /// Peers report their weight hash at every version that is a multiple of this; the relay's
 /// follower hashes the same versions and compares.

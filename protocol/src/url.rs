@@ -82,6 +82,18 @@ impl RelayUrls {
     }
 }
 
+/// `ws` with `backend=…` added to its query: what a peer computes on, which the relay shows its
+/// host (the dashboard). `ws` is a websocket URL from [`RelayUrls::parse`].
+pub fn websocket_with_backend(ws: &str, backend: &str) -> String {
+    match Url::parse(ws) {
+        Ok(mut url) => {
+            url.query_pairs_mut().append_pair("backend", backend);
+            url.into()
+        }
+        Err(_) => ws.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +156,18 @@ mod tests {
                 "wss://h:8443/p/ws?room=2&token=a%20b",
                 Some("a b")
             )
+        );
+    }
+
+    #[test]
+    fn the_backend_joins_the_query_and_keeps_the_token() {
+        assert_eq!(
+            websocket_with_backend("ws://h/ws", "cpu"),
+            "ws://h/ws?backend=cpu"
+        );
+        assert_eq!(
+            websocket_with_backend("wss://h/p/ws?token=x", "wgpu, 16 lanes"),
+            "wss://h/p/ws?token=x&backend=wgpu%2C+16+lanes"
         );
     }
 

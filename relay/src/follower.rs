@@ -174,6 +174,7 @@ impl Follower {
                 continue;
             };
             self.stats.hashes_checked.fetch_add(1, Relaxed);
+            self.stats.board.hash(peer, version.0, *ours == hash);
             if *ours != hash {
                 self.stats.hashes_diverged.fetch_add(1, Relaxed);
                 tracing::warn!(

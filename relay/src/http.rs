@@ -7,12 +7,12 @@ use crate::store::Store;
 use anyhow::{Context as _, Result};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use protocol::{Version, varint};
+use protocol::{PeerId, Version, varint};
 use serde::Deserialize;
 use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -38,6 +38,9 @@ pub fn router(ctx: Arc<Context>) -> Router {
     let api = reads
         .route("/api/admin/pause", post(pause))
         .route("/api/admin/resume", post(resume))
+        .route("/api/admin/peers", get(peers))
+        .route("/api/admin/peers/{peer}/drop", post(drop_peer))
+        .route("/admin", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket));
     let router = match &ctx.config.web {
@@ -244,48 +247,111 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
 }
 
 async fn pause(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
-    admin(&ctx, &headers, true).await
+    pause_or_resume(&ctx, &headers, true).await
 }
 
 async fn resume(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
-    admin(&ctx, &headers, false).await
+    pause_or_resume(&ctx, &headers, false).await
 }
 
-async fn admin(ctx: &Context, headers: &HeaderMap, paused: bool) -> Response {
+/// Whether the request carries the admin token (`Authorization: Bearer …`); the refusal if not.
+fn authorize(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
     let Some(expected) = &ctx.config.admin_token else {
-        return (
+        return Err((
             StatusCode::NOT_FOUND,
             "administration is off: start the relay with --admin-token",
         )
-            .into_response();
+            .into_response());
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if given != Some(expected.as_str()) {
-        return (StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response();
+        return Err((StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response());
+    }
+    Ok(())
+}
+
+fn shutting_down() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the relay is shutting down",
+    )
+        .into_response()
+}
+
+async fn pause_or_resume(ctx: &Context, headers: &HeaderMap, paused: bool) -> Response {
+    if let Err(refusal) = authorize(ctx, headers) {
+        return refusal;
     }
     if ctx.sequencer.send(Command::Pause(paused)).await.is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the relay is shutting down",
-        )
-            .into_response();
+        return shutting_down();
     }
     let word = if paused { "paused" } else { "resumed" };
     (StatusCode::OK, format!("job {word}\n")).into_response()
 }
 
+/// `GET /api/admin/peers`: every peer seen in the last minutes, connected first.
+async fn peers(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = authorize(&ctx, &headers) {
+        return refusal;
+    }
+    axum::Json(serde_json::json!({ "peers": ctx.stats.board.view() })).into_response()
+}
+
+/// `POST /api/admin/peers/{peer}/drop`: closes that peer's socket with `DROPPED` (it does not
+/// reconnect on its own).
+async fn drop_peer(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(peer): Path<u32>,
+) -> Response {
+    if let Err(refusal) = authorize(&ctx, &headers) {
+        return refusal;
+    }
+    let (reply, dropped) = tokio::sync::oneshot::channel();
+    let drop = Command::Drop {
+        peer: PeerId(peer),
+        reply,
+    };
+    if ctx.sequencer.send(drop).await.is_err() {
+        return shutting_down();
+    }
+    match dropped.await {
+        Ok(true) => (StatusCode::OK, format!("peer {peer} dropped\n")).into_response(),
+        Ok(false) => (
+            StatusCode::NOT_FOUND,
+            format!("peer {peer} is not connected\n"),
+        )
+            .into_response(),
+        Err(_) => shutting_down(),
+    }
+}
+
+/// `/admin`: the host's dashboard, built into the relay (it works without `--web`). It asks for
+/// the admin token and reads the API above with it.
+async fn dashboard() -> impl IntoResponse {
+    axum::response::Html(include_str!("admin.html"))
+}
+
+/// What a peer may say about itself in the websocket URL's query.
+#[derive(Deserialize)]
+struct PeerQuery {
+    backend: Option<String>,
+}
+
 async fn websocket(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
+    Query(query): Query<PeerQuery>,
     State(ctx): State<Arc<Context>>,
 ) -> Response {
     let refused_origin = refused_origin(&ctx, &headers);
+    let backend = query.backend.unwrap_or_default();
     ws.max_message_size(HARD_MESSAGE_LIMIT)
         .max_frame_size(HARD_MESSAGE_LIMIT)
-        .on_upgrade(move |socket| peer::serve(socket, ctx, refused_origin))
+        .on_upgrade(move |socket| peer::serve(socket, ctx, refused_origin, backend))
 }
 
 /// The page's Origin if the relay does not allow it. No Origin (a native client) is allowed, as

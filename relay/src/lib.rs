@@ -5,6 +5,7 @@
 //! ([`follower`]) for snapshots and for checking that every peer holds the same weights. It
 //! never receives training data.
 
+pub mod board;
 pub mod config;
 pub mod follower;
 pub mod http;

@@ -37,8 +37,14 @@ enum Incoming {
     Closed,
 }
 
-/// Serves one upgraded socket. `origin` is the refused Origin, if it was refused.
-pub async fn serve(socket: WebSocket, ctx: Arc<Context>, refused_origin: Option<String>) {
+/// Serves one upgraded socket. `origin` is the refused Origin, if it was refused; `backend` is
+/// what the peer said it computes on (the websocket URL's `?backend=`), for the dashboard.
+pub async fn serve(
+    socket: WebSocket,
+    ctx: Arc<Context>,
+    refused_origin: Option<String>,
+    backend: String,
+) {
     let (mut sink, mut stream) = socket.split();
     if let Some(origin) = refused_origin {
         let reason = format!("origin {origin} is not allowed by this relay");
@@ -80,7 +86,8 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, refused_origin: Option<
         Err(_) => return refuse(&ctx, &mut sink, shutting_down()).await,
     };
     let peer = joined.peer;
-    tracing::info!(%peer, from = %from, head = %joined.live_from, "peer joined");
+    tracing::info!(%peer, from = %from, head = %joined.live_from, %backend, "peer joined");
+    ctx.stats.board.joined(peer, &backend);
     let result = live(
         &ctx,
         &mut sink,
@@ -96,6 +103,7 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, refused_origin: Option<
         refuse(&ctx, &mut sink, refusal).await;
     }
     let _ = ctx.sequencer.send(Command::Leave { peer }).await;
+    ctx.stats.board.left(peer);
     tracing::info!(%peer, "peer left");
 }
 
@@ -192,6 +200,7 @@ async fn live(
                                 detail: format!("more than {rate} contributions per second"),
                             };
                             ctx.stats.rejected.fetch_add(1, Relaxed);
+                            ctx.stats.board.verdicts(&[], &[(joined.peer, 1)]);
                             send(ctx, sink, rejected.encode().into()).await?;
                         } else {
                             let cmd = Command::Contribute { peer: joined.peer, counter, base: base_version, byte };

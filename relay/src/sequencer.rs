@@ -65,6 +65,12 @@ pub enum Command {
         peer: PeerId,
     },
     Pause(bool),
+    /// The host drops a peer: its socket closes with [`close::DROPPED`]. The reply says whether
+    /// that peer was connected.
+    Drop {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Policy the sequencer enforces.
@@ -185,6 +191,14 @@ impl Sequencer {
                 self.stats.peers.store(self.sessions.len() as u64, Relaxed);
             }
             Command::Pause(paused) => self.stats.paused.store(paused, Relaxed),
+            Command::Drop { peer, reply } => {
+                let kick = self.sessions.get_mut(&peer).and_then(|s| s.kick.take());
+                let dropped = kick.is_some_and(|kick| {
+                    kick.send(Refusal::new(close::DROPPED, "dropped by the relay's host"))
+                        .is_ok()
+                });
+                let _ = reply.send(dropped);
+            }
         }
         Ok(())
     }
@@ -281,6 +295,7 @@ impl Sequencer {
                 )),
             }
         }
+        let entries_peers: Vec<PeerId> = entries.iter().map(|e| e.peer).collect();
         if !entries.is_empty() {
             // Durable before anyone hears of it.
             tokio::task::block_in_place(|| self.store.append(first, &entries))?;
@@ -305,6 +320,10 @@ impl Sequencer {
         self.stats
             .rejected
             .fetch_add(rejections.len() as u64, Relaxed);
+        self.stats.board.verdicts(
+            &per_peer(entries_peers.iter().copied()),
+            &per_peer(rejections.iter().map(|(peer, _)| *peer)),
+        );
         for (peer, msg) in rejections {
             outgoing
                 .entry(peer)
@@ -378,6 +397,15 @@ fn validate(
         ));
     }
     Ok(Counter(counter))
+}
+
+/// How many of `peers` each peer is.
+fn per_peer(peers: impl Iterator<Item = PeerId>) -> Vec<(PeerId, u64)> {
+    let mut counts: HashMap<PeerId, u64> = HashMap::new();
+    for peer in peers {
+        *counts.entry(peer).or_default() += 1;
+    }
+    counts.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -32,48 +32,64 @@ pub struct Stats {
     /// The most recent training loss a peer reported, as f32 bits.
     pub last_loss_bits: AtomicU64,
     rate: Mutex<RateWindow>,
+    /// Each peer's figures, for the host's dashboard.
+    pub board: crate::board::PeerBoard,
 }
 
-/// Accepted contributions per second over the last few seconds.
+/// A running total's rate over the last few seconds (accepted contributions per second).
 #[derive(Debug, Default)]
-struct RateWindow {
+pub struct RateWindow {
     samples: VecDeque<(Instant, u64)>,
 }
 
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 
-impl Stats {
-    /// Records that `n` more contributions were accepted just now.
-    pub fn record_accepted(&self, n: u64) {
-        let total = self.accepted.fetch_add(n, Relaxed) + n;
+impl RateWindow {
+    /// The total is now `total`.
+    pub fn record(&mut self, total: u64) {
         let now = Instant::now();
-        let mut rate = self.rate.lock().expect("rate window poisoned");
-        rate.samples.push_back((now, total));
-        while rate
+        self.samples.push_back((now, total));
+        while self
             .samples
             .front()
             .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
         {
-            rate.samples.pop_front();
+            self.samples.pop_front();
         }
     }
 
-    /// Accepted contributions per second over the last five seconds.
-    pub fn contributions_per_second(&self) -> f64 {
-        let rate = self.rate.lock().expect("rate window poisoned");
+    /// How fast the total grew over the last five seconds, per second.
+    pub fn per_second(&self) -> f64 {
         let now = Instant::now();
-        let recent: Vec<_> = rate
+        let mut recent = self
             .samples
             .iter()
-            .filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW)
-            .collect();
-        match (recent.first(), recent.last()) {
+            .filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW);
+        let first = recent.next();
+        let last = recent.last().or(first);
+        match (first, last) {
             (Some(first), Some(last)) if last.1 > first.1 => {
                 let span = now.duration_since(first.0).as_secs_f64().max(1.0);
                 (last.1 - first.1) as f64 / span
             }
             _ => 0.0,
         }
+    }
+}
+
+impl Stats {
+    /// Records that `n` more contributions were accepted just now.
+    pub fn record_accepted(&self, n: u64) {
+        let total = self.accepted.fetch_add(n, Relaxed) + n;
+        self.rate
+            .lock()
+            .expect("rate window poisoned")
+            .record(total);
+    }
+
+    /// Accepted contributions per second over the last five seconds.
+    pub fn contributions_per_second(&self) -> f64 {
+        self.rate.lock().expect("rate window poisoned").per_second()
     }
 
     /// The figures `/api/status` serves.

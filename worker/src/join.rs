@@ -200,6 +200,13 @@ async fn run_async(mut args: Args) -> Result<()> {
     let batch = BatchSampler::new(args.seed).sample(&data.train, job.hyper().batch_size);
     let (backend, replica, lanes) =
         choose_backend(args.backend, args.lanes, &job, &snapshot, &batch).await?;
+    // The relay's host sees what this peer computes on.
+    let described = match &backend {
+        Backend::Cpu => "cpu".to_string(),
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu(gpu) => format!("wgpu ({}), {lanes} lanes", gpu.adapter),
+    };
+    endpoints.ws = protocol::websocket_with_backend(&endpoints.ws, &described);
     let sampler = BatchSampler::new(args.seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut state = PeerState::new(replica);
     state.until_version = args.until_version;

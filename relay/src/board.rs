@@ -1,0 +1,173 @@
+//! The host's view of each peer, for `/admin`: counts, rates, the last hash report and the
+//! backend it said it computes on. Updated after the decisions that matter (the sequencer's
+//! verdicts, the follower's comparisons), never read by them.
+
+use crate::stats::RateWindow;
+use protocol::PeerId;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Rows of peers that left stay this long, so a host sees who just went.
+const KEEP_LEFT: Duration = Duration::from_secs(300);
+/// Longest backend description kept from a peer.
+const BACKEND_CHARS: usize = 64;
+
+/// Every peer seen recently.
+#[derive(Debug, Default)]
+pub struct PeerBoard {
+    rows: Mutex<BTreeMap<PeerId, Row>>,
+}
+
+#[derive(Debug)]
+struct Row {
+    backend: String,
+    since: Instant,
+    left: Option<Instant>,
+    accepted: u64,
+    rejected: u64,
+    rate: RateWindow,
+    last_hash: Option<(u64, bool)>,
+}
+
+/// One peer as `GET /api/admin/peers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    pub peer: u64,
+    pub backend: String,
+    pub connected: bool,
+    /// Seconds since it joined (or, once it left, how long it stayed).
+    pub online_s: f64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub contributions_per_s: f64,
+    /// The version of its last hash report, and whether it matched the relay's replica.
+    pub last_hash_version: Option<u64>,
+    pub last_hash_agreed: Option<bool>,
+}
+
+impl PeerBoard {
+    fn with(&self, f: impl FnOnce(&mut BTreeMap<PeerId, Row>)) {
+        f(&mut self.rows.lock().expect("peer board poisoned"));
+    }
+
+    /// A peer's socket joined, computing on `backend` (what it said; free text).
+    pub fn joined(&self, peer: PeerId, backend: &str) {
+        let backend: String = backend
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(BACKEND_CHARS)
+            .collect();
+        self.with(|rows| {
+            let row = rows.entry(peer).or_insert_with(|| Row {
+                backend: String::new(),
+                since: Instant::now(),
+                left: None,
+                accepted: 0,
+                rejected: 0,
+                rate: RateWindow::default(),
+                last_hash: None,
+            });
+            row.backend = if backend.is_empty() {
+                "not said".into()
+            } else {
+                backend
+            };
+            row.since = Instant::now();
+            row.left = None;
+        });
+    }
+
+    pub fn left(&self, peer: PeerId) {
+        self.with(|rows| {
+            if let Some(row) = rows.get_mut(&peer) {
+                row.left = Some(Instant::now());
+            }
+        });
+    }
+
+    /// Contributions of one tick, accepted and rejected, per peer.
+    pub fn verdicts(&self, accepted: &[(PeerId, u64)], rejected: &[(PeerId, u64)]) {
+        self.with(|rows| {
+            for &(peer, n) in accepted {
+                if let Some(row) = rows.get_mut(&peer) {
+                    row.accepted += n;
+                    row.rate.record(row.accepted);
+                }
+            }
+            for &(peer, n) in rejected {
+                if let Some(row) = rows.get_mut(&peer) {
+                    row.rejected += n;
+                }
+            }
+        });
+    }
+
+    /// The follower compared the peer's hash at `version`.
+    pub fn hash(&self, peer: PeerId, version: u64, agreed: bool) {
+        self.with(|rows| {
+            if let Some(row) = rows.get_mut(&peer) {
+                row.last_hash = Some((version, agreed));
+            }
+        });
+    }
+
+    /// Connected peers first, then those that left in the last five minutes; older ones are
+    /// forgotten.
+    pub fn view(&self) -> Vec<PeerView> {
+        let now = Instant::now();
+        let mut rows = self.rows.lock().expect("peer board poisoned");
+        rows.retain(|_, r| r.left.is_none_or(|t| now.duration_since(t) < KEEP_LEFT));
+        let mut view: Vec<PeerView> = rows
+            .iter()
+            .map(|(peer, r)| PeerView {
+                peer: u64::from(peer.0),
+                backend: r.backend.clone(),
+                connected: r.left.is_none(),
+                online_s: r.left.unwrap_or(now).duration_since(r.since).as_secs_f64(),
+                accepted: r.accepted,
+                rejected: r.rejected,
+                contributions_per_s: if r.left.is_none() {
+                    r.rate.per_second()
+                } else {
+                    0.0
+                },
+                last_hash_version: r.last_hash.map(|h| h.0),
+                last_hash_agreed: r.last_hash.map(|h| h.1),
+            })
+            .collect();
+        view.sort_by_key(|p| (!p.connected, p.peer));
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_board_counts_per_peer_and_remembers_who_left() {
+        let board = PeerBoard::default();
+        board.joined(PeerId(2), "wgpu, 16 lanes");
+        board.joined(PeerId(1), "cpu\u{7}");
+        board.verdicts(&[(PeerId(1), 5), (PeerId(2), 3)], &[(PeerId(2), 1)]);
+        board.verdicts(&[(PeerId(1), 2), (PeerId(9), 4)], &[]);
+        board.hash(PeerId(2), 256, false);
+        board.left(PeerId(1));
+        let view = board.view();
+        assert_eq!(view.len(), 2, "peer 9 never joined: {view:?}");
+        // Connected first.
+        assert_eq!((view[0].peer, view[0].connected), (2, true));
+        assert_eq!((view[0].accepted, view[0].rejected), (3, 1));
+        assert_eq!(view[0].backend, "wgpu, 16 lanes");
+        assert_eq!(
+            (view[0].last_hash_version, view[0].last_hash_agreed),
+            (Some(256), Some(false))
+        );
+        assert_eq!((view[1].peer, view[1].connected), (1, false));
+        assert_eq!(view[1].accepted, 7);
+        assert_eq!(view[1].backend, "cpu", "control characters are dropped");
+        assert_eq!(view[1].contributions_per_s, 0.0);
+    }
+}
