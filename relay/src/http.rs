@@ -254,23 +254,23 @@ async fn resume(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response
     pause_or_resume(&ctx, &headers, false).await
 }
 
-/// Whether the request carries the admin token (`Authorization: Bearer …`); the refusal if not.
-fn authorize(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal for a request without the admin token (`Authorization: Bearer …`), if it is.
+fn refusal_unless_admin(ctx: &Context, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &ctx.config.admin_token else {
-        return Err((
-            StatusCode::NOT_FOUND,
-            "administration is off: start the relay with --admin-token",
-        )
-            .into_response());
+        return Some(
+            (
+                StatusCode::NOT_FOUND,
+                "administration is off: start the relay with --admin-token",
+            )
+                .into_response(),
+        );
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given != Some(expected.as_str()) {
-        return Err((StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response());
-    }
-    Ok(())
+    (given != Some(expected.as_str()))
+        .then(|| (StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response())
 }
 
 fn shutting_down() -> Response {
@@ -282,7 +282,7 @@ fn shutting_down() -> Response {
 }
 
 async fn pause_or_resume(ctx: &Context, headers: &HeaderMap, paused: bool) -> Response {
-    if let Err(refusal) = authorize(ctx, headers) {
+    if let Some(refusal) = refusal_unless_admin(ctx, headers) {
         return refusal;
     }
     if ctx.sequencer.send(Command::Pause(paused)).await.is_err() {
@@ -294,7 +294,7 @@ async fn pause_or_resume(ctx: &Context, headers: &HeaderMap, paused: bool) -> Re
 
 /// `GET /api/admin/peers`: every peer seen in the last minutes, connected first.
 async fn peers(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = authorize(&ctx, &headers) {
+    if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
         return refusal;
     }
     axum::Json(serde_json::json!({ "peers": ctx.stats.board.view() })).into_response()
@@ -307,7 +307,7 @@ async fn drop_peer(
     headers: HeaderMap,
     Path(peer): Path<u32>,
 ) -> Response {
-    if let Err(refusal) = authorize(&ctx, &headers) {
+    if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
         return refusal;
     }
     let (reply, dropped) = tokio::sync::oneshot::channel();

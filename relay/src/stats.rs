@@ -66,7 +66,7 @@ impl RateWindow {
             .iter()
             .filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW);
         let first = recent.next();
-        let last = recent.last().or(first);
+        let last = recent.next_back().or(first);
         match (first, last) {
             (Some(first), Some(last)) if last.1 > first.1 => {
                 let span = now.duration_since(first.0).as_secs_f64().max(1.0);
