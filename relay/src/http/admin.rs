@@ -1,0 +1,92 @@
+//! The host's side, behind `--admin-token`: pause and resume, the peers, dropping one, and the
+//! dashboard page that uses them.
+
+use super::errors::shutting_down;
+use crate::sequencer::Command;
+use crate::server::Context;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use protocol::PeerId;
+use std::sync::Arc;
+
+pub async fn pause(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
+    pause_or_resume(&ctx, &headers, true).await
+}
+
+pub async fn resume(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
+    pause_or_resume(&ctx, &headers, false).await
+}
+
+/// The refusal for a request without the admin token (`Authorization: Bearer …`), if it is.
+fn refusal_unless_admin(ctx: &Context, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = &ctx.config.admin_token else {
+        return Some(
+            (
+                StatusCode::NOT_FOUND,
+                "administration is off: start the relay with --admin-token",
+            )
+                .into_response(),
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    (given != Some(expected.as_str()))
+        .then(|| (StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response())
+}
+
+async fn pause_or_resume(ctx: &Context, headers: &HeaderMap, paused: bool) -> Response {
+    if let Some(refusal) = refusal_unless_admin(ctx, headers) {
+        return refusal;
+    }
+    if ctx.sequencer.send(Command::Pause(paused)).await.is_err() {
+        return shutting_down();
+    }
+    let word = if paused { "paused" } else { "resumed" };
+    (StatusCode::OK, format!("job {word}\n")).into_response()
+}
+
+/// `GET /api/admin/peers`: every peer seen in the last minutes, connected first.
+pub async fn peers(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
+        return refusal;
+    }
+    axum::Json(serde_json::json!({ "peers": ctx.stats.board.view() })).into_response()
+}
+
+/// `POST /api/admin/peers/{peer}/drop`: closes that peer's socket with `DROPPED` (it does not
+/// reconnect on its own).
+pub async fn drop_peer(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(peer): Path<u32>,
+) -> Response {
+    if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
+        return refusal;
+    }
+    let (reply, dropped) = tokio::sync::oneshot::channel();
+    let drop = Command::Drop {
+        peer: PeerId(peer),
+        reply,
+    };
+    if ctx.sequencer.send(drop).await.is_err() {
+        return shutting_down();
+    }
+    match dropped.await {
+        Ok(true) => (StatusCode::OK, format!("peer {peer} dropped\n")).into_response(),
+        Ok(false) => (
+            StatusCode::NOT_FOUND,
+            format!("peer {peer} is not connected\n"),
+        )
+            .into_response(),
+        Err(_) => shutting_down(),
+    }
+}
+
+/// `/admin`: the host's dashboard, built into the relay (it works without `--web`). It asks for
+/// the admin token and reads the API above with it.
+pub async fn dashboard() -> impl IntoResponse {
+    axum::response::Html(include_str!("admin.html"))
+}

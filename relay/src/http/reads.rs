@@ -1,0 +1,118 @@
+//! What anyone may read: the job, the newest snapshot, the log, status and metrics (and a note
+//! at `/` when the relay serves no page).
+
+use super::errors::internal;
+use crate::server::Context;
+use crate::store::Store;
+use anyhow::Result;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use protocol::{Version, varint};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Most entries one `GET /api/log` returns; ask again from where it ended.
+const LOG_PAGE: u64 = 1 << 20;
+
+pub async fn index(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    let name = &ctx.job.config.job.name;
+    axum::response::Html(format!(
+        "<!doctype html><title>onebyte relay</title><h1>onebyte relay: {name}</h1>\
+         <p>This relay was started without <code>--web</code>, so it serves no page. \
+         <a href=\"/api/status\">/api/status</a> shows the job's progress.</p>"
+    ))
+}
+
+pub async fn job(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/toml")],
+        ctx.job_toml.clone(),
+    )
+}
+
+pub async fn snapshot(State(ctx): State<Arc<Context>>) -> Response {
+    let path = ctx.config.store.clone();
+    let read = tokio::task::spawn_blocking(move || Store::reopen(&path)?.latest_snapshot()).await;
+    match read {
+        Ok(Ok(Some((version, bytes)))) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (
+                    header::HeaderName::from_static("x-onebyte-version"),
+                    version.0.to_string(),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no snapshot yet").into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogRange {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+/// `GET /api/log?from=V&to=W`: varint-length-prefixed messages, a `CounterTable` at `V` and
+/// then `LogBatch`es up to `W` (or the durable head, at most 2^20 entries).
+pub async fn log(State(ctx): State<Arc<Context>>, Query(range): Query<LogRange>) -> Response {
+    let path = ctx.config.store.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<Result<Vec<u8>, String>> {
+        let store = Store::reopen(&path)?;
+        let head = store.version()?;
+        let from = Version(range.from.unwrap_or(0));
+        if from > head {
+            return Ok(Err(format!(
+                "from={from} is past the end of the log ({head} entries)"
+            )));
+        }
+        let to = Version(
+            range
+                .to
+                .unwrap_or(head.0)
+                .min(head.0)
+                .min(from.0 + LOG_PAGE),
+        );
+        let mut body = Vec::new();
+        for message in store.packed_log(from, to, 4096)? {
+            varint::put(&mut body, message.len() as u64);
+            body.extend_from_slice(&message);
+        }
+        Ok(Ok(body))
+    })
+    .await;
+    match read {
+        Ok(Ok(Ok(body))) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Body::from(body),
+        )
+            .into_response(),
+        Ok(Ok(Err(bad))) => (StatusCode::RANGE_NOT_SATISFIABLE, bad).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+pub async fn status(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    axum::Json(ctx.stats.status())
+}
+
+pub async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
+    match ctx.metrics.render() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
