@@ -54,7 +54,7 @@ pub async fn snapshot(State(ctx): State<Arc<Context>>) -> Response {
 }
 
 #[derive(Deserialize)]
-struct LogRange {
+pub struct LogRange {
     from: Option<u64>,
     to: Option<u64>,
 }

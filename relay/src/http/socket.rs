@@ -15,7 +15,7 @@ const HARD_MESSAGE_LIMIT: usize = 1 << 20;
 
 /// What a peer may say about itself in the websocket URL's query.
 #[derive(Deserialize)]
-struct PeerQuery {
+pub struct PeerQuery {
     backend: Option<String>,
 }
 
