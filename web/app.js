@@ -28,6 +28,8 @@ let leaveTimer = null;
 let userPaused = false;
 let onBattery = false;
 let lastProgress = null;
+/** When Join was pressed, until the first contribution is accepted. */
+let joinedAt = null;
 let swarm = { loss: null, rate: null, peers: null };
 
 function formatBytes(n) {
@@ -182,6 +184,10 @@ function onEvent(event) {
 
 function onProgress(p) {
   lastProgress = p;
+  if (p.accepted > 0 && joinedAt != null) {
+    $('first-contribution').textContent = `${((performance.now() - joinedAt) / 1000).toFixed(1)} s after Join`;
+    joinedAt = null;
+  }
   $('peer').textContent = p.peer ?? '–';
   $('version').textContent = p.version;
   $('accepted').textContent = p.accepted;
@@ -241,6 +247,9 @@ async function readOptions() {
 
 async function join() {
   $('join').disabled = true;
+  // From the press to the first accepted contribution: download, compile, snapshot, catch-up.
+  joinedAt = performance.now();
+  $('first-contribution').textContent = '–';
   let options;
   try {
     options = await readOptions();

@@ -31,7 +31,14 @@ async function trainsAndMatchesNative({ webgpu, backend, backendPattern, shot })
   const browser = await launch({ webgpu });
   try {
     const { page, problems } = browser;
+    // The engine as the relay serves it to Chromium: brotli, at most 2.5 MB over the wire.
+    const engine = page.waitForResponse((r) => r.url().endsWith('/pkg/client_wasm_bg.wasm'));
     await join(page, relay.url, { backend });
+    const served = await engine;
+    const encoding = await served.headerValue('content-encoding');
+    const wire = Number(await served.headerValue('content-length'));
+    assert.equal(encoding, 'br', 'the engine is served brotli-compressed');
+    assert.ok(wire > 0 && wire <= 2.5e6, `the engine is ${(wire / 1e6).toFixed(2)} MB as served`);
     const training = await waitFor(
       'the page to train',
       () => pageStatus(page),
@@ -45,6 +52,10 @@ async function trainsAndMatchesNative({ webgpu, backend, backendPattern, shot })
       300_000,
     );
     assert.match(status.backend, backendPattern);
+    // The page says how long Join took to its first accepted contribution.
+    const first = await page.locator('#first-contribution').textContent();
+    assert.match(first, /^\d+(\.\d)? s after Join$/);
+    console.log(`# engine ${(wire / 1e6).toFixed(2)} MB as served (${encoding}); first contribution ${first}`);
     // The page's hash at a version equals a native CPU replica's at that version.
     const expected = await nativeHashAt(relay.url, status.hashVersion);
     assert.equal(status.hash, expected, `weights differ at version ${status.hashVersion}`);

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// The cargo profile of the page's wasm build and of the wasm tests (one build for both).
+const WASM_PROFILE: &str = "web";
 
 /// The version of `wasm-bindgen` that `Cargo.lock` pins: the CLI must match it exactly.
 fn locked_wasm_bindgen() -> Result<String> {
@@ -99,16 +101,17 @@ pub fn ensure_wasm_target() -> Result<bool> {
 /// `.cargo/config.toml`); `-Zbuild-std` when the prebuilt std is missing.
 fn wasm_cargo(subcommand: &str, build_std: bool) -> Command {
     let mut cmd = cargo();
+    // The `web` profile (Cargo.toml): a release build without DWARF, which would be ten times
+    // the module and which wasm-bindgen drops anyway. Panics still name file and line.
     cmd.args([
         subcommand,
+        "--profile",
+        WASM_PROFILE,
         "--target",
         WASM_TARGET,
         "-p",
         "onebyte-client-wasm",
     ]);
-    // No DWARF for wasm32: it would be ten times the module, slow every tool that reads it, and
-    // wasm-bindgen drops it anyway. Panics still name file and line.
-    cmd.env("CARGO_PROFILE_DEV_DEBUG", "false");
     lint_while_building(&mut cmd);
     if build_std {
         cmd.env("RUSTC_BOOTSTRAP", "1")
@@ -138,7 +141,7 @@ pub fn build_web() -> Result<()> {
     )?;
     let wasm = target_dir()
         .join(WASM_TARGET)
-        .join("debug")
+        .join(WASM_PROFILE)
         .join("client_wasm.wasm");
     let mut generate = Command::new(bindgen);
     generate
@@ -166,11 +169,29 @@ pub fn build_web() -> Result<()> {
         "web/pkg/client_wasm_bg.wasm.gz, which the relay serves to browsers that accept gzip",
         gzip,
     )?;
+    let brotli = module.with_extension("wasm.br");
+    let _ = std::fs::remove_file(&brotli);
+    match ensure_debs(&["brotli"], "the page's brotli-compressed engine") {
+        Ok(()) => {
+            let mut compress = Command::new("brotli");
+            compress
+                .args(["--quality=11", "--keep", "--force", "--output"])
+                .arg(&brotli)
+                .arg(&module);
+            run(
+                "web/pkg/client_wasm_bg.wasm.br, which the relay serves to browsers that accept \
+                 brotli (all current ones)",
+                compress,
+            )?;
+        }
+        Err(e) => eprintln!("    ({e:#}; the page is served gzipped only)"),
+    }
     let size = |path: &std::path::Path| std::fs::metadata(path).map(|m| m.len() as f64 / 1e6);
     eprintln!(
-        "    web/pkg/client_wasm_bg.wasm: {:.1} MB, {:.1} MB gzipped",
+        "    web/pkg/client_wasm_bg.wasm: {:.1} MB, {:.2} MB gzipped{}",
         size(&module)?,
-        size(&module.with_extension("wasm.gz"))?
+        size(&module.with_extension("wasm.gz"))?,
+        size(&brotli).map_or(String::new(), |b| format!(", {b:.2} MB brotli"))
     );
     Ok(())
 }
