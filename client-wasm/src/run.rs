@@ -379,7 +379,8 @@ impl Peer<'_> {
                 let bytes = msg.encode();
                 self.traffic.sent += framing::client_frame_len(bytes.len()) as u64;
                 if let Err(e) = ws.send(WsMessage::Bytes(bytes)).await {
-                    return End::Retry(format!("sending {}: {e}", msg.kind()));
+                    let failed = format!("sending {}: {e}", msg.kind());
+                    return self.why_closed(&mut ws, failed).await;
                 }
             }
             if self.controls.stopped() {
@@ -514,6 +515,22 @@ impl Peer<'_> {
         Message::LogBatch {
             first_version,
             entries,
+        }
+    }
+
+    /// After a failed send: the relay's close event, if one arrives within a second, says how
+    /// the connection ended (a refusal must not be retried as if the line had dropped).
+    async fn why_closed(&mut self, ws: &mut WebSocket, failed: String) -> End {
+        let frame = select_biased! {
+            frame = ws.next().fuse() => Some(frame),
+            _ = sleep_ms(1_000.0).fuse() => None,
+        };
+        match frame {
+            Some(frame) => match self.decode(frame, ws).await {
+                Err(end) => end,
+                Ok(_) => End::Retry(failed),
+            },
+            None => End::Retry(failed),
         }
     }
 

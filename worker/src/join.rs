@@ -388,7 +388,7 @@ async fn session(
     loop {
         for msg in session.take_outbox() {
             if let Err(e) = tx.send(WsMessage::Binary(msg.encode().into())).await {
-                return End::Retry(format!("sending {}: {e}", msg.kind()));
+                return why_closed(&mut rx, format!("sending {}: {e}", msg.kind())).await;
             }
         }
         if peer.finished() || *stop.borrow() {
@@ -458,6 +458,27 @@ fn show_progress(peer: &Peer, session: &Session, bar: &ProgressBar, online: u64)
             online.to_string()
         }
     ));
+}
+
+/// After a failed send: the relay's close frame, read within a second, says how the connection
+/// ended (a refusal such as "dropped by the relay's host" must not be retried as a lost line).
+async fn why_closed<S>(rx: &mut S, failed: String) -> End
+where
+    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    let close = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(frame) = rx.next().await {
+            if let Err(end) = decode(Some(frame)) {
+                return Some(end);
+            }
+        }
+        None
+    });
+    match close.await {
+        Ok(Some(end)) => end,
+        _ => End::Retry(failed),
+    }
 }
 
 fn decode(
