@@ -25,8 +25,11 @@ pub struct Measurement {
     pub per_second: f64,
 }
 
-/// Times `propose_lanes` on `replica` for each lane count in `lanes`: one untimed step first (kernel compilation, allocation), then steps until `budget_ms` of
-/// timed work or `max_steps` steps, whichever comes first. θ is not changed.
+/// Times `propose_lanes` on `replica` for each lane count in `lanes`, in order: one untimed step
+/// first (kernel compilation, allocation), then steps until `budget_ms` of timed work or
+/// `max_steps` steps, whichever comes first. It stops before the next lane count once a step
+/// took longer than `budget_ms` or the last count gave no more contributions per second than the
+/// one before. θ is not changed.
 pub async fn measure(
     replica: &mut Replica,
     batch: &Split,
@@ -47,11 +50,20 @@ pub async fn measure(
             steps += 1;
         }
         let step_ms = ((now_ms() - start) / steps as f64).max(1e-3);
-        out.push(Measurement {
+        let measured = Measurement {
             lanes: k,
             step_ms,
             per_second: k as f64 * 1_000.0 / step_ms,
-        });
+        };
+        let gained = out
+            .last()
+            .is_none_or(|previous: &Measurement| measured.per_second > previous.per_second);
+        out.push(measured);
+        // More lanes make each step longer: once one step alone outlasts the budget, or more
+        // lanes stopped paying, larger counts are not worth minutes of a slow adapter's time.
+        if step_ms > budget_ms || !gained {
+            break;
+        }
     }
     Ok(out)
 }
@@ -169,6 +181,20 @@ mod tests {
         let best = fastest(&found).unwrap();
         assert!(found.iter().all(|m| m.per_second <= best.per_second));
         assert_eq!(block_on(replica.weight_hash()).unwrap(), before);
+    }
+
+    #[test]
+    fn measuring_stops_when_a_step_outlasts_the_budget() {
+        let mut replica = Replica::new(Arc::new(Job::demo()), cpu_device());
+        let data = Builtin::Spirals.generate(256, 8, 1);
+        // A clock on which every step takes 100 ms: past the 50 ms budget at the first count.
+        let ticks = std::cell::Cell::new(0.0);
+        let slow = || {
+            ticks.set(ticks.get() + 50.0);
+            ticks.get()
+        };
+        let found = block_on(measure(&mut replica, &data.train, &[1, 4, 16], 50.0, slow)).unwrap();
+        assert_eq!(found.iter().map(|m| m.lanes).collect::<Vec<_>>(), [1]);
     }
 
     #[test]
