@@ -175,8 +175,8 @@ pub fn build_web() -> Result<()> {
         Ok(()) => {
             let mut compress = Command::new("brotli");
             compress
-                .args(["--quality=11", "--keep", "--force", "--output"])
-                .arg(&brotli)
+                .args(["--quality=11", "--keep", "--force"])
+                .arg(format!("--output={}", brotli.display()))
                 .arg(&module);
             run(
                 "web/pkg/client_wasm_bg.wasm.br, which the relay serves to browsers that accept \
