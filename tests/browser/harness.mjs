@@ -83,6 +83,8 @@ export function startWorker(url, args = []) {
   const backend = args.includes('--backend') ? [] : ['--backend', 'cpu'];
   const proc = spawn(path.join(BIN, 'onebyte'), ['join', '--relay', url, '--json', ...backend, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    // The error, not a backtrace, is what a failing test should show.
+    env: { ...process.env, RUST_BACKTRACE: '0', RUST_LIB_BACKTRACE: '0' },
   });
   let out = '';
   let err = '';

@@ -26,10 +26,11 @@ pub struct Args {
     #[arg(long)]
     relay: String,
     /// Local training data: builtin:spirals, builtin:moons, builtin:circles, or a CSV file
-    /// (numeric features, label in the last column); for a char LM job builtin:tales,
-    /// builtin:recipes or a .txt file. It never leaves this machine.
-    #[arg(long, default_value = "builtin:spirals")]
-    data: String,
+    /// (numeric features, label in the last column); for a language model job builtin:tales,
+    /// builtin:recipes or a .txt file. It never leaves this machine. Default: the job's own
+    /// built-in data (its `task.dataset`).
+    #[arg(long)]
+    data: Option<String>,
     /// Where θ and the forward passes live; `auto` measures and picks the faster.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
@@ -195,7 +196,10 @@ async fn run_async(mut args: Args) -> Result<()> {
     let deadline = Duration::from_secs(args.retry_for);
     let job_toml = with_retries(deadline, || get_text(&http, &endpoints.http, "/api/job")).await?;
     let job = Arc::new(Job::from_toml(&job_toml).context("the relay's job is not valid")?);
-    let data = load_data(&args.data, &job, args.seed)?;
+    let data = match &args.data {
+        Some(spec) => load_data(spec, &job, args.seed)?,
+        None => load_data(&job.config.task.dataset, &job, args.seed)?,
+    };
     let snapshot = fetch_snapshot(&http, &endpoints, deadline).await?;
     let batch = BatchSampler::new(args.seed).sample(&data.train, job.hyper().batch_size);
     let (backend, replica, lanes) =
