@@ -196,10 +196,8 @@ async fn run_async(mut args: Args) -> Result<()> {
     let deadline = Duration::from_secs(args.retry_for);
     let job_toml = with_retries(deadline, || get_text(&http, &endpoints.http, "/api/job")).await?;
     let job = Arc::new(Job::from_toml(&job_toml).context("the relay's job is not valid")?);
-    let data = match &args.data {
-        Some(spec) => load_data(spec, &job, args.seed)?,
-        None => load_data(&job.config.task.dataset, &job, args.seed)?,
-    };
+    let spec = args.data.as_deref().unwrap_or(&job.config.task.dataset);
+    let data = load_data(spec, &job, args.seed)?;
     let snapshot = fetch_snapshot(&http, &endpoints, deadline).await?;
     let batch = BatchSampler::new(args.seed).sample(&data.train, job.hyper().batch_size);
     let (backend, replica, lanes) =
