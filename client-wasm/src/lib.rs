@@ -15,6 +15,7 @@ pub mod events;
 mod grid;
 mod local;
 mod options;
+mod page;
 mod relay;
 mod run;
 

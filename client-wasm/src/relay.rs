@@ -1,7 +1,11 @@
-//! The relay's HTTP endpoints and websocket, from a browser.
+//! The relay as a browser reaches it: `fetch` for the job and snapshots, the page's
+//! `WebSocket`, both through gloo. The loop that uses them is `engine::driver`'s.
 
 use crate::clock::sleep_ms;
+use engine::driver::{Connection, Incoming, Transport};
+use futures_util::StreamExt;
 use gloo_net::http::Request;
+use gloo_net::websocket::{Message as WsMessage, WebSocketError, futures::WebSocket};
 use protocol::RelayUrls;
 
 /// Where the relay lives.
@@ -52,18 +56,79 @@ impl Endpoints {
     }
 }
 
-/// Retries `f` with backoff (0.1 s doubling to 5 s), reporting each failure, until it succeeds
-/// or `stopped()` says to give up.
+impl Transport for Endpoints {
+    type Connection = Socket;
+
+    fn address(&self) -> &str {
+        &self.ws
+    }
+
+    async fn connect(&mut self) -> Result<Socket, String> {
+        let ws = WebSocket::open(&self.ws).map_err(|e| e.to_string())?;
+        Ok(Socket { ws: Some(ws) })
+    }
+
+    async fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        Endpoints::snapshot(self).await
+    }
+}
+
+/// The page's websocket to the relay.
+pub struct Socket {
+    /// `None` once closed (gloo's `close` takes the socket).
+    ws: Option<WebSocket>,
+}
+
+impl Connection for Socket {
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        use futures_util::SinkExt;
+        let ws = self.ws.as_mut().ok_or("the socket is closed")?;
+        ws.send(WsMessage::Bytes(frame))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn recv(&mut self) -> Incoming {
+        let Some(ws) = self.ws.as_mut() else {
+            return Incoming::Lost("the socket is closed".into());
+        };
+        // `next()` reads a channel the socket's callbacks fill: dropping it loses nothing.
+        loop {
+            return match ws.next().await {
+                None => Incoming::Lost("the relay closed the connection".into()),
+                Some(Ok(WsMessage::Bytes(bytes))) => Incoming::Frame(bytes),
+                Some(Ok(WsMessage::Text(_))) => Incoming::Unexpected("a text frame".into()),
+                Some(Err(WebSocketError::ConnectionClose(event))) => Incoming::Closed {
+                    code: event.code,
+                    reason: event.reason,
+                },
+                // An `error` event is followed by the `close` event that carries the code.
+                Some(Err(WebSocketError::ConnectionError)) => continue,
+                Some(Err(e)) => Incoming::Lost(format!("connection lost: {e}")),
+            };
+        }
+    }
+
+    async fn close(&mut self, reason: &str) {
+        if let Some(ws) = self.ws.take() {
+            let _ = ws.close(Some(1000), Some(reason));
+        }
+    }
+}
+
+/// Retries `f` with the peer driver's backoff, reporting each failure, until it succeeds or
+/// `stopped()` says to give up.
 pub async fn with_retries<T, F, Fut>(
     mut f: F,
     mut on_failure: impl FnMut(&str, f64),
     stopped: impl Fn() -> bool,
+    seed: u64,
 ) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let mut backoff = 100.0;
+    let mut delays = engine::driver::backoff(seed);
     loop {
         match f().await {
             Ok(v) => return Some(v),
@@ -71,9 +136,9 @@ where
                 if stopped() {
                     return None;
                 }
-                on_failure(&e, backoff);
-                sleep_ms(backoff).await;
-                backoff = (backoff * 2.0).min(5_000.0);
+                let delay = delays.next().map_or(3_000.0, |d| d.as_secs_f64() * 1_000.0);
+                on_failure(&e, delay);
+                sleep_ms(delay).await;
             }
         }
     }

@@ -90,3 +90,25 @@ fn a_bad_csv_gets_a_clear_error_and_a_good_one_loads() {
     let text = load_dataset(&job, "tales", None, None, 1).unwrap_err();
     assert!(text.contains("classifies points"), "{text}");
 }
+
+/// The peer driver the page runs, inside WebAssembly: the scenario
+/// `engine/tests/engine/driver.rs` runs natively (a lost connection, a resumed id, hashes at
+/// both boundaries, two contributions accepted) ends the same way here.
+#[wasm_bindgen_test]
+async fn the_peer_driver_in_wasm_resumes_after_a_lost_connection() {
+    let outcome = engine::driver::scripted::lost_connection_scenario("").await;
+    assert_eq!(outcome.result, Ok(()));
+    assert_eq!(outcome.reconnects, 1);
+    assert!(matches!(
+        &outcome.sent[1][0],
+        Message::Hello {
+            resume: Some(PeerId(5)),
+            from: Version(300),
+            ..
+        }
+    ));
+    let reported: Vec<u64> = outcome.host.hashes.iter().map(|(v, _)| v.0).collect();
+    assert_eq!(reported, [256, 512]);
+    assert_eq!(outcome.host.hashes[1].1, outcome.expected_hash);
+    assert_eq!(outcome.peer.accepted, 2);
+}

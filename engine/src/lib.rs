@@ -8,6 +8,7 @@
 pub mod calibrate;
 pub mod data;
 pub mod direction;
+pub mod driver;
 pub mod gpt2;
 #[cfg(feature = "wgpu")]
 pub mod gpu;

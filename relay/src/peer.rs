@@ -14,8 +14,8 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use governor::{Quota, RateLimiter};
-use protocol::{Counter, Message, PROTOCOL_VERSION, PeerId, RejectReason, Version, close};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use protocol::{Counter, Message, PROTOCOL_VERSION, PeerId, RejectReason, Serial, Version, close};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -67,8 +67,8 @@ pub async fn serve(
         Err(refusal) => return refuse(&ctx, &mut sink, refusal).await,
     };
 
-    let (outbox, mut inbox) = mpsc::channel::<Vec<Bytes>>(ctx.config.peer_queue);
-    let (kick_tx, mut kick) = oneshot::channel();
+    let (outbox, inbox) = mpsc::channel::<Vec<Bytes>>(ctx.config.peer_queue);
+    let (kick_tx, kick) = oneshot::channel();
     let (reply_tx, reply) = oneshot::channel();
     let join = Command::Join {
         resume,
@@ -88,19 +88,18 @@ pub async fn serve(
     let peer = joined.peer;
     tracing::info!(%peer, from = %from, head = %joined.live_from, %backend, "peer joined");
     ctx.stats.board.joined(peer, &backend);
-    let result = live(
-        &ctx,
-        &mut sink,
-        &mut stream,
-        joined,
-        from,
+    let mut connection = PeerConnection {
+        ctx: &ctx,
+        peer,
+        sink,
+        stream,
         outbox,
-        &mut inbox,
-        &mut kick,
-    )
-    .await;
-    if let Err(refusal) = result {
-        refuse(&ctx, &mut sink, refusal).await;
+        inbox,
+        kick,
+        limiter: RateLimiter::direct(Quota::per_second(rate_limit(&ctx))),
+    };
+    if let Err(refusal) = connection.live(&joined, from).await {
+        refuse(&ctx, &mut connection.sink, refusal).await;
     }
     let _ = ctx.sequencer.send(Command::Leave { peer }).await;
     ctx.stats.board.left(peer);
@@ -109,6 +108,10 @@ pub async fn serve(
 
 fn shutting_down() -> Refusal {
     Refusal::new(close::GOING_AWAY, "the relay is shutting down")
+}
+
+fn rate_limit(ctx: &Context) -> NonZeroU32 {
+    NonZeroU32::new(ctx.config.rate_limit.max(1)).expect("max(1) is nonzero")
 }
 
 fn check_hello(ctx: &Context, msg: Message) -> Result<(Option<PeerId>, Version), Refusal> {
@@ -152,81 +155,129 @@ fn check_hello(ctx: &Context, msg: Message) -> Result<(Option<PeerId>, Version),
     Ok((resume, from))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn live(
-    ctx: &Context,
-    sink: &mut Sink,
-    stream: &mut Stream,
-    joined: Joined,
-    from: Version,
+/// A joined peer's socket: what the sequencer queues for it goes out, what it sends is
+/// checked and handed on, one handler per message.
+struct PeerConnection<'a> {
+    ctx: &'a Context,
+    peer: PeerId,
+    sink: Sink,
+    stream: Stream,
+    /// The sequencer's queue to this peer (the follower answers hash reports through it too).
     outbox: mpsc::Sender<Vec<Bytes>>,
-    inbox: &mut mpsc::Receiver<Vec<Bytes>>,
-    kick: &mut oneshot::Receiver<Refusal>,
-) -> Result<(), Refusal> {
-    let welcome = Message::Welcome {
-        peer: joined.peer,
-        job: ctx.job.id,
-        version: joined.live_from,
-        next_counter: joined.next_counter,
-    };
-    send(ctx, sink, welcome.encode().into()).await?;
-    for frame in catch_up(ctx, from, joined.live_from).await? {
-        send(ctx, sink, frame).await?;
+    inbox: mpsc::Receiver<Vec<Bytes>>,
+    /// The sequencer ends this connection through it (a slow consumer, the host's drop).
+    kick: oneshot::Receiver<Refusal>,
+    limiter: DefaultDirectRateLimiter,
+}
+
+/// What woke the live loop.
+enum Turn {
+    Kicked(Refusal),
+    Deliver(Option<Vec<Bytes>>),
+    Received(Incoming),
+}
+
+impl PeerConnection<'_> {
+    /// Welcome, catch-up from the store, then the live stream until either side ends it.
+    async fn live(&mut self, joined: &Joined, from: Version) -> Result<(), Refusal> {
+        let welcome = Message::Welcome {
+            peer: joined.peer,
+            job: self.ctx.job.id,
+            version: joined.live_from,
+            next_counter: joined.next_counter,
+        };
+        send(self.ctx, &mut self.sink, welcome.encode().into()).await?;
+        for frame in catch_up(self.ctx, from, joined.live_from).await? {
+            send(self.ctx, &mut self.sink, frame).await?;
+        }
+        loop {
+            let turn = tokio::select! {
+                biased;
+                refusal = &mut self.kick => Turn::Kicked(refusal.unwrap_or_else(|_| shutting_down())),
+                frames = self.inbox.recv() => Turn::Deliver(frames),
+                incoming = next_message(self.ctx, &mut self.stream) => Turn::Received(incoming?),
+            };
+            match turn {
+                Turn::Kicked(refusal) => return Err(refusal),
+                Turn::Deliver(Some(frames)) => self.deliver(frames).await?,
+                Turn::Deliver(None) | Turn::Received(Incoming::Closed) => return Ok(()),
+                Turn::Received(Incoming::Message(msg)) => self.handle(msg).await?,
+            }
+        }
     }
 
-    let rate = NonZeroU32::new(ctx.config.rate_limit.max(1)).expect("max(1) is nonzero");
-    let limiter = RateLimiter::direct(Quota::per_second(rate));
-    loop {
+    /// Sends what the sequencer queued. A peer that stops reading blocks the send; the
+    /// sequencer's kick still ends it.
+    async fn deliver(&mut self, frames: Vec<Bytes>) -> Result<(), Refusal> {
         tokio::select! {
             biased;
-            refusal = &mut *kick => return Err(refusal.unwrap_or_else(|_| shutting_down())),
-            frame = inbox.recv() => match frame {
-                // A peer that stops reading blocks this send; the sequencer's kick still ends it.
-                Some(frames) => tokio::select! {
-                    biased;
-                    refusal = &mut *kick => return Err(refusal.unwrap_or_else(|_| shutting_down())),
-                    sent = send_all(ctx, sink, frames) => sent?,
-                },
-                None => return Ok(()),
-            },
-            incoming = next_message(ctx, stream) => match incoming? {
-                Incoming::Closed => return Ok(()),
-                Incoming::Message(msg) => match msg {
-                    Message::Contribute { counter, base_version, byte } => {
-                        if limiter.check().is_err() {
-                            let rejected = Message::Rejected {
-                                counter: Counter(u64::from(counter.0)),
-                                reason: RejectReason::RateLimited,
-                                detail: format!("more than {rate} contributions per second"),
-                            };
-                            ctx.stats.rejected.fetch_add(1, Relaxed);
-                            ctx.stats.board.verdicts(&[], &[(joined.peer, 1)]);
-                            send(ctx, sink, rejected.encode().into()).await?;
-                        } else {
-                            let cmd = Command::Contribute { peer: joined.peer, counter, base: base_version, byte };
-                            ctx.sequencer.send(cmd).await.map_err(|_| shutting_down())?;
-                        }
-                    }
-                    Message::HashReport { version, hash } => {
-                        let report = FollowerInput::Report { peer: joined.peer, version, hash, outbox: outbox.clone() };
-                        let _ = ctx.follower.send(report);
-                    }
-                    Message::LossReport { loss, .. } if loss.is_finite() => {
-                        ctx.stats.last_loss_bits.store(u64::from(loss.to_bits()), Relaxed);
-                    }
-                    Message::LossReport { .. } => {}
-                    Message::Hello { .. } => {
-                        return Err(Refusal::new(close::UNEXPECTED, "a second Hello on one socket"));
-                    }
-                    other => {
-                        return Err(Refusal::new(
-                            close::UNEXPECTED,
-                            format!("peers do not send {}", other.kind()),
-                        ));
-                    }
-                },
-            },
+            refusal = &mut self.kick => Err(refusal.unwrap_or_else(|_| shutting_down())),
+            sent = send_all(self.ctx, &mut self.sink, frames) => sent,
         }
+    }
+
+    async fn handle(&mut self, msg: Message) -> Result<(), Refusal> {
+        match msg {
+            Message::Contribute {
+                counter,
+                base_version,
+                byte,
+            } => self.contribute(counter, base_version, byte).await,
+            Message::HashReport { version, hash } => {
+                let report = FollowerInput::Report {
+                    peer: self.peer,
+                    version,
+                    hash,
+                    outbox: self.outbox.clone(),
+                };
+                let _ = self.ctx.follower.send(report);
+                Ok(())
+            }
+            Message::LossReport { loss, .. } => {
+                if loss.is_finite() {
+                    let bits = u64::from(loss.to_bits());
+                    self.ctx.stats.last_loss_bits.store(bits, Relaxed);
+                }
+                Ok(())
+            }
+            Message::Hello { .. } => Err(Refusal::new(
+                close::UNEXPECTED,
+                "a second Hello on one socket",
+            )),
+            other => Err(Refusal::new(
+                close::UNEXPECTED,
+                format!("peers do not send {}", other.kind()),
+            )),
+        }
+    }
+
+    /// Hands a contribution to the sequencer, or turns it down when the peer sends faster than
+    /// the relay's rate limit.
+    async fn contribute(&mut self, counter: Serial, base: Serial, byte: u8) -> Result<(), Refusal> {
+        if self.limiter.check().is_err() {
+            let rejected = Message::Rejected {
+                counter: Counter(u64::from(counter.0)),
+                reason: RejectReason::RateLimited,
+                detail: format!(
+                    "more than {} contributions per second",
+                    rate_limit(self.ctx)
+                ),
+            };
+            self.ctx.stats.rejected.fetch_add(1, Relaxed);
+            self.ctx.stats.board.verdicts(&[], &[(self.peer, 1)]);
+            return send(self.ctx, &mut self.sink, rejected.encode().into()).await;
+        }
+        let cmd = Command::Contribute {
+            peer: self.peer,
+            counter,
+            base,
+            byte,
+        };
+        self.ctx
+            .sequencer
+            .send(cmd)
+            .await
+            .map_err(|_| shutting_down())
     }
 }
 

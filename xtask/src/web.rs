@@ -130,8 +130,8 @@ fn npm_install(dir: &str) -> Result<()> {
 
 /// Builds the browser package into `web/pkg/` and copies uPlot into `web/vendor/`.
 ///
-/// The dev profile optimises every dependency (`opt-level = 3`), so the page runs at full speed
-/// and the wasm tests reuse the same build; wasm-opt stays out of this path (minutes for little).
+/// In the `web` profile (a release build at `opt-level = 3` without DWARF), which the wasm tests
+/// reuse; wasm-opt stays out of this path (minutes for little).
 pub fn build_web() -> Result<()> {
     let build_std = ensure_wasm_target()?;
     let bindgen = ensure_wasm_bindgen()?;

@@ -2,6 +2,7 @@
 //! link instead of one per file).
 
 mod common;
+mod driver;
 mod invariants;
 // The GPU path against the CPU reference: only with the GPU backend built in.
 #[cfg(feature = "wgpu")]

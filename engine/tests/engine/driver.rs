@@ -1,0 +1,206 @@
+//! The peer driver (`engine::driver`) against a scripted relay and a clock that jumps: the turns
+//! of a peer's life that a real network cannot make happen on cue. `client-wasm/tests/wasm.rs`
+//! runs the first scenario inside WebAssembly too.
+
+use engine::driver::scripted::{
+    JumpingClock, ScriptedHost, ScriptedRelay, frame, lost_connection_scenario,
+};
+use engine::driver::{Driver, DriverConfig, Incoming, Stop};
+use engine::{Job, PeerState, Replica, block_on, cpu_device};
+use protocol::{Counter, LogCursor, Message, PeerId, Version, close};
+use std::sync::Arc;
+
+#[test]
+fn the_driver_resumes_its_peer_id_after_a_lost_connection() {
+    let outcome = block_on(lost_connection_scenario("sesame"));
+    assert_eq!(outcome.result, Ok(()));
+    assert_eq!(outcome.reconnects, 1);
+    assert_eq!(outcome.sent.len(), 2, "two connections");
+    // The first Hello asks for the log from 0 as nobody; the second resumes peer 5 from 300.
+    assert!(matches!(
+        &outcome.sent[0][0],
+        Message::Hello { resume: None, from: Version(0), token, .. } if token == "sesame"
+    ));
+    assert!(matches!(
+        &outcome.sent[1][0],
+        Message::Hello {
+            resume: Some(PeerId(5)),
+            from: Version(300),
+            ..
+        }
+    ));
+    // One backoff between the connections, 0.1 s plus jitter of up to as much again.
+    let backoffs: Vec<f64> = outcome
+        .slept
+        .iter()
+        .copied()
+        .filter(|&ms| ms >= 100.0)
+        .collect();
+    assert!(
+        backoffs.len() == 1 && backoffs[0] < 200.0,
+        "{:?}",
+        outcome.slept
+    );
+    // Hashes at both boundaries, reported to the relay on the connection that crossed them.
+    let reported: Vec<u64> = outcome.host.hashes.iter().map(|(v, _)| v.0).collect();
+    assert_eq!(reported, [256, 512]);
+    let reports = |conn: &[Message]| -> Vec<u64> {
+        conn.iter()
+            .filter_map(|m| match m {
+                Message::HashReport { version, .. } => Some(version.0),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(reports(&outcome.sent[0]), [256]);
+    assert_eq!(reports(&outcome.sent[1]), [512]);
+    assert_eq!(outcome.host.hashes[1].1, outcome.expected_hash);
+    // Caught up, it contributed exactly its budget on the weights at 512, and nothing before.
+    let contributed: Vec<(u16, u16)> = outcome
+        .sent
+        .iter()
+        .flatten()
+        .filter_map(|m| match m {
+            Message::Contribute {
+                counter,
+                base_version,
+                ..
+            } => Some((counter.0, base_version.0)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(contributed, [(0, 512), (1, 512)]);
+    assert_eq!(outcome.peer.accepted, 2);
+    assert_eq!(outcome.peer.replica.version(), Version(512));
+}
+
+fn peer_on(job: &Arc<Job>) -> (PeerState, Vec<u8>) {
+    let snapshot = block_on(Replica::new(job.clone(), cpu_device()).snapshot()).unwrap();
+    let replica = Replica::from_snapshot(job.clone(), cpu_device(), &snapshot).unwrap();
+    (PeerState::new(replica), snapshot)
+}
+
+fn closed(code: u16, reason: &str) -> Vec<Incoming> {
+    vec![Incoming::Closed {
+        code,
+        reason: reason.into(),
+    }]
+}
+
+#[test]
+fn a_fatal_close_code_ends_the_driver_and_any_other_is_retried() {
+    let job = Arc::new(Job::demo());
+    let (mut peer, snapshot) = peer_on(&job);
+    let relay = ScriptedRelay::new(
+        vec![
+            closed(close::GOING_AWAY, "the relay is shutting down"),
+            closed(close::DROPPED, "dropped by the relay's host"),
+            closed(close::GOING_AWAY, "never reached"),
+        ],
+        snapshot,
+    );
+    let sent = relay.sent.clone();
+    let mut host = ScriptedHost::new(job, 1);
+    let mut driver = Driver::new(
+        &mut host,
+        relay,
+        JumpingClock::default(),
+        DriverConfig::default(),
+    );
+    let result = block_on(driver.run(&mut peer));
+    assert_eq!(driver.tally().reconnects, 1);
+    match result {
+        Err(Stop::Refused(why)) => {
+            assert!(why.contains("dropped by the relay's host"), "{why}");
+            assert!(why.contains("4013"), "{why}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        sent.borrow().len(),
+        2,
+        "the third connection was never opened"
+    );
+}
+
+#[test]
+fn an_unreachable_relay_is_given_up_on_after_the_limit() {
+    let job = Arc::new(Job::demo());
+    let (mut peer, snapshot) = peer_on(&job);
+    // No scripted connection at all: every connect fails.
+    let relay = ScriptedRelay::new(vec![], snapshot);
+    let mut host = ScriptedHost::new(job, 1);
+    let config = DriverConfig {
+        give_up_after_ms: Some(30_000.0),
+        ..DriverConfig::default()
+    };
+    let clock = JumpingClock::default();
+    let slept = clock.slept.clone();
+    let mut driver = Driver::new(&mut host, relay, clock, config);
+    match block_on(driver.run(&mut peer)) {
+        Err(Stop::Unreachable(why)) => assert!(why.contains("gave up after 30 s"), "{why}"),
+        other => panic!("expected to give up, got {other:?}"),
+    }
+    // Backoff grows from 0.1 s and never exceeds 3 s plus as much again.
+    let slept = slept.borrow();
+    assert!(
+        slept[0] < 200.0 && slept.iter().all(|&ms| ms < 6_000.0),
+        "{slept:?}"
+    );
+    assert!(slept.iter().any(|&ms| ms >= 3_000.0), "{slept:?}");
+}
+
+#[test]
+fn a_resync_reloads_the_snapshot_and_rejoins_from_its_version() {
+    let job = Arc::new(Job::demo());
+    let (mut peer, snapshot) = peer_on(&job);
+    let welcome = Message::Welcome {
+        peer: PeerId(2),
+        job: job.id,
+        version: Version(100),
+        next_counter: Counter(0),
+    };
+    let mut cursor = LogCursor::new(Version(0), []);
+    let log = engine::reference::synthetic_log(100, 3);
+    let first = vec![
+        frame(&welcome),
+        frame(&cursor.table_message()),
+        frame(&cursor.pack(&log[..50])),
+        frame(&Message::Resync {
+            version: Version(50),
+            reason: "hash mismatch at 50".into(),
+        }),
+    ];
+    let relay = ScriptedRelay::new(vec![first, vec![]], snapshot);
+    let sent = relay.sent.clone();
+    let mut host = ScriptedHost::new(job, 1);
+    // The host leaves once the second connection has said Hello.
+    let mut driver = Driver::new(
+        &mut host,
+        relay,
+        JumpingClock::default(),
+        DriverConfig::default(),
+    );
+    let result = block_on(async {
+        // The second connection's script is empty: it waits for ever, so stop it by turns.
+        driver.run(&mut peer).await
+    });
+    assert_eq!(result, Ok(()), "left after too many idle turns");
+    assert_eq!(
+        driver.tally().reconnects,
+        0,
+        "a resync is not a lost connection"
+    );
+    let sent = sent.borrow();
+    assert_eq!(sent.len(), 2);
+    // The snapshot (version 0) replaced the replica that had applied 50 entries.
+    assert!(matches!(
+        &sent[1][0],
+        Message::Hello {
+            resume: Some(PeerId(2)),
+            from: Version(0),
+            ..
+        }
+    ));
+    assert_eq!(peer.replica.version(), Version(0));
+}
