@@ -35,6 +35,7 @@ async fn the_session_in_wasm_follows_the_log_and_reports_hashes() {
         job: job.id,
         version: Version(REFERENCE_LEN as u64),
         next_counter: Counter(0),
+        secret: protocol::ResumeSecret([1; 16]),
     };
     session.receive(&mut peer, welcome).await.unwrap();
     let mut cursor = LogCursor::new(Version(0), []);
@@ -102,7 +103,10 @@ async fn the_peer_driver_in_wasm_resumes_after_a_lost_connection() {
     assert!(matches!(
         &outcome.sent[1][0],
         Message::Hello {
-            resume: Some(PeerId(5)),
+            resume: Some(protocol::Resume {
+                peer: PeerId(5),
+                secret: engine::driver::scripted::SECRET
+            }),
             from: Version(300),
             ..
         }
@@ -111,4 +115,16 @@ async fn the_peer_driver_in_wasm_resumes_after_a_lost_connection() {
     assert_eq!(reported, [256, 512]);
     assert_eq!(outcome.host.hashes[1].1, outcome.expected_hash);
     assert_eq!(outcome.peer.accepted, 2);
+}
+
+/// Determinism pinned: `D` for the default quantizer inside wasm is, bit for bit, the table the
+/// native suite pins (`protocol/src/quant.rs`: `d_of_the_default_quantizer_is_pinned_bit_for_bit`).
+#[wasm_bindgen_test]
+fn d_of_the_default_quantizer_is_the_same_bits_in_wasm() {
+    let hex: String = protocol::Quantizer::default()
+        .decode_table_digest()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, protocol::quant::DEFAULT_DECODE_DIGEST);
 }

@@ -160,8 +160,14 @@ impl HyperParams {
                 "must be between 1 and 65536",
             );
         }
-        if self.staleness_bound == 0 {
-            return bad("staleness_bound", "0".into(), "must be at least 1");
+        // A contribution names its base version by 16 low bits, recovered against a version the
+        // peer has certainly reached; a lag of 65 536 or more is stale under any bound.
+        if !(1..65_536).contains(&self.staleness_bound) {
+            return bad(
+                "staleness_bound",
+                self.staleness_bound.to_string(),
+                "must be between 1 and 65535",
+            );
         }
         self.quantizer.validate()?;
         // The smallest non-zero step must stay a normal f32, or the update would flush it away.
@@ -411,6 +417,7 @@ mod tests {
             ("epsilon = 0.0", "hyper.epsilon"),
             ("batch_size = 0", "hyper.batch_size"),
             ("staleness_bound = 0", "hyper.staleness_bound"),
+            ("staleness_bound = 65536", "hyper.staleness_bound"),
             (
                 "quantizer = { kind = \"log\", min = 1.0, max = 0.5 }",
                 "hyper.quantizer",

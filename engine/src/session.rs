@@ -19,7 +19,7 @@ use crate::data::Split;
 use crate::replica::{Proposal, Replica};
 use protocol::{
     Counter, HASH_REPORT_INTERVAL, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId,
-    RejectReason, Serial, Version, WeightHash,
+    RejectReason, Resume, ResumeSecret, Serial, Version, WeightHash,
 };
 use std::collections::VecDeque;
 
@@ -35,6 +35,8 @@ pub struct PeerState {
     pub replica: Replica,
     /// Assigned by the relay at the first `Welcome`; a reconnect resumes it.
     pub id: Option<PeerId>,
+    /// What the relay's `Welcome` handed out to resume `id` with.
+    pub secret: Option<ResumeSecret>,
     /// This peer's contributions the relay logged.
     pub accepted: u64,
     /// This peer's contributions the relay turned down.
@@ -52,6 +54,7 @@ impl PeerState {
         PeerState {
             replica,
             id: None,
+            secret: None,
             accepted: 0,
             rejected: 0,
             last_loss: None,
@@ -142,7 +145,10 @@ impl Session {
         let hello = Message::Hello {
             protocol: PROTOCOL_VERSION,
             job: peer.replica.job().id,
-            resume: peer.id,
+            resume: peer
+                .id
+                .zip(peer.secret)
+                .map(|(peer, secret)| Resume { peer, secret }),
             from,
             token: token.to_string(),
         };
@@ -230,10 +236,12 @@ impl Session {
                     peer: id,
                     version,
                     next_counter,
+                    secret,
                     ..
                 },
             ) => {
                 peer.id = Some(id);
+                peer.secret = Some(secret);
                 self.next_counter = next_counter;
                 self.head = version;
                 self.phase = Phase::AwaitTable;
@@ -401,6 +409,7 @@ mod tests {
             job: peer.replica.job().id,
             version: Version(head),
             next_counter: Counter(10),
+            secret: ResumeSecret([7; 16]),
         };
         block_on(session.receive(&mut peer, welcome)).unwrap();
         let table = LogCursor::new(Version(0), []).table_message();
@@ -465,6 +474,7 @@ mod tests {
             job: peer.replica.job().id,
             version: Version(0),
             next_counter: Counter(0),
+            secret: ResumeSecret([7; 16]),
         };
         assert!(matches!(
             block_on(session.receive(&mut peer, again)),

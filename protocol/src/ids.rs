@@ -43,3 +43,23 @@ impl Version {
         Version(self.0 + 1)
     }
 }
+
+/// What a peer must show to resume its id after a reconnect: 16 random bytes the relay hands
+/// out in `Welcome` and keeps only as a hash. Without it anyone could take over a disconnected
+/// peer's id and its counter stream.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ResumeSecret(pub [u8; 16]);
+
+impl fmt::Debug for ResumeSecret {
+    /// Never printed: logs are not a place for credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResumeSecret(…)")
+    }
+}
+
+/// A peer id with the secret that proves it is this peer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub peer: PeerId,
+    pub secret: ResumeSecret,
+}

@@ -17,7 +17,7 @@ mod url;
 pub mod varint;
 
 pub use error::DecodeError;
-pub use ids::{Counter, JobId, PeerId, Version};
+pub use ids::{Counter, JobId, PeerId, Resume, ResumeSecret, Version};
 pub use log::{LogCursor, LogError};
 pub use message::{LogEntry, Message, PackedEntry, RejectReason, WeightHash};
 pub use quant::{QuantizeError, Quantizer};
@@ -30,4 +30,4 @@ pub use url::{RelayUrlError, RelayUrls, websocket_with_backend};
 pub const HASH_REPORT_INTERVAL: u64 = 256;
 
 /// Version of the wire format. A peer and a relay that disagree refuse each other in `Hello`.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;

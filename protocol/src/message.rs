@@ -8,8 +8,8 @@
 //!
 //! | message | direction | bytes |
 //! |---|---|---|
-//! | `Hello` | peer → relay | 1 + 2 + v(job) + 1 + v(peer)? + v(from) + v(len) + token |
-//! | `Welcome` | relay → peer | 1 + v(peer) + v(job) + v(version) + v(next_counter) |
+//! | `Hello` | peer → relay | 1 + 2 + v(job) + 1 + (v(peer) + 16)? + v(from) + v(len) + token |
+//! | `Welcome` | relay → peer | 1 + v(peer) + v(job) + v(version) + v(next_counter) + 16 |
 //! | `Contribute` | peer → relay | 1 + 2 + 2 + 1 (16-bit serials, see [`crate::serial`]) |
 //! | `Accepted` | relay → peer | 1 + v(counter) + v(version) |
 //! | `Rejected` | relay → peer | 1 + v(counter) + 1 + v(len) + detail |
@@ -26,7 +26,7 @@
 //! trailing bytes, overlong varints and oversized lengths are errors, never panics.
 
 use crate::serial::Serial;
-use crate::{Counter, DecodeError, JobId, PeerId, Version, varint};
+use crate::{Counter, DecodeError, JobId, PeerId, Resume, ResumeSecret, Version, varint};
 
 /// Longest string field accepted by the decoder (tokens, reasons, error messages).
 pub const MAX_STRING: u64 = 1024;
@@ -104,23 +104,24 @@ impl RejectReason {
 /// Every message of the protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    /// First frame from a peer: which job, which protocol, the peer id it had before (to resume
-    /// its counter after a reconnect), the version its replica is at (the log is streamed from
-    /// there) and an optional join token.
+    /// First frame from a peer: which job, which protocol, the peer id it had before with its
+    /// resume secret (to resume its counter after a reconnect), the version its replica is at
+    /// (the log is streamed from there) and an optional join token.
     Hello {
         protocol: u16,
         job: JobId,
-        resume: Option<PeerId>,
+        resume: Option<Resume>,
         from: Version,
         token: String,
     },
-    /// The relay's answer to `Hello`: the peer's id, the log's current version and the next
-    /// counter the peer must use.
+    /// The relay's answer to `Hello`: the peer's id, the log's current version, the next
+    /// counter the peer must use, and the secret that lets it resume this id.
     Welcome {
         peer: PeerId,
         job: JobId,
         version: Version,
         next_counter: Counter,
+        secret: ResumeSecret,
     },
     /// One gradient estimate: the direction's counter and the version it was computed at (low 16
     /// bits of each), and the byte.
@@ -212,9 +213,10 @@ impl Message {
                 out.extend_from_slice(&protocol.to_le_bytes());
                 varint::put(out, job.0);
                 match resume {
-                    Some(p) => {
+                    Some(Resume { peer, secret }) => {
                         out.push(1);
-                        varint::put(out, u64::from(p.0));
+                        varint::put(out, u64::from(peer.0));
+                        out.extend_from_slice(&secret.0);
                     }
                     None => out.push(0),
                 }
@@ -226,12 +228,14 @@ impl Message {
                 job,
                 version,
                 next_counter,
+                secret,
             } => {
                 out.push(tag::WELCOME);
                 varint::put(out, u64::from(peer.0));
                 varint::put(out, job.0);
                 varint::put(out, version.0);
                 varint::put(out, next_counter.0);
+                out.extend_from_slice(&secret.0);
             }
             Message::Contribute {
                 counter,
@@ -316,7 +320,10 @@ impl Message {
                 let job = JobId(varint::get(r, "job")?);
                 let resume = match take::<1>(r, "resume")?[0] {
                     0 => None,
-                    1 => Some(get_peer(r)?),
+                    1 => Some(Resume {
+                        peer: get_peer(r)?,
+                        secret: ResumeSecret(take::<16>(r, "secret")?),
+                    }),
                     other => {
                         return Err(DecodeError::OutOfRange {
                             field: "resume",
@@ -339,6 +346,7 @@ impl Message {
                 job: JobId(varint::get(r, "job")?),
                 version: Version(varint::get(r, "version")?),
                 next_counter: Counter(varint::get(r, "next_counter")?),
+                secret: ResumeSecret(take::<16>(r, "secret")?),
             },
             tag::CONTRIBUTE => Message::Contribute {
                 counter: Serial(u16::from_le_bytes(take::<2>(r, "counter")?)),
@@ -505,25 +513,34 @@ mod tests {
             (
                 any::<u16>(),
                 any::<u64>(),
-                any::<Option<u32>>(),
+                any::<Option<(u32, [u8; 16])>>(),
                 any::<u64>(),
                 any_string()
             )
                 .prop_map(|(protocol, job, resume, from, token)| Message::Hello {
                     protocol,
                     job: JobId(job),
-                    resume: resume.map(PeerId),
+                    resume: resume.map(|(p, s)| Resume {
+                        peer: PeerId(p),
+                        secret: ResumeSecret(s)
+                    }),
                     from: Version(from),
                     token
                 }),
-            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(p, j, v, c)| {
-                Message::Welcome {
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<[u8; 16]>()
+            )
+                .prop_map(|(p, j, v, c, s)| Message::Welcome {
                     peer: PeerId(p),
                     job: JobId(j),
                     version: Version(v),
                     next_counter: Counter(c),
-                }
-            }),
+                    secret: ResumeSecret(s),
+                }),
             (any::<u16>(), any::<u16>(), any::<u8>()).prop_map(|(c, v, b)| Message::Contribute {
                 counter: Serial(c),
                 base_version: Serial(v),

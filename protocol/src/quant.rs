@@ -11,9 +11,20 @@
 //! contributes nothing), `Q(±∞)` and out-of-range values saturate at the largest level of their
 //! sign. `D` is defined on all 256 bytes (0x80 and the linear -128 decode to 0 and to `-127·step`),
 //! and `D(Q(g))` is monotone non-decreasing in `g`.
+//!
+//! Every replica applies `D(byte)`, so it must be the same f32 everywhere. The log codec's `ln`
+//! and `exp` come from the `libm` crate (the same Rust code natively and in wasm) rather than
+//! the platform's math library, whose last bits may differ from one system to another; the 256
+//! values of the default job are pinned by a test run natively and inside wasm.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+/// [`Quantizer::decode_table_digest`] of the default quantizer, as hex: the native and the wasm
+/// test suites both check it, so a platform whose `D` differs in one bit fails a test. (Computed
+/// independently too: Python's `math.exp`/`math.log` in f64, rounded to f32, give these bits.)
+pub const DEFAULT_DECODE_DIGEST: &str =
+    "18783c6f731935caaa179e24290c7de18d6c081404880b618b5b3f90d54502c0";
 
 /// Number of non-zero magnitude levels of the log codec.
 const LOG_LEVELS: u8 = 127;
@@ -72,10 +83,10 @@ impl Quantizer {
         match *self {
             Quantizer::Log { min, max } => {
                 let (min, max) = (f64::from(min), f64::from(max));
-                let ln_ratio = (max / min).ln() / f64::from(LOG_LEVELS - 1);
+                let ln_ratio = libm::log(max / min) / f64::from(LOG_LEVELS - 1);
                 let mag = f64::from(g.abs());
                 // Levels are geometric; below half the first level's log step is zero.
-                let pos = (mag / min).ln() / ln_ratio; // level - 1, fractional
+                let pos = libm::log(mag / min) / ln_ratio; // level - 1, fractional
                 let level = if pos < -0.5 {
                     0
                 } else if pos.is_infinite() || pos >= f64::from(LOG_LEVELS - 1) {
@@ -111,7 +122,7 @@ impl Quantizer {
                 // Computed in f64 and rounded once, so every platform gets the same f32.
                 let (min, max) = (f64::from(min), f64::from(max));
                 let t = f64::from(level - 1) / f64::from(LOG_LEVELS - 1);
-                let mag = (min.ln() + t * (max / min).ln()).exp() as f32;
+                let mag = libm::exp(libm::log(min) + t * libm::log(max / min)) as f32;
                 if byte & 0x80 != 0 { -mag } else { mag }
             }
             Quantizer::Linear { step } => {
@@ -121,12 +132,24 @@ impl Quantizer {
         }
     }
 
+    /// SHA-256 over the bits of `D` for all 256 bytes, little-endian: what two platforms compare
+    /// to know they decode the log alike.
+    pub fn decode_table_digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut sha = Sha256::new();
+        for byte in 0..=255u8 {
+            sha.update(self.decode(byte).to_bits().to_le_bytes());
+        }
+        sha.finalize().into()
+    }
+
     /// The ratio between neighbouring magnitudes (log codec) or the step (linear codec):
     /// `D(Q(g))` is within half of it of `g` for any `g` inside the range.
     pub fn resolution(&self) -> f32 {
         match *self {
             Quantizer::Log { min, max } => {
-                ((f64::from(max) / f64::from(min)).ln() / f64::from(LOG_LEVELS - 1)).exp() as f32
+                let ln_ratio = libm::log(f64::from(max) / f64::from(min));
+                libm::exp(ln_ratio / f64::from(LOG_LEVELS - 1)) as f32
             }
             Quantizer::Linear { step } => step,
         }
@@ -143,6 +166,21 @@ mod tests {
         max: 100.0,
     };
     const LIN: Quantizer = Quantizer::Linear { step: 0.05 };
+
+    #[test]
+    fn d_of_the_default_quantizer_is_pinned_bit_for_bit() {
+        let hex: String = Quantizer::default()
+            .decode_table_digest()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, DEFAULT_DECODE_DIGEST);
+        // Three values by hand, as bits: the smallest magnitude, the largest, and a negative one.
+        let q = Quantizer::default();
+        assert_eq!(q.decode(0x01).to_bits(), 1e-3f32.to_bits());
+        assert_eq!(q.decode(0x7f).to_bits(), 100f32.to_bits());
+        assert_eq!(q.decode(0x81).to_bits(), (-1e-3f32).to_bits());
+    }
 
     #[test]
     fn zero_and_nan_encode_to_zero() {

@@ -2,9 +2,11 @@
 //!
 //! A `Contribute` carries only the low 16 bits of its counter and of its base version: together
 //! with the tag and the byte that is 6 bytes, 12 on the wire with WebSocket framing and mask. The
-//! relay knows the peer's last counter and its own current version, which is enough to recover
-//! the full values: counters only move forward, and a base version older than 65 536 entries is
-//! stale under any staleness bound the relay accepts.
+//! relay knows the peer's last counter, and a version the peer's replica has certainly reached
+//! (the version it joined at, or its latest hash report), which is enough to recover the full
+//! values: counters only move forward, and so do a peer's base versions. Recovering a base version
+//! from the log's head instead would wrap: a base 65 536 + k versions behind would read as k
+//! behind and pass any staleness bound above k.
 
 /// The low 16 bits of a counter or a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +32,12 @@ impl Serial {
         let behind = (current as u16).wrapping_sub(self.0);
         current.checked_sub(u64::from(behind))
     }
+
+    /// The smallest value not below `floor` whose low bits are these: exact for any value less
+    /// than 65 536 above `floor`.
+    pub fn at_or_after(self, floor: u64) -> u64 {
+        floor + u64::from(self.0.wrapping_sub(floor as u16))
+    }
 }
 
 #[cfg(test)]
@@ -47,6 +55,11 @@ mod tests {
         #[test]
         fn counters_that_go_backwards_are_refused(last in 0x10000u64..1 << 40, back in 0u64..0x8000) {
             prop_assert_eq!(Serial::of(last - back).after(Some(last)), None);
+        }
+
+        #[test]
+        fn versions_are_recovered_at_or_after_a_floor(floor in 0u64..1 << 40, ahead in 0u64..0x10000) {
+            prop_assert_eq!(Serial::of(floor + ahead).at_or_after(floor), floor + ahead);
         }
 
         #[test]

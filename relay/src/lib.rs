@@ -11,6 +11,7 @@ pub mod follower;
 pub mod http;
 pub mod metrics;
 pub mod peer;
+pub mod secret;
 pub mod sequencer;
 pub mod server;
 pub mod stats;

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use protocol::{Counter, Message, PROTOCOL_VERSION, PeerId, RejectReason, Serial, Version, close};
+use protocol::{
+    Counter, Message, PROTOCOL_VERSION, PeerId, RejectReason, Resume, Serial, Version, close,
+};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -97,6 +99,7 @@ pub async fn serve(
         inbox,
         kick,
         limiter: RateLimiter::direct(Quota::per_second(rate_limit(&ctx))),
+        floor: joined.live_from,
     };
     if let Err(refusal) = connection.live(&joined, from).await {
         refuse(&ctx, &mut connection.sink, refusal).await;
@@ -114,7 +117,7 @@ fn rate_limit(ctx: &Context) -> NonZeroU32 {
     NonZeroU32::new(ctx.config.rate_limit.max(1)).expect("max(1) is nonzero")
 }
 
-fn check_hello(ctx: &Context, msg: Message) -> Result<(Option<PeerId>, Version), Refusal> {
+fn check_hello(ctx: &Context, msg: Message) -> Result<(Option<Resume>, Version), Refusal> {
     let Message::Hello {
         protocol,
         job,
@@ -141,7 +144,7 @@ fn check_hello(ctx: &Context, msg: Message) -> Result<(Option<PeerId>, Version),
         ));
     }
     if let Some(expected) = &ctx.config.join_token
-        && token != *expected
+        && !crate::secret::tokens_match(&token, expected)
     {
         return Err(Refusal::new(
             close::UNAUTHORIZED,
@@ -168,6 +171,10 @@ struct PeerConnection<'a> {
     /// The sequencer ends this connection through it (a slow consumer, the host's drop).
     kick: oneshot::Receiver<Refusal>,
     limiter: DefaultDirectRateLimiter,
+    /// A version the peer's replica has certainly reached: the log's head when it joined (it
+    /// proposes nothing before catching up to it), then its latest hash report. Its base
+    /// versions are recovered from their 16 low bits against it.
+    floor: Version,
 }
 
 /// What woke the live loop.
@@ -185,6 +192,7 @@ impl PeerConnection<'_> {
             job: self.ctx.job.id,
             version: joined.live_from,
             next_counter: joined.next_counter,
+            secret: joined.secret,
         };
         send(self.ctx, &mut self.sink, welcome.encode().into()).await?;
         for frame in catch_up(self.ctx, from, joined.live_from).await? {
@@ -224,6 +232,7 @@ impl PeerConnection<'_> {
                 byte,
             } => self.contribute(counter, base_version, byte).await,
             Message::HashReport { version, hash } => {
+                self.floor = self.floor.max(version);
                 let report = FollowerInput::Report {
                     peer: self.peer,
                     version,
@@ -271,6 +280,7 @@ impl PeerConnection<'_> {
             peer: self.peer,
             counter,
             base,
+            floor: self.floor,
             byte,
         };
         self.ctx

@@ -10,7 +10,8 @@ use crate::stats::Stats;
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use protocol::{
-    Counter, LogCursor, LogEntry, Message, PeerId, RejectReason, Serial, Version, close,
+    Counter, LogCursor, LogEntry, Message, PeerId, RejectReason, Resume, ResumeSecret, Serial,
+    Version, close,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,13 +44,15 @@ pub struct Joined {
     /// The version of the first entry the peer will receive through its queue; everything
     /// before it is durable in the store.
     pub live_from: Version,
+    /// What resumes this id after a reconnect (the one it showed, when it resumed).
+    pub secret: ResumeSecret,
 }
 
 /// A request to the sequencer.
 #[derive(Debug)]
 pub enum Command {
     Join {
-        resume: Option<PeerId>,
+        resume: Option<Resume>,
         from: Version,
         outbox: mpsc::Sender<Vec<Bytes>>,
         kick: oneshot::Sender<Refusal>,
@@ -59,12 +62,18 @@ pub enum Command {
         peer: PeerId,
         counter: Serial,
         base: Serial,
+        /// A version this peer's replica has certainly reached (see `Serial::at_or_after`).
+        floor: Version,
         byte: u8,
     },
     Leave {
         peer: PeerId,
     },
-    Pause(bool),
+    /// The host pauses or resumes the job; the reply comes once that is durable.
+    Pause {
+        paused: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// The host drops a peer: its socket closes with [`close::DROPPED`]. The reply says whether
     /// that peer was connected.
     Drop {
@@ -90,6 +99,8 @@ struct Pending {
     peer: PeerId,
     counter: Serial,
     base: Serial,
+    /// A version the peer's replica has certainly reached: its base is at or after it.
+    floor: Version,
     byte: u8,
 }
 
@@ -115,6 +126,7 @@ impl Sequencer {
         let version = store.version()?;
         let table = store.counter_table(version)?;
         stats.version.store(version.0, Relaxed);
+        stats.paused.store(store.paused()?, Relaxed);
         Ok(Sequencer {
             store,
             cursor: LogCursor::new(version, table),
@@ -175,6 +187,7 @@ impl Sequencer {
                 peer,
                 counter,
                 base,
+                floor,
                 byte,
             } => {
                 if self.sessions.contains_key(&peer) {
@@ -182,6 +195,7 @@ impl Sequencer {
                         peer,
                         counter,
                         base,
+                        floor,
                         byte,
                     });
                 }
@@ -190,7 +204,15 @@ impl Sequencer {
                 self.sessions.remove(&peer);
                 self.stats.peers.store(self.sessions.len() as u64, Relaxed);
             }
-            Command::Pause(paused) => self.stats.paused.store(paused, Relaxed),
+            Command::Pause { paused, reply } => {
+                // A restart keeps the host's decision: written before it takes effect.
+                let written = self.store.set_paused(paused);
+                if written.is_ok() {
+                    self.stats.paused.store(paused, Relaxed);
+                }
+                let _ = reply.send(written.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                written?;
+            }
             Command::Drop { peer, reply } => {
                 let kick = self.sessions.get_mut(&peer).and_then(|s| s.kick.take());
                 let dropped = kick.is_some_and(|kick| {
@@ -205,7 +227,7 @@ impl Sequencer {
 
     fn join(
         &mut self,
-        resume: Option<PeerId>,
+        resume: Option<Resume>,
         from: Version,
     ) -> Result<Result<Joined, Refusal>, StoreError> {
         if self.sessions.len() >= self.config.max_peers {
@@ -224,23 +246,38 @@ impl Sequencer {
                 format!("asked for the log from version {from}; it has {head} entries"),
             )));
         }
-        let peer = match resume {
-            Some(peer) if self.sessions.contains_key(&peer) => {
-                return Ok(Err(Refusal::new(
-                    close::PEER_UNAVAILABLE,
-                    format!("peer {peer} is connected on another socket"),
-                )));
-            }
-            Some(peer) => {
-                if !tokio::task::block_in_place(|| self.store.peer_exists(peer))? {
+        let (peer, secret) = match resume {
+            // The secret first: whether an id is connected is nobody's business but its own.
+            Some(Resume { peer, secret }) => {
+                let digest = crate::secret::resume_digest(&secret);
+                if !tokio::task::block_in_place(|| self.store.resumable(peer, &digest))? {
                     return Ok(Err(Refusal::new(
                         close::PEER_UNAVAILABLE,
-                        format!("peer {peer} is not known to this relay"),
+                        format!(
+                            "peer {peer} is not known to this relay, or that is not its resume \
+                             secret"
+                        ),
                     )));
                 }
-                peer
+                if self.sessions.contains_key(&peer) {
+                    return Ok(Err(Refusal::new(
+                        close::PEER_UNAVAILABLE,
+                        format!("peer {peer} is connected on another socket"),
+                    )));
+                }
+                (peer, secret)
             }
-            None => tokio::task::block_in_place(|| self.store.new_peer())?,
+            None => {
+                let Ok(secret) = crate::secret::fresh_resume_secret() else {
+                    return Ok(Err(Refusal::new(
+                        close::GOING_AWAY,
+                        "the relay could not draw a resume secret; try again",
+                    )));
+                };
+                let digest = crate::secret::resume_digest(&secret);
+                let peer = tokio::task::block_in_place(|| self.store.new_peer(&digest))?;
+                (peer, secret)
+            }
         };
         let next_counter = self
             .cursor
@@ -250,6 +287,7 @@ impl Sequencer {
             peer,
             next_counter,
             live_from: head,
+            secret,
         }))
     }
 
@@ -378,15 +416,28 @@ fn validate(
             ),
         )
     })?;
-    let base = p.base.at_or_before(head).ok_or_else(|| {
-        (
+    // A base is at or after the floor, so within 65 536 of it it is recovered exactly; a floor
+    // that far behind the head means a base at least that stale.
+    let floor = p.floor.0;
+    if head.saturating_sub(floor) >= 1 << 16 {
+        return Err((
+            RejectReason::Stale,
+            format!(
+                "the peer's replica was last known at version {floor}, more than 65 536 behind \
+                 the log at {head}"
+            ),
+        ));
+    }
+    let base = p.base.at_or_after(floor);
+    if base > head {
+        return Err((
             RejectReason::FromTheFuture,
             format!(
-                "base version (low bits {}) is ahead of the log at {head}",
+                "base version (low bits {}, at or after {floor}) is ahead of the log at {head}",
                 p.base.0
             ),
-        )
-    })?;
+        ));
+    }
     let lag = head - base;
     if lag > staleness_bound {
         return Err((
@@ -413,10 +464,15 @@ mod tests {
     use super::*;
 
     fn pending(counter: u64, base: u64) -> Pending {
+        pending_above(counter, base, 0)
+    }
+
+    fn pending_above(counter: u64, base: u64, floor: u64) -> Pending {
         Pending {
             peer: PeerId(0),
             counter: Serial::of(counter),
             base: Serial::of(base),
+            floor: Version(floor),
             byte: 1,
         }
     }
@@ -437,5 +493,22 @@ mod tests {
             validate(&pending(5, 101), 100, Some(4), 64).unwrap_err().0,
             RejectReason::FromTheFuture
         );
+    }
+
+    #[test]
+    fn a_base_more_than_65536_behind_is_stale_not_wrapped() {
+        let head = 200_000;
+        // Computed at 200 000 − 65 536 − 10: its low bits are those of 199 990, 10 behind.
+        let base = head - 65_536 - 10;
+        // Against the head alone it would pass a bound of 64; the peer's floor says otherwise.
+        assert_eq!(Serial::of(base).at_or_before(head), Some(head - 10));
+        let verdict = validate(&pending_above(5, base, base), head, Some(4), 64);
+        assert_eq!(verdict.unwrap_err().0, RejectReason::Stale);
+        // A recent floor recovers a recent base exactly.
+        let fresh = validate(&pending_above(5, head - 10, head - 300), head, Some(4), 64);
+        assert_eq!(fresh, Ok(Counter(5)));
+        // Below its floor a base cannot be; its low bits then name a version after the head.
+        let ahead = validate(&pending_above(5, head - 400, head - 300), head, Some(4), 64);
+        assert_eq!(ahead.unwrap_err().0, RejectReason::FromTheFuture);
     }
 }

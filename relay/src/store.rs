@@ -46,7 +46,11 @@ CREATE TABLE IF NOT EXISTS log (
     counter INTEGER NOT NULL,
     byte INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS peers (id INTEGER PRIMARY KEY, joined_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (
+    id INTEGER PRIMARY KEY,
+    joined_at INTEGER NOT NULL,
+    secret BLOB
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     version INTEGER PRIMARY KEY,
     hash BLOB NOT NULL,
@@ -85,6 +89,18 @@ impl Store {
             )
             .map_err(|e| store.err(e))?;
         store.conn.execute_batch(SCHEMA).map_err(|e| store.err(e))?;
+        // Stores from before resume secrets: their peers get the column, empty, and so can only
+        // join afresh.
+        let has_secrets = store
+            .conn
+            .prepare("SELECT secret FROM peers LIMIT 0")
+            .is_ok();
+        if !has_secrets {
+            store
+                .conn
+                .execute_batch("ALTER TABLE peers ADD COLUMN secret BLOB")
+                .map_err(|e| store.err(e))?;
+        }
         let stored: Option<String> = store
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'job'", [], |r| r.get(0))
@@ -135,6 +151,30 @@ impl Store {
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
         sqlite(&self.path, source)
+    }
+
+    /// Whether the host paused the job (it stays paused across restarts).
+    pub fn paused(&self) -> Result<bool, StoreError> {
+        let value: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'paused'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(value.as_deref() == Some("true"))
+    }
+
+    /// Records the host's pause or resume, durably.
+    pub fn set_paused(&self, paused: bool) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('paused', ?1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![if paused { "true" } else { "false" }],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// The number of entries in the log: the version a replica reaches by applying all of it.
@@ -248,30 +288,36 @@ impl Store {
         Ok(messages)
     }
 
-    /// Registers a new peer and returns its id (ids count up from 0 and are never reused).
-    pub fn new_peer(&self) -> Result<PeerId, StoreError> {
+    /// Registers a new peer with the digest of its resume secret and returns its id (ids count
+    /// up from 0 and are never reused).
+    pub fn new_peer(&self, secret_digest: &[u8; 32]) -> Result<PeerId, StoreError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         self.conn
             .execute(
-                "INSERT INTO peers (id, joined_at) \
-                 SELECT COALESCE(MAX(id) + 1, 0), ?1 FROM peers",
-                params![now],
+                "INSERT INTO peers (id, joined_at, secret) \
+                 SELECT COALESCE(MAX(id) + 1, 0), ?1, ?2 FROM peers",
+                params![now, &secret_digest[..]],
             )
             .map_err(|e| self.err(e))?;
         Ok(PeerId(self.conn.last_insert_rowid() as u32))
     }
 
-    /// Whether `peer` was ever registered.
-    pub fn peer_exists(&self, peer: PeerId) -> Result<bool, StoreError> {
-        self.conn
-            .query_row("SELECT 1 FROM peers WHERE id = ?1", params![peer.0], |_| {
-                Ok(())
-            })
+    /// Whether `peer` was registered with a resume secret of this digest.
+    pub fn resumable(&self, peer: PeerId, secret_digest: &[u8; 32]) -> Result<bool, StoreError> {
+        let stored: Option<Option<Vec<u8>>> = self
+            .conn
+            .query_row(
+                "SELECT secret FROM peers WHERE id = ?1",
+                params![peer.0],
+                |r| r.get(0),
+            )
             .optional()
-            .map(|r| r.is_some())
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        Ok(stored
+            .flatten()
+            .is_some_and(|stored| crate::secret::digests_match(&stored, secret_digest)))
     }
 
     /// The number of peers ever registered.
@@ -353,8 +399,8 @@ mod tests {
         let job = "[job]\nname = \"a\"\n";
         {
             let (mut store, _) = Store::open(&path, Some(job)).unwrap();
-            assert_eq!(store.new_peer().unwrap(), PeerId(0));
-            assert_eq!(store.new_peer().unwrap(), PeerId(1));
+            assert_eq!(store.new_peer(&[1; 32]).unwrap(), PeerId(0));
+            assert_eq!(store.new_peer(&[1; 32]).unwrap(), PeerId(1));
             store
                 .append(Version(0), &[entry(0, 0), entry(1, 0), entry(0, 1)])
                 .unwrap();
@@ -374,10 +420,25 @@ mod tests {
             store.counter_table(Version(1)).unwrap(),
             [(PeerId(0), Counter(0))]
         );
-        assert!(store.peer_exists(PeerId(1)).unwrap());
-        assert!(!store.peer_exists(PeerId(2)).unwrap());
+        assert!(store.resumable(PeerId(1), &[1; 32]).unwrap());
+        assert!(!store.resumable(PeerId(1), &[2; 32]).unwrap());
+        assert!(!store.resumable(PeerId(2), &[1; 32]).unwrap());
         let other = Store::open(&path, Some("[job]\nname = \"b\"\n")).unwrap_err();
         assert!(other.to_string().contains("holds job `a`"), "{other}");
+    }
+
+    #[test]
+    fn a_pause_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let (store, _) = Store::open(&path, Some("name = \"a\"")).unwrap();
+        assert!(!store.paused().unwrap());
+        store.set_paused(true).unwrap();
+        drop(store);
+        let (store, _) = Store::open(&path, None).unwrap();
+        assert!(store.paused().unwrap());
+        store.set_paused(false).unwrap();
+        assert!(!Store::reopen(&path).unwrap().paused().unwrap());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
-    Counter, JobId, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId, Serial, Version, varint,
+    Counter, JobId, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId, ResumeSecret, Serial,
+    Version, varint,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -106,6 +107,8 @@ pub async fn expect_close(socket: &mut Socket) -> Result<(u16, String)> {
 pub struct RawPeer {
     pub socket: Socket,
     pub id: PeerId,
+    /// What resumes `id` (from the relay's `Welcome`).
+    pub secret: ResumeSecret,
     pub next_counter: Counter,
     pub cursor: LogCursor,
     /// `(counter, version)` of every `Accepted` seen.
@@ -118,10 +121,13 @@ impl RawPeer {
     pub async fn join(ws_url: &str, job: JobId, token: &str) -> Result<RawPeer> {
         let mut socket = connect(ws_url, None).await?;
         send(&mut socket, &hello(job, Version(0), token)).await?;
-        let (id, next_counter) = match receive(&mut socket).await {
+        let (id, secret, next_counter) = match receive(&mut socket).await {
             Received::Message(Message::Welcome {
-                peer, next_counter, ..
-            }) => (peer, next_counter),
+                peer,
+                next_counter,
+                secret,
+                ..
+            }) => (peer, secret, next_counter),
             other => bail!("expected Welcome, got {other:?}"),
         };
         let cursor = match receive(&mut socket).await {
@@ -133,6 +139,7 @@ impl RawPeer {
         Ok(RawPeer {
             socket,
             id,
+            secret,
             next_counter,
             cursor,
             accepted: Vec::new(),

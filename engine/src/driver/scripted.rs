@@ -185,6 +185,9 @@ pub struct Outcome {
     pub expected_hash: protocol::WeightHash,
 }
 
+/// The resume secret [`lost_connection_scenario`]'s relay hands out.
+pub const SECRET: protocol::ResumeSecret = protocol::ResumeSecret([5; 16]);
+
 /// The demo job's peer 5 catches up to version 300 and the line drops; it reconnects, resumes
 /// its id from 300, catches up to 512, has two contributions accepted and leaves. Run natively
 /// and in wasm; each suite asserts on the [`Outcome`].
@@ -198,6 +201,7 @@ pub async fn lost_connection_scenario(token: &str) -> Outcome {
         job: job.id,
         version: Version(version),
         next_counter: Counter(0),
+        secret: SECRET,
     };
     let mut first = vec![frame(&welcome(300)), frame(&cursor.table_message())];
     first.extend(log[..300].chunks(100).map(|c| frame(&cursor.pack(c))));

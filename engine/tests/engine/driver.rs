@@ -3,11 +3,11 @@
 //! runs the first scenario inside WebAssembly too.
 
 use engine::driver::scripted::{
-    JumpingClock, ScriptedHost, ScriptedRelay, frame, lost_connection_scenario,
+    JumpingClock, SECRET, ScriptedHost, ScriptedRelay, frame, lost_connection_scenario,
 };
 use engine::driver::{Driver, DriverConfig, Incoming, Stop};
 use engine::{Job, PeerState, Replica, block_on, cpu_device};
-use protocol::{Counter, LogCursor, Message, PeerId, Version, close};
+use protocol::{Counter, LogCursor, Message, PeerId, Resume, ResumeSecret, Version, close};
 use std::sync::Arc;
 
 #[test]
@@ -24,7 +24,10 @@ fn the_driver_resumes_its_peer_id_after_a_lost_connection() {
     assert!(matches!(
         &outcome.sent[1][0],
         Message::Hello {
-            resume: Some(PeerId(5)),
+            resume: Some(Resume {
+                peer: PeerId(5),
+                secret: SECRET
+            }),
             from: Version(300),
             ..
         }
@@ -159,6 +162,7 @@ fn a_resync_reloads_the_snapshot_and_rejoins_from_its_version() {
         job: job.id,
         version: Version(100),
         next_counter: Counter(0),
+        secret: ResumeSecret([2; 16]),
     };
     let mut cursor = LogCursor::new(Version(0), []);
     let log = engine::reference::synthetic_log(100, 3);
@@ -197,10 +201,13 @@ fn a_resync_reloads_the_snapshot_and_rejoins_from_its_version() {
     assert!(matches!(
         &sent[1][0],
         Message::Hello {
-            resume: Some(PeerId(2)),
+            resume: Some(Resume {
+                peer: PeerId(2),
+                secret
+            }),
             from: Version(0),
             ..
-        }
+        } if *secret == ResumeSecret([2; 16])
     ));
     assert_eq!(peer.replica.version(), Version(0));
 }

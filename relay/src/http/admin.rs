@@ -1,7 +1,7 @@
 //! The host's side, behind `--admin-token`: pause and resume, the peers, dropping one, and the
 //! dashboard page that uses them.
 
-use super::errors::shutting_down;
+use super::errors::{internal, shutting_down};
 use crate::sequencer::Command;
 use crate::server::Context;
 use axum::extract::{Path, State};
@@ -33,19 +33,31 @@ fn refusal_unless_admin(ctx: &Context, headers: &HeaderMap) -> Option<Response> 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    (given != Some(expected.as_str()))
-        .then(|| (StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response())
+    let admitted = given.is_some_and(|given| crate::secret::tokens_match(given, expected));
+    (!admitted).then(|| (StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response())
 }
 
 async fn pause_or_resume(ctx: &Context, headers: &HeaderMap, paused: bool) -> Response {
     if let Some(refusal) = refusal_unless_admin(ctx, headers) {
         return refusal;
     }
-    if ctx.sequencer.send(Command::Pause(paused)).await.is_err() {
+    let (reply, written) = tokio::sync::oneshot::channel();
+    if ctx
+        .sequencer
+        .send(Command::Pause { paused, reply })
+        .await
+        .is_err()
+    {
         return shutting_down();
     }
-    let word = if paused { "paused" } else { "resumed" };
-    (StatusCode::OK, format!("job {word}\n")).into_response()
+    match written.await {
+        Ok(Ok(())) => {
+            let word = if paused { "paused" } else { "resumed" };
+            (StatusCode::OK, format!("job {word}\n")).into_response()
+        }
+        Ok(Err(e)) => internal(format!("recording the pause: {e}")),
+        Err(_) => shutting_down(),
+    }
 }
 
 /// `GET /api/admin/peers`: every peer seen in the last minutes, connected first.

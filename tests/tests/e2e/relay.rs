@@ -3,7 +3,7 @@
 
 use e2e::raw::{self, RawPeer, Received};
 use e2e::{Relay, Worker, wait_for};
-use protocol::{Counter, Message, RejectReason, Version, close};
+use protocol::{Counter, Message, RejectReason, Resume, ResumeSecret, Version, close};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -168,7 +168,7 @@ async fn relay_killed_mid_training_loses_no_accepted_contribution() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_frames_get_close_codes_and_the_relay_keeps_serving() {
     let (_dir, store) = store();
-    let relay = Relay::start(
+    let mut relay = Relay::start(
         &store,
         &[
             "--join-token",
@@ -320,6 +320,86 @@ async fn bad_frames_get_close_codes_and_the_relay_keeps_serving() {
     }
     let status = relay.status().await.unwrap();
     assert_eq!(status["peers"], 1, "{status}");
+
+    // A pause survives a crash of the relay (SIGKILL, then a restart on the same store).
+    http.post(&pause)
+        .bearer_auth("root")
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    relay.restart().unwrap();
+    let status = relay.status().await.unwrap();
+    assert_eq!(status["paused"], true, "{status}");
+    http.post(&resume)
+        .bearer_auth("root")
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    assert_eq!(relay.status().await.unwrap()["paused"], false);
+}
+
+/// Resume secrets: a disconnected peer's id comes back only with the secret its `Welcome`
+/// handed out; anyone else naming the id is refused, and learns nothing about whether it is
+/// connected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_id_resumes_only_with_its_secret() {
+    let (_dir, store) = store();
+    let relay = Relay::start(&store, &[]).unwrap();
+    let job = relay.job().await.unwrap();
+    let ws = relay.ws_url();
+    let owner = RawPeer::join(&ws, job.id, "").await.unwrap();
+    let (id, secret) = (owner.id, owner.secret);
+    let resume = |secret: ResumeSecret| Message::Hello {
+        protocol: protocol::PROTOCOL_VERSION,
+        job: job.id,
+        resume: Some(Resume { peer: id, secret }),
+        from: Version(0),
+        token: String::new(),
+    };
+    let refused = |hello: Message| {
+        let ws = ws.clone();
+        async move {
+            let mut socket = raw::connect(&ws, None).await.unwrap();
+            raw::send(&mut socket, &hello).await.unwrap();
+            raw::expect_close(&mut socket).await.unwrap()
+        }
+    };
+    // While the owner is connected, a guess is refused for the secret, not for the connection.
+    let mut guess = secret;
+    guess.0[0] ^= 1;
+    let (code, reason) = refused(resume(guess)).await;
+    assert_eq!(code, close::PEER_UNAVAILABLE);
+    assert!(reason.contains("resume secret"), "{reason}");
+    let (code, reason) = refused(resume(secret)).await;
+    assert_eq!(code, close::PEER_UNAVAILABLE);
+    assert!(reason.contains("connected on another socket"), "{reason}");
+    // Once it has left, the guess is still refused and the owner's secret resumes its id.
+    drop(owner);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let resumed = loop {
+        let mut socket = raw::connect(&ws, None).await.unwrap();
+        raw::send(&mut socket, &resume(secret)).await.unwrap();
+        match raw::receive(&mut socket).await {
+            Received::Message(Message::Welcome {
+                peer,
+                secret: again,
+                ..
+            }) => break (peer, again),
+            // The relay may not have seen the old socket close yet.
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "the owner could not resume: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resumed, (id, secret));
+    let (code, _) = refused(resume(guess)).await;
+    assert_eq!(code, close::PEER_UNAVAILABLE);
 }
 
 #[tokio::test(flavor = "multi_thread")]
