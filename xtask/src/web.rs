@@ -130,7 +130,7 @@ fn npm_install(dir: &str) -> Result<()> {
 
 /// Builds the browser package into `web/pkg/` and copies uPlot into `web/vendor/`.
 ///
-/// In the `web` profile (a release build at `opt-level = 3` without DWARF), which the wasm tests
+/// In the `web` profile (a release build at `opt-level = "s"` without DWARF), which the wasm tests
 /// reuse; wasm-opt stays out of this path (minutes for little).
 pub fn build_web() -> Result<()> {
     let build_std = ensure_wasm_target()?;
