@@ -212,10 +212,6 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
         &self.tally
     }
 
-    pub fn clock(&self) -> &C {
-        &self.clock
-    }
-
     /// Runs `peer` until the host says to leave (`Ok`) or it cannot go on.
     pub async fn run(&mut self, peer: &mut PeerState) -> Result<(), Stop> {
         let mut delays = backoff(self.config.seed);

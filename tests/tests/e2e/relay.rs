@@ -307,13 +307,11 @@ async fn bad_frames_get_close_codes_and_the_relay_keeps_serving() {
     };
     assert_eq!(reason, RejectReason::Paused);
     let resume = format!("{}/api/admin/resume", relay.url());
-    http.post(&resume)
-        .bearer_auth("root")
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    let admin = |url: &str| {
+        let request = http.post(url).bearer_auth("root").send();
+        async move { request.await.unwrap().error_for_status().unwrap() }
+    };
+    admin(&resume).await;
     good.contribute(2).await.unwrap();
     while good.accepted.len() < 21 {
         assert!(good.pump().await.unwrap());
@@ -322,23 +320,11 @@ async fn bad_frames_get_close_codes_and_the_relay_keeps_serving() {
     assert_eq!(status["peers"], 1, "{status}");
 
     // A pause survives a crash of the relay (SIGKILL, then a restart on the same store).
-    http.post(&pause)
-        .bearer_auth("root")
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    admin(&pause).await;
     relay.restart().unwrap();
     let status = relay.status().await.unwrap();
     assert_eq!(status["paused"], true, "{status}");
-    http.post(&resume)
-        .bearer_auth("root")
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    admin(&resume).await;
     assert_eq!(relay.status().await.unwrap()["paused"], false);
 }
 

@@ -14,7 +14,7 @@ mod link;
 use crate::data::{BackendArg, load_data};
 use anyhow::{Context as _, Result};
 use backend::Backend;
-use engine::driver::{Activity, Driver, DriverConfig, Event, Host, Stop, View};
+use engine::driver::{Activity, Driver, DriverConfig, Event, Host, View};
 use engine::{BatchSampler, Dataset, Job, PeerState, Replica};
 use indicatif::{ProgressBar, ProgressStyle};
 use link::{Relay, TokioClock};
@@ -256,11 +256,7 @@ async fn run_async(mut args: Args) -> Result<()> {
         Ok(()) => peer.bar.finish_and_clear(),
         Err(stop) => {
             peer.bar.abandon();
-            return Err(match stop {
-                Stop::Refused(why) | Stop::Failed(why) | Stop::Unreachable(why) => {
-                    anyhow::anyhow!(why)
-                }
-            });
+            return Err(stop.into());
         }
     }
     report(&peer, &state, reconnects, started_from).await
