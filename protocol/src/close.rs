@@ -26,7 +26,8 @@ pub const MALFORMED: u16 = 4005;
 pub const SLOW_CONSUMER: u16 = 4008;
 /// The relay has its maximum number of peers.
 pub const FULL: u16 = 4009;
-/// `Hello` asked to resume a peer id that is unknown or connected elsewhere.
+/// `Hello` asked to resume a peer id that is connected on another socket (an old connection
+/// the relay has not yet seen die): retry later with the same id.
 pub const PEER_UNAVAILABLE: u16 = 4010;
 /// `Hello` asked for the log from a version the log has not reached.
 pub const AHEAD_OF_LOG: u16 = 4011;
@@ -35,6 +36,14 @@ pub const HELLO_TIMEOUT: u16 = 4012;
 /// The relay's host dropped this peer (from the dashboard). Reconnecting would undo the host's
 /// decision, so it is fatal.
 pub const DROPPED: u16 = 4013;
+/// A joined peer went quiet: it answered no ping, or sent nothing while the log moved on. A
+/// peer that is following the log reports its hash every few hundred entries.
+pub const IDLE: u16 = 4014;
+/// `Hello` asked to resume a peer id the relay does not know (any more), or without that id's
+/// resume secret: join afresh, without an id.
+pub const UNKNOWN_PEER: u16 = 4015;
+/// Too many connections or joins from this peer's network address: retry later.
+pub const BUSY: u16 = 4016;
 
 /// Whether retrying cannot help: the peer's configuration is wrong.
 pub fn is_fatal(code: u16) -> bool {

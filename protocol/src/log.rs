@@ -52,13 +52,18 @@ impl LogCursor {
         self.last.get(&peer).copied()
     }
 
-    /// The `CounterTable` message for this cursor (peers in id order).
-    pub fn table_message(&self) -> Message {
+    /// Every peer's last counter, in id order.
+    pub fn table(&self) -> Vec<(PeerId, Counter)> {
         let mut entries: Vec<_> = self.last.iter().map(|(&p, &c)| (p, c)).collect();
         entries.sort_unstable();
+        entries
+    }
+
+    /// The `CounterTable` message for this cursor (peers in id order).
+    pub fn table_message(&self) -> Message {
         Message::CounterTable {
             version: self.version,
-            entries,
+            entries: self.table(),
         }
     }
 

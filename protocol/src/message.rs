@@ -32,6 +32,10 @@ use crate::{Counter, DecodeError, JobId, PeerId, Resume, ResumeSecret, Version, 
 pub const MAX_STRING: u64 = 1024;
 /// Most entries in one `LogBatch` accepted by the decoder.
 pub const MAX_BATCH: u64 = 65_536;
+/// Most peers in one `CounterTable` accepted by the decoder: every peer id that ever
+/// contributed is in it, so it is far above any batch (and each takes at least two bytes of
+/// the frame, which bounds what decoding allocates).
+pub const MAX_TABLE: u64 = 1 << 24;
 
 /// SHA-256 over a replica's f32 weight bits in parameter order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -364,7 +368,7 @@ impl Message {
             },
             tag::LOG_BATCH => {
                 let first_version = Version(varint::get(r, "first_version")?);
-                let n = get_count(r)?;
+                let n = get_count(r, MAX_BATCH)?;
                 // Each entry is at least 2 bytes: do not trust `n` for the allocation.
                 let mut entries = Vec::with_capacity(n.min(r.len() / 2));
                 for _ in 0..n {
@@ -393,7 +397,7 @@ impl Message {
             }
             tag::COUNTER_TABLE => {
                 let version = Version(varint::get(r, "version")?);
-                let n = get_count(r)?;
+                let n = get_count(r, MAX_TABLE)?;
                 let mut entries = Vec::with_capacity(n.min(r.len() / 2));
                 for _ in 0..n {
                     entries.push((get_peer(r)?, Counter(varint::get(r, "counter")?)));
@@ -451,13 +455,13 @@ fn get_peer(r: &mut &[u8]) -> Result<PeerId, DecodeError> {
         })
 }
 
-fn get_count(r: &mut &[u8]) -> Result<usize, DecodeError> {
+fn get_count(r: &mut &[u8], limit: u64) -> Result<usize, DecodeError> {
     let n = varint::get(r, "entries")?;
-    if n > MAX_BATCH {
+    if n > limit {
         return Err(DecodeError::TooLong {
             field: "entries",
             len: n,
-            limit: MAX_BATCH,
+            limit,
         });
     }
     Ok(n as usize)
@@ -657,6 +661,17 @@ mod tests {
         assert_eq!(Message::decode(&bytes), Err(DecodeError::TrailingBytes(1)));
         assert_eq!(Message::decode(&[0xee]), Err(DecodeError::UnknownTag(0xee)));
         assert_eq!(Message::decode(&[]), Err(DecodeError::Empty));
+    }
+
+    #[test]
+    fn a_counter_table_of_more_peers_than_a_batch_decodes() {
+        let table = Message::CounterTable {
+            version: Version(1 << 30),
+            entries: (0..200_000)
+                .map(|p| (PeerId(p), Counter(u64::from(p) * 3)))
+                .collect(),
+        };
+        assert_eq!(Message::decode(&table.encode()), Ok(table));
     }
 
     #[test]

@@ -29,6 +29,23 @@ struct Row {
     rejected: u64,
     rate: RateWindow,
     last_hash: Option<(u64, bool)>,
+    /// The training loss it reported last.
+    last_loss: Option<f32>,
+}
+
+impl Row {
+    fn new() -> Row {
+        Row {
+            backend: String::new(),
+            since: Instant::now(),
+            left: None,
+            accepted: 0,
+            rejected: 0,
+            rate: RateWindow::default(),
+            last_hash: None,
+            last_loss: None,
+        }
+    }
 }
 
 /// One peer as `GET /api/admin/peers` shows it.
@@ -52,23 +69,20 @@ impl PeerBoard {
         f(&mut self.rows.lock().expect("peer board poisoned"));
     }
 
-    /// A peer's socket joined, computing on `backend` (what it said; free text).
-    pub fn joined(&self, peer: PeerId, backend: &str) {
+    /// A peer's socket joined, computing on `backend` (what it said; free text). A `fresh` peer
+    /// starts a new row (its id may have been someone else's); a resumed one keeps its counts.
+    pub fn joined(&self, peer: PeerId, backend: &str, fresh: bool) {
         let backend: String = backend
             .chars()
             .filter(|c| !c.is_control())
             .take(BACKEND_CHARS)
             .collect();
         self.with(|rows| {
-            let row = rows.entry(peer).or_insert_with(|| Row {
-                backend: String::new(),
-                since: Instant::now(),
-                left: None,
-                accepted: 0,
-                rejected: 0,
-                rate: RateWindow::default(),
-                last_hash: None,
-            });
+            forget_old(rows);
+            if fresh {
+                rows.insert(peer, Row::new());
+            }
+            let row = rows.entry(peer).or_insert_with(Row::new);
             row.backend = if backend.is_empty() {
                 "not said".into()
             } else {
@@ -113,12 +127,43 @@ impl PeerBoard {
         });
     }
 
+    /// The peer reported `loss` (finite and not negative).
+    pub fn loss(&self, peer: PeerId, loss: f32) {
+        self.with(|rows| {
+            if let Some(row) = rows.get_mut(&peer) {
+                row.last_loss = Some(loss);
+            }
+        });
+    }
+
+    /// The swarm's loss as the page shows it: the median of the connected peers' latest reports
+    /// (the lower one of the middle two), so that no single peer sets it.
+    pub fn median_loss(&self) -> Option<f32> {
+        let rows = self.rows.lock().expect("peer board poisoned");
+        let mut losses: Vec<f32> = rows
+            .values()
+            .filter(|r| r.left.is_none())
+            .filter_map(|r| r.last_loss)
+            .collect();
+        losses.sort_by(f32::total_cmp);
+        let n = losses.len();
+        (n > 0).then(|| losses[(n - 1) / 2])
+    }
+
+    /// Connected peers whose latest compared hash differed from the relay's.
+    pub fn diverged(&self) -> u64 {
+        let rows = self.rows.lock().expect("peer board poisoned");
+        rows.values()
+            .filter(|r| r.left.is_none() && r.last_hash.is_some_and(|(_, agreed)| !agreed))
+            .count() as u64
+    }
+
     /// Connected peers first, then those that left in the last five minutes; older ones are
     /// forgotten.
     pub fn view(&self) -> Vec<PeerView> {
         let now = Instant::now();
         let mut rows = self.rows.lock().expect("peer board poisoned");
-        rows.retain(|_, r| r.left.is_none_or(|t| now.duration_since(t) < KEEP_LEFT));
+        forget_old(&mut rows);
         let mut view: Vec<PeerView> = rows
             .iter()
             .map(|(peer, r)| PeerView {
@@ -142,6 +187,12 @@ impl PeerBoard {
     }
 }
 
+/// Drops the rows of peers that left more than five minutes ago.
+fn forget_old(rows: &mut BTreeMap<PeerId, Row>) {
+    let now = Instant::now();
+    rows.retain(|_, r| r.left.is_none_or(|t| now.duration_since(t) < KEEP_LEFT));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,8 +200,8 @@ mod tests {
     #[test]
     fn the_board_counts_per_peer_and_remembers_who_left() {
         let board = PeerBoard::default();
-        board.joined(PeerId(2), "wgpu, 16 lanes");
-        board.joined(PeerId(1), "cpu\u{7}");
+        board.joined(PeerId(2), "wgpu, 16 lanes", true);
+        board.joined(PeerId(1), "cpu\u{7}", true);
         board.verdicts(&[(PeerId(1), 5), (PeerId(2), 3)], &[(PeerId(2), 1)]);
         board.verdicts(&[(PeerId(1), 2), (PeerId(9), 4)], &[]);
         board.hash(PeerId(2), 256, false);
@@ -169,5 +220,39 @@ mod tests {
         assert_eq!(view[1].accepted, 7);
         assert_eq!(view[1].backend, "cpu", "control characters are dropped");
         assert_eq!(view[1].contributions_per_s, 0.0);
+        // Peer 2 still disagrees; peer 1 left.
+        assert_eq!(board.diverged(), 1);
+        board.joined(PeerId(1), "cpu", false);
+        assert_eq!(
+            board.view()[0].accepted,
+            7,
+            "a resumed peer keeps its counts"
+        );
+        board.joined(PeerId(1), "cpu", true);
+        assert_eq!(
+            board.view()[0].accepted,
+            0,
+            "a fresh peer on a reused id starts anew"
+        );
+    }
+
+    #[test]
+    fn the_swarm_loss_is_the_median_of_connected_peers() {
+        let board = PeerBoard::default();
+        assert_eq!(board.median_loss(), None);
+        for (peer, loss) in [(1, 0.5), (2, 1e30), (3, 0.4)] {
+            board.joined(PeerId(peer), "cpu", true);
+            board.loss(PeerId(peer), loss);
+        }
+        assert_eq!(board.median_loss(), Some(0.5));
+        board.joined(PeerId(4), "cpu", true);
+        board.loss(PeerId(4), 0.0);
+        assert_eq!(
+            board.median_loss(),
+            Some(0.4),
+            "the lower of the middle two"
+        );
+        board.left(PeerId(2));
+        assert_eq!(board.median_loss(), Some(0.4));
     }
 }

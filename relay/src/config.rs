@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Hosts one onebyte training job: serves the page and the job, sequences the peers'
 /// one-byte contributions into a durable log and broadcasts it. It never sees training data.
@@ -41,16 +42,55 @@ pub struct RelayConfig {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origins: Vec<String>,
 
-    /// Most peers connected at once.
-    #[arg(long, default_value_t = 1024)]
+    /// Most peers joined at once.
+    #[arg(long, default_value_t = 1024, help_heading = "Limits")]
     pub max_peers: usize,
 
+    /// Most peers joined at once from one network address (an IPv4 address, an IPv6 /64);
+    /// 0: no limit. Behind a reverse proxy every peer shares the proxy's address: set 0 and
+    /// limit there.
+    #[arg(long, default_value_t = 32, help_heading = "Limits")]
+    pub max_peers_per_address: usize,
+
+    /// Most new joins per minute from one network address (each registers a peer id); 0: no
+    /// limit.
+    #[arg(long, default_value_t = 60, help_heading = "Limits")]
+    pub joins_per_minute: u32,
+
+    /// Most TCP connections open at once (HTTP requests, sockets before and after Hello).
+    #[arg(long, default_value_t = 4096, help_heading = "Limits")]
+    pub max_connections: usize,
+
+    /// Most TCP connections open at once from one network address; 0: no limit.
+    #[arg(long, default_value_t = 64, help_heading = "Limits")]
+    pub max_connections_per_address: usize,
+
+    /// Seconds a connection may take to send a request's headers (and a TLS handshake to
+    /// finish), and a new websocket to send its Hello.
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "SECONDS",
+        help_heading = "Limits"
+    )]
+    pub header_timeout: u64,
+
+    /// Seconds a joined peer may stay quiet: no answer to the relay's pings, or no contribution
+    /// or hash report while the log moves on. A paused job keeps its quiet peers.
+    #[arg(
+        long,
+        default_value_t = 120,
+        value_name = "SECONDS",
+        help_heading = "Limits"
+    )]
+    pub idle_timeout: u64,
+
     /// Largest websocket message accepted from a peer, in bytes.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, help_heading = "Limits")]
     pub max_frame: usize,
 
     /// Most contributions per second from one peer; faster ones are rejected.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, help_heading = "Limits")]
     pub rate_limit: u32,
 
     /// How long the sequencer gathers contributions before committing them as one batch (ms).
@@ -62,7 +102,7 @@ pub struct RelayConfig {
     pub snapshot_every: u64,
 
     /// Ticks' worth of frames queued for one peer before it counts as too slow and is dropped.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, help_heading = "Limits")]
     pub peer_queue: usize,
 
     /// Kernel send buffer of each socket, in bytes (the OS default if not given). Small values
@@ -78,4 +118,14 @@ pub struct RelayConfig {
     /// TLS private key (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+impl RelayConfig {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout.max(1))
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout.max(1))
+    }
 }

@@ -32,6 +32,10 @@ pub enum FollowerInput {
 
 /// Hashes kept for comparing late reports.
 const HASHES_KEPT: usize = 1024;
+/// Reports kept waiting for the follower to reach their version. Sockets only pass on reports
+/// of boundaries the log has reached, so this many means the follower is far behind; the
+/// oldest are then dropped unanswered rather than held without bound.
+const REPORTS_WAITING: usize = 4096;
 
 /// The relay's replica.
 pub struct Follower {
@@ -93,6 +97,9 @@ impl Follower {
             let result = match input {
                 FollowerInput::Entries(entries) => self.apply(&entries).map(|()| self.recheck()),
                 report @ FollowerInput::Report { .. } => {
+                    if self.waiting.len() >= REPORTS_WAITING {
+                        self.waiting.pop_front();
+                    }
                     self.waiting.push_back(report);
                     self.recheck();
                     Ok(())

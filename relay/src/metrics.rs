@@ -65,7 +65,17 @@ impl Collector for StatsCollector {
             let gauge = ConstGauge::new(value as i64);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 10] = [
+            (
+                "connections_refused",
+                "TCP connections closed at once by the connection limits",
+                load(&self.0.connections_refused),
+            ),
+            (
+                "peers_closed_idle",
+                "Joined peers closed for answering no ping or going quiet",
+                load(&self.0.idle_closed),
+            ),
             (
                 "contributions_accepted",
                 "Contributions written to the log",

@@ -2,11 +2,14 @@
 //!
 //! The first message must be a `Hello`. The peer then receives `Welcome`, the `CounterTable`
 //! at the version it asked for, the log from there to the sequencer's head (read from the
-//! store), and then whatever the sequencer queues for it. Everything the peer sends is checked
-//! here first (size, decoding, order, rate); a violation closes the socket with a code and a
-//! reason, and never disturbs anybody else.
+//! store a chunk at a time), and then whatever the sequencer queues for it. Everything the peer
+//! sends is checked here first (size, decoding, order, rate); a violation closes the socket
+//! with a code and a reason, and never disturbs anybody else. A joined peer is pinged, and one
+//! that answers no ping or goes quiet while the job runs is closed: idle sockets cannot hold
+//! the relay's places.
 
 use crate::follower::FollowerInput;
+use crate::limits::{Address, NoPlace, Place};
 use crate::sequencer::{Command, Joined, Refusal};
 use crate::server::Context;
 use crate::store::Store;
@@ -16,16 +19,19 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use protocol::{
-    Counter, Message, PROTOCOL_VERSION, PeerId, RejectReason, Resume, Serial, Version, close,
+    Counter, HASH_REPORT_INTERVAL, LogCursor, Message, PROTOCOL_VERSION, PeerId, RejectReason,
+    Resume, Serial, Version, close,
 };
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-/// How long a new socket may take to say `Hello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Loss reports kept from one peer: at most one a second (they only feed the status).
+const LOSS_REPORT_SPACING: Duration = Duration::from_secs(1);
 /// How long a closing socket may take to accept the close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries per `LogBatch` while catching a peer up from the store.
@@ -36,17 +42,30 @@ type Stream = SplitStream<WebSocket>;
 
 enum Incoming {
     Message(Message),
+    /// A ping or pong: the peer is there.
+    Heard,
     Closed,
 }
 
-/// Serves one upgraded socket. `origin` is the refused Origin, if it was refused; `backend` is
-/// what the peer said it computes on (the websocket URL's `?backend=`), for the dashboard.
-pub async fn serve(
-    socket: WebSocket,
-    ctx: Arc<Context>,
-    refused_origin: Option<String>,
-    backend: String,
-) {
+/// What the upgrade knew about a new socket.
+pub struct Opened {
+    pub remote: SocketAddr,
+    /// Its place among the relay's connections, held until the socket closes.
+    pub connection: Arc<Place>,
+    /// The page's Origin, if the relay refuses it.
+    pub refused_origin: Option<String>,
+    /// What the peer said it computes on (the websocket URL's `?backend=`), for the dashboard.
+    pub backend: String,
+}
+
+/// Serves one upgraded socket.
+pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
+    let Opened {
+        remote,
+        connection: _connection,
+        refused_origin,
+        backend,
+    } = opened;
     let (mut sink, mut stream) = socket.split();
     if let Some(origin) = refused_origin {
         let reason = format!("origin {origin} is not allowed by this relay");
@@ -58,14 +77,33 @@ pub async fn serve(
         .await;
         return;
     }
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_message(&ctx, &mut stream)).await {
-        Err(_) => Err(Refusal::new(close::HELLO_TIMEOUT, "no Hello within 10 s")),
+    let hello_timeout = ctx.config.header_timeout();
+    let hello = tokio::time::timeout(hello_timeout, async {
+        loop {
+            match next_message(&ctx, &mut stream).await {
+                Ok(Incoming::Heard) => continue,
+                other => return other,
+            }
+        }
+    });
+    let hello = match hello.await {
+        Err(_) => Err(Refusal::new(
+            close::HELLO_TIMEOUT,
+            format!("no Hello within {} s", hello_timeout.as_secs()),
+        )),
         Ok(Ok(Incoming::Closed)) => return,
         Ok(Ok(Incoming::Message(msg))) => check_hello(&ctx, msg),
+        Ok(Ok(Incoming::Heard)) => unreachable!("pings are skipped above"),
         Ok(Err(refusal)) => Err(refusal),
     };
     let (resume, from) = match hello {
         Ok(hello) => hello,
+        Err(refusal) => return refuse(&ctx, &mut sink, refusal).await,
+    };
+    let address = Address::of(remote.ip());
+    // Held until the peer leaves: its address's place among the joined peers.
+    let _joined_place = match admit(&ctx, address, resume.is_none()) {
+        Ok(place) => place,
         Err(refusal) => return refuse(&ctx, &mut sink, refusal).await,
     };
 
@@ -88,8 +126,9 @@ pub async fn serve(
         Err(_) => return refuse(&ctx, &mut sink, shutting_down()).await,
     };
     let peer = joined.peer;
-    tracing::info!(%peer, from = %from, head = %joined.live_from, %backend, "peer joined");
-    ctx.stats.board.joined(peer, &backend);
+    tracing::info!(%peer, from = %from, head = %joined.live_from, %backend, %address, "peer joined");
+    ctx.stats.board.joined(peer, &backend, !joined.resumed);
+    let now = Instant::now();
     let mut connection = PeerConnection {
         ctx: &ctx,
         peer,
@@ -100,13 +139,47 @@ pub async fn serve(
         kick,
         limiter: RateLimiter::direct(Quota::per_second(rate_limit(&ctx))),
         floor: joined.live_from,
+        last_report: Version(0),
+        last_loss_at: None,
+        heard_at: now,
+        active_at: now,
     };
     if let Err(refusal) = connection.live(&joined, from).await {
         refuse(&ctx, &mut connection.sink, refusal).await;
     }
-    let _ = ctx.sequencer.send(Command::Leave { peer }).await;
+    let leave = Command::Leave {
+        peer,
+        session: joined.session,
+    };
+    let _ = ctx.sequencer.send(leave).await;
     ctx.stats.board.left(peer);
     tracing::info!(%peer, "peer left");
+}
+
+/// A place for a peer from `address` among the joined ones, if its address has one free and
+/// (for a `fresh` peer, which registers a new id) has not joined too often lately.
+fn admit(ctx: &Context, address: Address, fresh: bool) -> Result<Place, Refusal> {
+    let place = ctx.joined.take(address).map_err(|full| {
+        let n = match full {
+            NoPlace::Full(n) | NoPlace::AddressFull(n) => n,
+        };
+        Refusal::new(
+            close::BUSY,
+            format!(
+                "{address} already has {n} peers joined; this relay allows no more from one address"
+            ),
+        )
+    })?;
+    if fresh && !ctx.join_rate.allow(address) {
+        return Err(Refusal::new(
+            close::BUSY,
+            format!(
+                "more than {} new peers a minute from {address}; try again later",
+                ctx.config.joins_per_minute
+            ),
+        ));
+    }
+    Ok(place)
 }
 
 fn shutting_down() -> Refusal {
@@ -175,6 +248,13 @@ struct PeerConnection<'a> {
     /// proposes nothing before catching up to it), then its latest hash report. Its base
     /// versions are recovered from their 16 low bits against it.
     floor: Version,
+    /// The version of its latest hash report on this socket (each must be a later boundary).
+    last_report: Version,
+    last_loss_at: Option<Instant>,
+    /// When any frame last came from it (a pong counts).
+    heard_at: Instant,
+    /// When it last contributed or reported a hash, or the job was last seen paused.
+    active_at: Instant,
 }
 
 /// What woke the live loop.
@@ -182,6 +262,7 @@ enum Turn {
     Kicked(Refusal),
     Deliver(Option<Vec<Bytes>>),
     Received(Incoming),
+    Ping,
 }
 
 impl PeerConnection<'_> {
@@ -195,22 +276,111 @@ impl PeerConnection<'_> {
             secret: joined.secret,
         };
         send(self.ctx, &mut self.sink, welcome.encode().into()).await?;
-        for frame in catch_up(self.ctx, from, joined.live_from).await? {
-            send(self.ctx, &mut self.sink, frame).await?;
-        }
+        self.catch_up(from, joined.live_from).await?;
+        let idle_timeout = self.ctx.config.idle_timeout();
+        let mut pings = tokio::time::interval(idle_timeout / 4);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let turn = tokio::select! {
                 biased;
                 refusal = &mut self.kick => Turn::Kicked(refusal.unwrap_or_else(|_| shutting_down())),
                 frames = self.inbox.recv() => Turn::Deliver(frames),
                 incoming = next_message(self.ctx, &mut self.stream) => Turn::Received(incoming?),
+                _ = pings.tick() => Turn::Ping,
             };
             match turn {
                 Turn::Kicked(refusal) => return Err(refusal),
                 Turn::Deliver(Some(frames)) => self.deliver(frames).await?,
                 Turn::Deliver(None) | Turn::Received(Incoming::Closed) => return Ok(()),
-                Turn::Received(Incoming::Message(msg)) => self.handle(msg).await?,
+                Turn::Received(Incoming::Heard) => self.heard_at = Instant::now(),
+                Turn::Received(Incoming::Message(msg)) => {
+                    self.heard_at = Instant::now();
+                    self.handle(msg).await?;
+                }
+                Turn::Ping => {
+                    self.check_quiet(idle_timeout)?;
+                    ping(&mut self.sink).await?;
+                }
             }
+        }
+    }
+
+    /// Closes a peer that answered no ping, or that neither contributed nor reported a hash
+    /// for `idle_timeout` while the job ran (one following the log reports every few hundred
+    /// entries; one that is training contributes).
+    fn check_quiet(&mut self, idle_timeout: Duration) -> Result<(), Refusal> {
+        let now = Instant::now();
+        if self.ctx.stats.paused.load(Relaxed) {
+            self.active_at = now;
+        }
+        let seconds = idle_timeout.as_secs();
+        let quiet = if now.duration_since(self.heard_at) > idle_timeout {
+            format!("answered no ping for {seconds} s")
+        } else if now.duration_since(self.active_at) > idle_timeout {
+            format!("neither contributed nor reported a hash for {seconds} s")
+        } else {
+            return Ok(());
+        };
+        self.ctx.stats.idle_closed.fetch_add(1, Relaxed);
+        Err(Refusal::new(close::IDLE, quiet))
+    }
+
+    /// The counter table at `from` and the log `from..to`, read from the store a chunk at a
+    /// time (a crowd asking for the whole log holds a chunk each, not the log) and sent as the
+    /// live stream will continue.
+    async fn catch_up(&mut self, from: Version, to: Version) -> Result<(), Refusal> {
+        let path = self.ctx.config.store.clone();
+        // Each read opens its own connection: a socket waiting to send holds no store handle
+        // (nor its page cache).
+        let (mut cursor, table) = self
+            .read_store({
+                let path = path.clone();
+                move || {
+                    let cursor = LogCursor::new(from, Store::reopen(&path)?.counter_table(from)?);
+                    let table = Bytes::from(cursor.table_message().encode());
+                    Ok((cursor, table))
+                }
+            })
+            .await?;
+        send(self.ctx, &mut self.sink, table).await?;
+        let mut at = from;
+        while at < to {
+            let end = Version((at.0 + CATCH_UP_CHUNK).min(to.0));
+            let path = path.clone();
+            let (moved, batch) = self
+                .read_store(move || {
+                    let batch = cursor.pack(&Store::reopen(&path)?.entries(at, end)?);
+                    Ok((cursor, Bytes::from(batch.encode())))
+                })
+                .await?;
+            cursor = moved;
+            send(self.ctx, &mut self.sink, batch).await?;
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Runs a read of the store off the async threads, one of a bounded few at once.
+    async fn read_store<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, Refusal> {
+        let _permit = self
+            .ctx
+            .store_reads
+            .acquire()
+            .await
+            .map_err(|_| shutting_down())?;
+        match tokio::task::spawn_blocking(read).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                tracing::error!("catch-up read failed: {e:#}");
+                Err(Refusal::new(
+                    close::GOING_AWAY,
+                    "the relay could not read its log; try again",
+                ))
+            }
+            Err(_) => Err(shutting_down()),
         }
     }
 
@@ -232,6 +402,9 @@ impl PeerConnection<'_> {
                 byte,
             } => self.contribute(counter, base_version, byte).await,
             Message::HashReport { version, hash } => {
+                self.check_report(version)?;
+                self.last_report = version;
+                self.active_at = Instant::now();
                 self.floor = self.floor.max(version);
                 let report = FollowerInput::Report {
                     peer: self.peer,
@@ -243,9 +416,15 @@ impl PeerConnection<'_> {
                 Ok(())
             }
             Message::LossReport { loss, .. } => {
-                if loss.is_finite() {
-                    let bits = u64::from(loss.to_bits());
-                    self.ctx.stats.last_loss_bits.store(bits, Relaxed);
+                // Only the status reads losses: one a second per peer is plenty, and the
+                // status shows the median over peers, so no single peer sets it.
+                let now = Instant::now();
+                let due = self
+                    .last_loss_at
+                    .is_none_or(|at| now.duration_since(at) >= LOSS_REPORT_SPACING);
+                if due && loss.is_finite() && loss >= 0.0 {
+                    self.last_loss_at = Some(now);
+                    self.ctx.stats.board.loss(self.peer, loss);
                 }
                 Ok(())
             }
@@ -260,9 +439,29 @@ impl PeerConnection<'_> {
         }
     }
 
+    /// A hash report must name a boundary the log has reached, after this socket's previous
+    /// one: a peer reports each boundary once, as its replica passes it.
+    fn check_report(&self, version: Version) -> Result<(), Refusal> {
+        let head = Version(self.ctx.stats.version.load(Relaxed));
+        let problem = if !version.0.is_multiple_of(HASH_REPORT_INTERVAL) || version.0 == 0 {
+            format!("a hash report at {version}, not a multiple of {HASH_REPORT_INTERVAL}")
+        } else if version <= self.last_report {
+            format!(
+                "a hash report at {version} after one at {}",
+                self.last_report
+            )
+        } else if version > head {
+            format!("a hash report at {version}, ahead of the log at {head}")
+        } else {
+            return Ok(());
+        };
+        Err(Refusal::new(close::UNEXPECTED, problem))
+    }
+
     /// Hands a contribution to the sequencer, or turns it down when the peer sends faster than
     /// the relay's rate limit.
     async fn contribute(&mut self, counter: Serial, base: Serial, byte: u8) -> Result<(), Refusal> {
+        self.active_at = Instant::now();
         if self.limiter.check().is_err() {
             let rejected = Message::Rejected {
                 counter: Counter(u64::from(counter.0)),
@@ -291,25 +490,6 @@ impl PeerConnection<'_> {
     }
 }
 
-/// The counter table at `from` and the log `from..to`, packed as the live stream will continue.
-async fn catch_up(ctx: &Context, from: Version, to: Version) -> Result<Vec<Bytes>, Refusal> {
-    let path = ctx.config.store.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        Store::reopen(&path)?.packed_log(from, to, CATCH_UP_CHUNK)
-    });
-    match read.await {
-        Ok(Ok(messages)) => Ok(messages.into_iter().map(Bytes::from).collect()),
-        Ok(Err(e)) => {
-            tracing::error!("catch-up read failed: {e:#}");
-            Err(Refusal::new(
-                close::GOING_AWAY,
-                "the relay could not read its log; try again",
-            ))
-        }
-        Err(_) => Err(shutting_down()),
-    }
-}
-
 async fn send_all(ctx: &Context, sink: &mut Sink, frames: Vec<Bytes>) -> Result<(), Refusal> {
     for frame in frames {
         ctx.stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
@@ -326,36 +506,39 @@ async fn send(ctx: &Context, sink: &mut Sink, frame: Bytes) -> Result<(), Refusa
     send_all(ctx, sink, vec![frame]).await
 }
 
-/// The next protocol message. Ping and pong are handled by the websocket layer.
+async fn ping(sink: &mut Sink) -> Result<(), Refusal> {
+    sink.send(WsMessage::Ping(Bytes::new()))
+        .await
+        .map_err(|_| Refusal::new(close::GOING_AWAY, "socket closed"))
+}
+
+/// The next protocol message, or word that the peer is there (ping and pong are answered by
+/// the websocket layer).
 async fn next_message(ctx: &Context, stream: &mut Stream) -> Result<Incoming, Refusal> {
-    loop {
-        let frame = match stream.next().await {
-            None | Some(Err(_)) => return Ok(Incoming::Closed),
-            Some(Ok(frame)) => frame,
-        };
-        match frame {
-            WsMessage::Binary(bytes) => {
-                ctx.stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
-                let limit = ctx.config.max_frame;
-                if bytes.len() > limit {
-                    return Err(Refusal::new(
-                        close::TOO_BIG,
-                        format!("a {}-byte frame; the limit is {limit}", bytes.len()),
-                    ));
-                }
-                return Message::decode(&bytes).map(Incoming::Message).map_err(|e| {
-                    Refusal::new(close::MALFORMED, format!("malformed message: {e}"))
-                });
-            }
-            WsMessage::Text(_) => {
+    let frame = match stream.next().await {
+        None | Some(Err(_)) => return Ok(Incoming::Closed),
+        Some(Ok(frame)) => frame,
+    };
+    match frame {
+        WsMessage::Binary(bytes) => {
+            ctx.stats.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
+            let limit = ctx.config.max_frame;
+            if bytes.len() > limit {
                 return Err(Refusal::new(
-                    close::NOT_BINARY,
-                    "text frames are not part of the protocol; messages are binary",
+                    close::TOO_BIG,
+                    format!("a {}-byte frame; the limit is {limit}", bytes.len()),
                 ));
             }
-            WsMessage::Close(_) => return Ok(Incoming::Closed),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            Message::decode(&bytes)
+                .map(Incoming::Message)
+                .map_err(|e| Refusal::new(close::MALFORMED, format!("malformed message: {e}")))
         }
+        WsMessage::Text(_) => Err(Refusal::new(
+            close::NOT_BINARY,
+            "text frames are not part of the protocol; messages are binary",
+        )),
+        WsMessage::Close(_) => Ok(Incoming::Closed),
+        WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(Incoming::Heard),
     }
 }
 

@@ -7,7 +7,7 @@
 
 use crate::follower::FollowerInput;
 use crate::stats::Stats;
-use crate::store::{Store, StoreError};
+use crate::store::{CHECKPOINT_EVERY, Store, StoreError};
 use bytes::Bytes;
 use protocol::{
     Counter, LogCursor, LogEntry, Message, PeerId, RejectReason, Resume, ResumeSecret, Serial,
@@ -46,6 +46,10 @@ pub struct Joined {
     pub live_from: Version,
     /// What resumes this id after a reconnect (the one it showed, when it resumed).
     pub secret: ResumeSecret,
+    /// Whether the peer resumed its id (else the id is new to it).
+    pub resumed: bool,
+    /// Names this session of the peer in its `Leave`.
+    pub session: u64,
 }
 
 /// A request to the sequencer.
@@ -66,9 +70,9 @@ pub enum Command {
         floor: Version,
         byte: u8,
     },
-    Leave {
-        peer: PeerId,
-    },
+    /// A socket ended. `session` is its [`Joined::session`]: a peer that already resumed on
+    /// another socket stays.
+    Leave { peer: PeerId, session: u64 },
     /// The host pauses or resumes the job; the reply comes once that is durable.
     Pause {
         paused: bool,
@@ -91,6 +95,7 @@ pub struct SequencerConfig {
 }
 
 struct Session {
+    id: u64,
     outbox: mpsc::Sender<Vec<Bytes>>,
     kick: Option<oneshot::Sender<Refusal>>,
 }
@@ -109,6 +114,8 @@ pub struct Sequencer {
     store: Store,
     cursor: LogCursor,
     sessions: HashMap<PeerId, Session>,
+    /// The next [`Joined::session`].
+    next_session: u64,
     pending: Vec<Pending>,
     config: SequencerConfig,
     stats: Arc<Stats>,
@@ -125,12 +132,16 @@ impl Sequencer {
     ) -> Result<Self, StoreError> {
         let version = store.version()?;
         let table = store.counter_table(version)?;
+        // Nobody is connected yet; and joins from now on read the table from here.
+        store.all_left()?;
+        store.put_checkpoint(version, &table)?;
         stats.version.store(version.0, Relaxed);
         stats.paused.store(store.paused()?, Relaxed);
         Ok(Sequencer {
             store,
             cursor: LogCursor::new(version, table),
             sessions: HashMap::new(),
+            next_session: 0,
             pending: Vec::new(),
             config,
             stats,
@@ -175,6 +186,7 @@ impl Sequencer {
                     self.sessions.insert(
                         joined.peer,
                         Session {
+                            id: joined.session,
                             outbox,
                             kick: Some(kick),
                         },
@@ -200,9 +212,14 @@ impl Sequencer {
                     });
                 }
             }
-            Command::Leave { peer } => {
-                self.sessions.remove(&peer);
-                self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+            Command::Leave { peer, session } => {
+                let ours = self.sessions.get(&peer).is_none_or(|s| s.id == session);
+                if ours {
+                    self.sessions.remove(&peer);
+                    self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+                    let contributed = self.cursor.last_counter(peer).is_some();
+                    tokio::task::block_in_place(|| self.store.left(peer, contributed))?;
+                }
             }
             Command::Pause { paused, reply } => {
                 // A restart keeps the host's decision: written before it takes effect.
@@ -252,10 +269,10 @@ impl Sequencer {
                 let digest = crate::secret::resume_digest(&secret);
                 if !tokio::task::block_in_place(|| self.store.resumable(peer, &digest))? {
                     return Ok(Err(Refusal::new(
-                        close::PEER_UNAVAILABLE,
+                        close::UNKNOWN_PEER,
                         format!(
                             "peer {peer} is not known to this relay, or that is not its resume \
-                             secret"
+                             secret; join without it"
                         ),
                     )));
                 }
@@ -265,6 +282,7 @@ impl Sequencer {
                         format!("peer {peer} is connected on another socket"),
                     )));
                 }
+                tokio::task::block_in_place(|| self.store.rejoined(peer))?;
                 (peer, secret)
             }
             None => {
@@ -283,11 +301,14 @@ impl Sequencer {
             .cursor
             .last_counter(peer)
             .map_or(Counter(0), |c| Counter(c.0 + 1));
+        self.next_session += 1;
         Ok(Ok(Joined {
             peer,
             next_counter,
             live_from: head,
             secret,
+            resumed: resume.is_some(),
+            session: self.next_session,
         }))
     }
 
@@ -301,6 +322,7 @@ impl Sequencer {
         let mut entries = Vec::with_capacity(self.pending.len());
         let mut packed = Vec::with_capacity(self.pending.len());
         let mut acks = Vec::with_capacity(self.pending.len());
+        let mut checkpoints = Vec::new();
         let mut rejections = Vec::new();
         // Each peer's frames of this tick go into its queue as one item.
         let mut outgoing: HashMap<PeerId, Vec<Bytes>> = HashMap::new();
@@ -322,6 +344,10 @@ impl Sequencer {
                     packed.push(self.cursor.pack_one(&entry));
                     entries.push(entry);
                     acks.push((p.peer, counter, Version(head)));
+                    let reached = self.cursor.version();
+                    if reached.0.is_multiple_of(CHECKPOINT_EVERY) {
+                        checkpoints.push((reached, self.cursor.table()));
+                    }
                 }
                 Err((reason, detail)) => rejections.push((
                     p.peer,
@@ -336,7 +362,7 @@ impl Sequencer {
         let entries_peers: Vec<PeerId> = entries.iter().map(|e| e.peer).collect();
         if !entries.is_empty() {
             // Durable before anyone hears of it.
-            tokio::task::block_in_place(|| self.store.append(first, &entries))?;
+            tokio::task::block_in_place(|| self.store.append(first, &entries, &checkpoints))?;
             self.stats.version.store(self.cursor.version().0, Relaxed);
             self.stats.record_accepted(entries.len() as u64);
             let batch = Bytes::from(

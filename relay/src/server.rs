@@ -3,6 +3,7 @@
 use crate::config::RelayConfig;
 use crate::follower::{Follower, FollowerInput};
 use crate::http;
+use crate::limits::{AddressTally, JoinRate};
 use crate::sequencer::{Command, Sequencer, SequencerConfig};
 use crate::stats::Stats;
 use crate::store::Store;
@@ -21,7 +22,17 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     pub sequencer: mpsc::Sender<Command>,
     pub follower: std::sync::mpsc::Sender<FollowerInput>,
+    /// Joined peers per network address (the sequencer holds the total to `--max-peers`).
+    pub joined: Arc<AddressTally>,
+    /// New peers per minute per network address.
+    pub join_rate: JoinRate,
+    /// Reads of the store on a client's behalf at once (catch-up, `/api/log`, snapshots): a
+    /// crowd asking for the whole log waits its turn instead of holding it all in memory.
+    pub store_reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Store reads served at once.
+const STORE_READS: usize = 8;
 
 /// Loads the job and the store, replays the log into the follower, and serves until Ctrl-C.
 pub async fn run(config: RelayConfig) -> Result<()> {
@@ -94,6 +105,9 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         stats,
         sequencer: commands,
         follower: follower_tx,
+        joined: AddressTally::new(usize::MAX, config.max_peers_per_address),
+        join_rate: JoinRate::new(config.joins_per_minute),
+        store_reads: Arc::new(tokio::sync::Semaphore::new(STORE_READS)),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

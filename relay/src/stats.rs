@@ -18,6 +18,10 @@ pub struct Stats {
     pub rejected: AtomicU64,
     /// Sockets closed by the relay with a refusal code (bad input, limits, slow consumers).
     pub refused: AtomicU64,
+    /// TCP connections closed at once because of `--max-connections[-per-address]`.
+    pub connections_refused: AtomicU64,
+    /// Joined peers closed for answering no ping or going quiet (`--idle-timeout`).
+    pub idle_closed: AtomicU64,
     pub slow_consumers_dropped: AtomicU64,
     /// Bytes of message payload received from and sent to peers (framing not included).
     pub bytes_in: AtomicU64,
@@ -29,8 +33,6 @@ pub struct Stats {
     /// Hash reports compared with the follower, and how many disagreed.
     pub hashes_checked: AtomicU64,
     pub hashes_diverged: AtomicU64,
-    /// The most recent training loss a peer reported, as f32 bits.
-    pub last_loss_bits: AtomicU64,
     rate: Mutex<RateWindow>,
     /// Each peer's figures, for the host's dashboard.
     pub board: crate::board::PeerBoard,
@@ -96,7 +98,6 @@ impl Stats {
     pub fn status(&self) -> Status {
         let checked = self.hashes_checked.load(Relaxed);
         let diverged = self.hashes_diverged.load(Relaxed);
-        let loss = f32::from_bits(self.last_loss_bits.load(Relaxed) as u32);
         Status {
             version: self.version.load(Relaxed),
             peers: self.peers.load(Relaxed),
@@ -104,13 +105,14 @@ impl Stats {
             accepted: self.accepted.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             paused: self.paused.load(Relaxed),
-            last_reported_loss: loss.is_finite().then_some(loss).filter(|l| *l != 0.0),
+            last_reported_loss: self.board.median_loss(),
             consistency: Consistency {
                 follower_version: self.follower_version.load(Relaxed),
                 snapshot_version: self.snapshot_version.load(Relaxed),
                 hashes_checked: checked,
                 hashes_diverged: diverged,
-                consistent: diverged == 0,
+                peers_diverged: self.board.diverged(),
+                consistent: self.board.diverged() == 0,
             },
         }
     }
@@ -125,6 +127,7 @@ pub struct Status {
     pub accepted: u64,
     pub rejected: u64,
     pub paused: bool,
+    /// The median of the connected peers' latest loss reports.
     pub last_reported_loss: Option<f32>,
     pub consistency: Consistency,
 }
@@ -136,6 +139,9 @@ pub struct Consistency {
     pub snapshot_version: u64,
     pub hashes_checked: u64,
     pub hashes_diverged: u64,
-    /// No peer ever reported a hash that differs from the follower's at the same version.
+    /// Connected peers whose latest compared hash differs from the follower's (each was told
+    /// to resync).
+    pub peers_diverged: u64,
+    /// No connected peer's latest compared hash differs from the follower's.
     pub consistent: bool,
 }

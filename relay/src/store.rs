@@ -6,8 +6,9 @@
 //! the relay (or of the machine) loses no acknowledged contribution. Readers (catch-up, the
 //! HTTP API, the follower) open their own connections: WAL lets them read while it writes.
 
-use protocol::{Counter, LogCursor, LogEntry, PeerId, Version, WeightHash};
+use protocol::{Counter, LogCursor, LogEntry, PeerId, Version, WeightHash, varint};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -51,6 +52,10 @@ CREATE TABLE IF NOT EXISTS peers (
     joined_at INTEGER NOT NULL,
     secret BLOB
 );
+CREATE TABLE IF NOT EXISTS counter_checkpoints (
+    version INTEGER PRIMARY KEY,
+    counters BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     version INTEGER PRIMARY KEY,
     hash BLOB NOT NULL,
@@ -60,6 +65,13 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 /// Snapshots kept besides the newest: a joiner racing a new snapshot still finds its own.
 const SNAPSHOTS_KEPT: i64 = 3;
+/// The sequencer records every peer's last counter at each multiple of this many entries, so
+/// the table at any version costs one checkpoint and at most this many log rows.
+pub const CHECKPOINT_EVERY: u64 = 4096;
+/// How long a peer id that contributed stays reserved for its holder after it leaves (its
+/// resume secret keeps working); after that, or at once for an id that never contributed, a
+/// new peer may be given it. Its counters continue, so no direction is ever drawn twice.
+pub const RESUME_WINDOW_S: i64 = 24 * 60 * 60;
 
 /// One connection to the store file.
 pub struct Store {
@@ -90,17 +102,23 @@ impl Store {
             .map_err(|e| store.err(e))?;
         store.conn.execute_batch(SCHEMA).map_err(|e| store.err(e))?;
         // Stores from before resume secrets: their peers get the column, empty, and so can only
-        // join afresh.
-        let has_secrets = store
-            .conn
-            .prepare("SELECT secret FROM peers LIMIT 0")
-            .is_ok();
-        if !has_secrets {
-            store
+        // join afresh. Stores from before ids were reused: every peer counts as having left.
+        for (column, kind) in [("secret", "BLOB"), ("left_at", "INTEGER")] {
+            let present = store
                 .conn
-                .execute_batch("ALTER TABLE peers ADD COLUMN secret BLOB")
-                .map_err(|e| store.err(e))?;
+                .prepare(&format!("SELECT {column} FROM peers LIMIT 0"))
+                .is_ok();
+            if !present {
+                store
+                    .conn
+                    .execute_batch(&format!("ALTER TABLE peers ADD COLUMN {column} {kind}"))
+                    .map_err(|e| store.err(e))?;
+            }
         }
+        store
+            .conn
+            .execute_batch("CREATE INDEX IF NOT EXISTS peers_by_leaving ON peers (left_at)")
+            .map_err(|e| store.err(e))?;
         let stored: Option<String> = store
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'job'", [], |r| r.get(0))
@@ -188,9 +206,22 @@ impl Store {
         Ok(Version(v as u64))
     }
 
-    /// Appends `entries` at versions `first..` in one durable transaction.
-    pub fn append(&mut self, first: Version, entries: &[LogEntry]) -> Result<(), StoreError> {
+    /// Appends `entries` at versions `first..` in one durable transaction, with the counter
+    /// tables at the checkpoint versions they pass (see [`CHECKPOINT_EVERY`]).
+    pub fn append(
+        &mut self,
+        first: Version,
+        entries: &[LogEntry],
+        checkpoints: &[(Version, Vec<(PeerId, Counter)>)],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
+        for (version, table) in checkpoints {
+            tx.execute(
+                "INSERT OR REPLACE INTO counter_checkpoints (version, counters) VALUES (?1, ?2)",
+                params![version.0 as i64, encode_table(table)],
+            )
+            .map_err(|e| sqlite(&self.path, e))?;
+        }
         {
             let mut insert = tx
                 .prepare_cached(
@@ -250,23 +281,68 @@ impl Store {
         Ok(out)
     }
 
-    /// Each peer's last counter in `log[0..at)`.
+    /// Each peer's last counter in `log[0..at)`: the newest checkpoint at or before `at`, and
+    /// the log from there.
     pub fn counter_table(&self, at: Version) -> Result<Vec<(PeerId, Counter)>, StoreError> {
+        let checkpoint: Option<(i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT version, counters FROM counter_checkpoints WHERE version <= ?1 \
+                 ORDER BY version DESC LIMIT 1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![at.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let (since, mut table) = match checkpoint {
+            Some((version, blob)) => {
+                let table = decode_table(&blob).ok_or_else(|| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    version: version as u64,
+                    what: "its counter checkpoint does not decode",
+                })?;
+                (version, table.into_iter().collect::<BTreeMap<_, _>>())
+            }
+            None => (0, BTreeMap::new()),
+        };
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT peer, MAX(counter) FROM log WHERE version < ?1 GROUP BY peer ORDER BY peer",
+                "SELECT peer, MAX(counter) FROM log WHERE version >= ?1 AND version < ?2 \
+                 GROUP BY peer",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![at.0 as i64], |r| {
+            .query_map(params![since, at.0 as i64], |r| {
                 Ok((
                     PeerId(r.get::<_, u32>(0)?),
                     Counter(r.get::<_, i64>(1)? as u64),
                 ))
             })
             .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        for row in rows {
+            let (peer, counter) = row.map_err(|e| self.err(e))?;
+            // A peer's counters only grow along the log: its later entry is its last.
+            table.insert(peer, counter);
+        }
+        Ok(table.into_iter().collect())
+    }
+
+    /// Records the counter table at `version` (the sequencer does so once at start, so a store
+    /// from before checkpoints scans its log only once).
+    pub fn put_checkpoint(
+        &self,
+        version: Version,
+        table: &[(PeerId, Counter)],
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO counter_checkpoints (version, counters) VALUES (?1, ?2)",
+                params![version.0 as i64, encode_table(table)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// The log `from..to` as a peer receives it: the `CounterTable` at `from`, then `LogBatch`es
@@ -288,12 +364,32 @@ impl Store {
         Ok(messages)
     }
 
-    /// Registers a new peer with the digest of its resume secret and returns its id (ids count
-    /// up from 0 and are never reused).
+    /// Registers a new peer with the digest of its resume secret and returns its id: the id of
+    /// a peer that left long enough ago (see [`RESUME_WINDOW_S`]) if there is one, so ids grow
+    /// only as far as the peers of one window, else the next unused one. Either way the id is
+    /// marked connected.
     pub fn new_peer(&self, secret_digest: &[u8; 32]) -> Result<PeerId, StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = unix_now();
+        let reusable: Option<u32> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM peers WHERE left_at IS NOT NULL AND left_at < ?1 \
+                 ORDER BY left_at, id LIMIT 1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![now - RESUME_WINDOW_S], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        if let Some(id) = reusable {
+            self.conn
+                .execute(
+                    "UPDATE peers SET joined_at = ?2, secret = ?3, left_at = NULL WHERE id = ?1",
+                    params![id, now, &secret_digest[..]],
+                )
+                .map_err(|e| self.err(e))?;
+            return Ok(PeerId(id));
+        }
         self.conn
             .execute(
                 "INSERT INTO peers (id, joined_at, secret) \
@@ -302,6 +398,41 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         Ok(PeerId(self.conn.last_insert_rowid() as u32))
+    }
+
+    /// `peer` resumed: it is connected again.
+    pub fn rejoined(&self, peer: PeerId) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE peers SET left_at = NULL WHERE id = ?1",
+                params![peer.0],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// `peer` left. An id that `contributed` stays reserved for its holder for
+    /// [`RESUME_WINDOW_S`]; one that did not may be given out again at once.
+    pub fn left(&self, peer: PeerId, contributed: bool) -> Result<(), StoreError> {
+        let left_at = if contributed { unix_now() } else { 0 };
+        self.conn
+            .execute(
+                "UPDATE peers SET left_at = ?2 WHERE id = ?1",
+                params![peer.0, left_at],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Nobody is connected (the relay is starting): every peer still marked connected left now.
+    pub fn all_left(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE peers SET left_at = ?1 WHERE left_at IS NULL",
+                params![unix_now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Whether `peer` was registered with a resume secret of this digest.
@@ -364,6 +495,37 @@ impl Store {
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A counter table as a blob: varint pairs of (peer id minus the previous one, counter), peers
+/// in increasing order.
+fn encode_table(table: &[(PeerId, Counter)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(table.len() * 4);
+    let mut previous = 0u64;
+    for (peer, counter) in table {
+        let id = u64::from(peer.0);
+        varint::put(&mut out, id - previous);
+        varint::put(&mut out, counter.0);
+        previous = id;
+    }
+    out
+}
+
+fn decode_table(mut blob: &[u8]) -> Option<Vec<(PeerId, Counter)>> {
+    let mut table = Vec::new();
+    let mut id = 0u64;
+    while !blob.is_empty() {
+        id += varint::get(&mut blob, "peer").ok()?;
+        let counter = varint::get(&mut blob, "counter").ok()?;
+        table.push((PeerId(u32::try_from(id).ok()?), Counter(counter)));
+    }
+    Some(table)
+}
+
 fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
     StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -402,7 +564,7 @@ mod tests {
             assert_eq!(store.new_peer(&[1; 32]).unwrap(), PeerId(0));
             assert_eq!(store.new_peer(&[1; 32]).unwrap(), PeerId(1));
             store
-                .append(Version(0), &[entry(0, 0), entry(1, 0), entry(0, 1)])
+                .append(Version(0), &[entry(0, 0), entry(1, 0), entry(0, 1)], &[])
                 .unwrap();
         }
         let (store, stored_job) = Store::open(&path, None).unwrap();
@@ -425,6 +587,63 @@ mod tests {
         assert!(!store.resumable(PeerId(2), &[1; 32]).unwrap());
         let other = Store::open(&path, Some("[job]\nname = \"b\"\n")).unwrap_err();
         assert!(other.to_string().contains("holds job `a`"), "{other}");
+    }
+
+    #[test]
+    fn counter_tables_come_from_checkpoints_and_the_log_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(&dir.path().join("c.db"), Some("name = \"a\"")).unwrap();
+        store
+            .append(Version(0), &[entry(0, 0), entry(1, 0)], &[])
+            .unwrap();
+        // A checkpoint at 2 that the log does not back: the table must come from it.
+        let at_2 = vec![(PeerId(0), Counter(7)), (PeerId(300), Counter(1 << 40))];
+        store
+            .append(
+                Version(2),
+                &[entry(1, 1), entry(2, 5)],
+                &[(Version(2), at_2.clone())],
+            )
+            .unwrap();
+        assert_eq!(store.counter_table(Version(2)).unwrap(), at_2);
+        assert_eq!(
+            store.counter_table(Version(4)).unwrap(),
+            [
+                (PeerId(0), Counter(7)),
+                (PeerId(1), Counter(1)),
+                (PeerId(2), Counter(5)),
+                (PeerId(300), Counter(1 << 40))
+            ]
+        );
+        assert_eq!(
+            store.counter_table(Version(1)).unwrap(),
+            [(PeerId(0), Counter(0))],
+            "before the first checkpoint: the log alone"
+        );
+    }
+
+    #[test]
+    fn ids_of_peers_that_left_are_given_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("p.db"), Some("name = \"a\"")).unwrap();
+        let a = store.new_peer(&[1; 32]).unwrap();
+        let b = store.new_peer(&[2; 32]).unwrap();
+        assert_eq!((a, b), (PeerId(0), PeerId(1)));
+        // `a` contributed: reserved for its holder. `b` did not: free at once.
+        store.left(a, true).unwrap();
+        store.left(b, false).unwrap();
+        assert_eq!(store.new_peer(&[3; 32]).unwrap(), b);
+        assert!(
+            !store.resumable(b, &[2; 32]).unwrap(),
+            "the old secret no longer works"
+        );
+        assert!(store.resumable(b, &[3; 32]).unwrap());
+        assert_eq!(store.new_peer(&[4; 32]).unwrap(), PeerId(2));
+        assert!(store.resumable(a, &[1; 32]).unwrap());
+        // A restart: everyone left, and the window starts now.
+        store.all_left().unwrap();
+        assert_eq!(store.new_peer(&[5; 32]).unwrap(), PeerId(3));
+        assert_eq!(store.peer_count().unwrap(), 4);
     }
 
     #[test]

@@ -126,6 +126,15 @@ fn main() -> Result<()> {
                     "65536",
                     "--tick-ms",
                     &tick,
+                    // Every simulated peer comes from 127.0.0.1.
+                    "--max-connections",
+                    "6000",
+                    "--max-connections-per-address",
+                    "0",
+                    "--max-peers-per-address",
+                    "0",
+                    "--joins-per-minute",
+                    "0",
                 ],
             )?;
             run(&relay, n, seconds, rate).await?;

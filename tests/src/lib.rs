@@ -98,6 +98,17 @@ impl Relay {
         self.child.id()
     }
 
+    /// The relay process's resident memory, in bytes (Linux only).
+    pub fn resident_bytes(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .context("no VmRSS in /proc/PID/status")?;
+        Ok(kib * 1024)
+    }
+
     /// `http://127.0.0.1:PORT` (https with TLS).
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)

@@ -40,6 +40,26 @@ pub async fn connect_with_small_buffer(addr: std::net::SocketAddr) -> Result<Soc
     Ok(ws)
 }
 
+/// A TCP connection to `addr` from the loopback address `source` (any of 127.0.0.0/8): the
+/// relay counts each source as another network address.
+pub async fn tcp_from(
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    Ok(socket.connect(addr).await?)
+}
+
+/// Opens the websocket from the loopback address `source`.
+pub async fn connect_from(source: std::net::IpAddr, addr: std::net::SocketAddr) -> Result<Socket> {
+    let tcp = tcp_from(source, addr).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp))
+            .await?;
+    Ok(ws)
+}
+
 /// The `Hello` of a new peer reading the log from `from`.
 pub fn hello(job: JobId, from: Version, token: &str) -> Message {
     Message::Hello {
@@ -119,7 +139,11 @@ pub struct RawPeer {
 impl RawPeer {
     /// Joins from version 0.
     pub async fn join(ws_url: &str, job: JobId, token: &str) -> Result<RawPeer> {
-        let mut socket = connect(ws_url, None).await?;
+        RawPeer::join_on(connect(ws_url, None).await?, job, token).await
+    }
+
+    /// Joins from version 0 over an open websocket.
+    pub async fn join_on(mut socket: Socket, job: JobId, token: &str) -> Result<RawPeer> {
         send(&mut socket, &hello(job, Version(0), token)).await?;
         let (id, secret, next_counter) = match receive(&mut socket).await {
             Received::Message(Message::Welcome {

@@ -178,6 +178,8 @@ enum End {
     Left,
     Resync(String),
     Retry(String),
+    /// The relay no longer knows the peer's id (or its secret): join again without one.
+    Rejoin(String),
     Refused(String),
     Failed(String),
 }
@@ -222,6 +224,14 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                 End::Left => return Ok(()),
                 End::Refused(why) => return Err(Stop::Refused(why)),
                 End::Failed(why) => return Err(Stop::Failed(why)),
+                End::Rejoin(why) => {
+                    peer.id = None;
+                    peer.secret = None;
+                    self.host.event(Event::Reconnecting {
+                        why: &why,
+                        after_ms: 0.0,
+                    });
+                }
                 End::Resync(why) => {
                     self.host.event(Event::Resyncing { why: &why });
                     let Some(snapshot) = self.snapshot(peer).await? else {
@@ -519,6 +529,8 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                 let said = format!("{reason} (close code {code})");
                 Err(if close::is_fatal(code) {
                     End::Refused(format!("the relay refused this peer: {said}"))
+                } else if code == close::UNKNOWN_PEER {
+                    End::Rejoin(format!("the relay does not know this peer's id: {said}"))
                 } else {
                     End::Retry(format!("the relay closed the connection: {said}"))
                 })

@@ -211,3 +211,46 @@ fn a_resync_reloads_the_snapshot_and_rejoins_from_its_version() {
     ));
     assert_eq!(peer.replica.version(), Version(0));
 }
+
+#[test]
+fn an_unknown_peer_id_is_dropped_and_the_peer_joins_afresh() {
+    let job = Arc::new(Job::demo());
+    let (mut peer, snapshot) = peer_on(&job);
+    // An id from an earlier life that the relay has since given to someone else.
+    peer.id = Some(PeerId(3));
+    peer.secret = Some(SECRET);
+    let relay = ScriptedRelay::new(
+        vec![
+            closed(close::UNKNOWN_PEER, "peer 3 is not known to this relay"),
+            closed(close::DROPPED, "ends the test"),
+        ],
+        snapshot,
+    );
+    let sent = relay.sent.clone();
+    let mut host = ScriptedHost::new(job, 1);
+    let mut driver = Driver::new(
+        &mut host,
+        relay,
+        JumpingClock::default(),
+        DriverConfig::default(),
+    );
+    let result = block_on(driver.run(&mut peer));
+    assert!(matches!(result, Err(Stop::Refused(_))), "{result:?}");
+    let sent = sent.borrow();
+    assert!(matches!(
+        &sent[0][0],
+        Message::Hello {
+            resume: Some(Resume {
+                peer: PeerId(3),
+                ..
+            }),
+            ..
+        }
+    ));
+    assert!(
+        matches!(&sent[1][0], Message::Hello { resume: None, .. }),
+        "the second Hello asks for a new id: {:?}",
+        sent[1][0]
+    );
+    assert_eq!(peer.id, None);
+}

@@ -1,4 +1,5 @@
 //! End-to-end tests, one binary: real relay and worker processes on 127.0.0.1.
 
+mod abuse;
 mod language;
 mod relay;

@@ -358,7 +358,7 @@ async fn a_peer_id_resumes_only_with_its_secret() {
     let mut guess = secret;
     guess.0[0] ^= 1;
     let (code, reason) = refused(resume(guess)).await;
-    assert_eq!(code, close::PEER_UNAVAILABLE);
+    assert_eq!(code, close::UNKNOWN_PEER);
     assert!(reason.contains("resume secret"), "{reason}");
     let (code, reason) = refused(resume(secret)).await;
     assert_eq!(code, close::PEER_UNAVAILABLE);
@@ -385,7 +385,7 @@ async fn a_peer_id_resumes_only_with_its_secret() {
     };
     assert_eq!(resumed, (id, secret));
     let (code, _) = refused(resume(guess)).await;
-    assert_eq!(code, close::PEER_UNAVAILABLE);
+    assert_eq!(code, close::UNKNOWN_PEER);
 }
 
 #[tokio::test(flavor = "multi_thread")]
