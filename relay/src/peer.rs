@@ -277,8 +277,12 @@ impl PeerConnection<'_> {
         };
         send(self.ctx, &mut self.sink, welcome.encode().into()).await?;
         self.catch_up(from, joined.live_from).await?;
+        // The socket was not read while the catch-up went out: quiet counts from here.
+        (self.heard_at, self.active_at) = (Instant::now(), Instant::now());
         let idle_timeout = self.ctx.config.idle_timeout();
-        let mut pings = tokio::time::interval(idle_timeout / 4);
+        // The first ping a period from now, not at once: a fresh peer has just been heard.
+        let period = idle_timeout / 4;
+        let mut pings = tokio::time::interval_at(Instant::now() + period, period);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let turn = tokio::select! {
@@ -299,7 +303,13 @@ impl PeerConnection<'_> {
                 }
                 Turn::Ping => {
                     self.check_quiet(idle_timeout)?;
-                    ping(&mut self.sink).await?;
+                    // Like a delivery, a ping to a peer that stops reading may block: the
+                    // sequencer's kick still ends it.
+                    tokio::select! {
+                        biased;
+                        refusal = &mut self.kick => return Err(refusal.unwrap_or_else(|_| shutting_down())),
+                        sent = ping(&mut self.sink) => sent?,
+                    }
                 }
             }
         }
