@@ -76,7 +76,8 @@ pub struct RelayConfig {
     pub header_timeout: u64,
 
     /// Seconds a joined peer may stay quiet: no answer to the relay's pings, or no contribution
-    /// or hash report while the log moves on. A paused job keeps its quiet peers.
+    /// or hash report while the job runs (a peer following the log reports every 256 entries).
+    /// A paused job keeps its quiet peers.
     #[arg(
         long,
         default_value_t = 120,

@@ -216,6 +216,8 @@ impl Sequencer {
                 let ours = self.sessions.get(&peer).is_none_or(|s| s.id == session);
                 if ours {
                     self.sessions.remove(&peer);
+                    // Unacknowledged, and its id may go to a newcomer before this tick ends.
+                    self.pending.retain(|p| p.peer != peer);
                     self.stats.peers.store(self.sessions.len() as u64, Relaxed);
                     let contributed = self.cursor.last_counter(peer).is_some();
                     tokio::task::block_in_place(|| self.store.left(peer, contributed))?;
