@@ -90,18 +90,15 @@ fn closed(code: u16, reason: &str) -> Vec<Incoming> {
     }]
 }
 
-#[test]
-fn a_fatal_close_code_ends_the_driver_and_any_other_is_retried() {
-    let job = Arc::new(Job::demo());
-    let (mut peer, snapshot) = peer_on(&job);
-    let relay = ScriptedRelay::new(
-        vec![
-            closed(close::GOING_AWAY, "the relay is shutting down"),
-            closed(close::DROPPED, "dropped by the relay's host"),
-            closed(close::GOING_AWAY, "never reached"),
-        ],
-        snapshot,
-    );
+/// Runs `peer` against one script per connection with the default config: the driver's
+/// result, what it sent on each connection, and how often it reconnected.
+fn drive(
+    job: Arc<Job>,
+    peer: &mut PeerState,
+    scripts: Vec<Vec<Incoming>>,
+    snapshot: Vec<u8>,
+) -> (Result<(), Stop>, Vec<Vec<Message>>, u64) {
+    let relay = ScriptedRelay::new(scripts, snapshot);
     let sent = relay.sent.clone();
     let mut host = ScriptedHost::new(job, 1);
     let mut driver = Driver::new(
@@ -110,8 +107,23 @@ fn a_fatal_close_code_ends_the_driver_and_any_other_is_retried() {
         JumpingClock::default(),
         DriverConfig::default(),
     );
-    let result = block_on(driver.run(&mut peer));
-    assert_eq!(driver.tally().reconnects, 1);
+    let result = block_on(driver.run(peer));
+    let reconnects = driver.tally().reconnects;
+    drop(driver);
+    (result, sent.take(), reconnects)
+}
+
+#[test]
+fn a_fatal_close_code_ends_the_driver_and_any_other_is_retried() {
+    let job = Arc::new(Job::demo());
+    let (mut peer, snapshot) = peer_on(&job);
+    let scripts = vec![
+        closed(close::GOING_AWAY, "the relay is shutting down"),
+        closed(close::DROPPED, "dropped by the relay's host"),
+        closed(close::GOING_AWAY, "never reached"),
+    ];
+    let (result, sent, reconnects) = drive(job, &mut peer, scripts, snapshot);
+    assert_eq!(reconnects, 1);
     match result {
         Err(Stop::Refused(why)) => {
             assert!(why.contains("dropped by the relay's host"), "{why}");
@@ -119,11 +131,7 @@ fn a_fatal_close_code_ends_the_driver_and_any_other_is_retried() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(
-        sent.borrow().len(),
-        2,
-        "the third connection was never opened"
-    );
+    assert_eq!(sent.len(), 2, "the third connection was never opened");
 }
 
 #[test]
@@ -219,24 +227,12 @@ fn an_unknown_peer_id_is_dropped_and_the_peer_joins_afresh() {
     // An id from an earlier life that the relay has since given to someone else.
     peer.id = Some(PeerId(3));
     peer.secret = Some(SECRET);
-    let relay = ScriptedRelay::new(
-        vec![
-            closed(close::UNKNOWN_PEER, "peer 3 is not known to this relay"),
-            closed(close::DROPPED, "ends the test"),
-        ],
-        snapshot,
-    );
-    let sent = relay.sent.clone();
-    let mut host = ScriptedHost::new(job, 1);
-    let mut driver = Driver::new(
-        &mut host,
-        relay,
-        JumpingClock::default(),
-        DriverConfig::default(),
-    );
-    let result = block_on(driver.run(&mut peer));
+    let scripts = vec![
+        closed(close::UNKNOWN_PEER, "peer 3 is not known to this relay"),
+        closed(close::DROPPED, "ends the test"),
+    ];
+    let (result, sent, _) = drive(job, &mut peer, scripts, snapshot);
     assert!(matches!(result, Err(Stop::Refused(_))), "{result:?}");
-    let sent = sent.borrow();
     assert!(matches!(
         &sent[0][0],
         Message::Hello {

@@ -156,7 +156,6 @@ impl Connection {
                 }
             }
         }
-        drop(self.place);
     }
 }
 

@@ -2,6 +2,7 @@
 //! that must keep going. Attackers come from other loopback addresses (127.0.0.2 and up), which
 //! the relay counts as other networks, as it would hosts on the internet.
 
+use crate::relay::store;
 use e2e::raw::{self, RawPeer, Received};
 use e2e::{Relay, Worker, wait_for};
 use futures_util::StreamExt;
@@ -9,12 +10,6 @@ use protocol::{HASH_REPORT_INTERVAL, Message, Version, WeightHash, close};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn store() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("relay.db");
-    (dir, path)
-}
 
 fn loopback(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))

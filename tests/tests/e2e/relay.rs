@@ -7,7 +7,8 @@ use protocol::{Counter, Message, RejectReason, Resume, ResumeSecret, Version, cl
 use std::collections::HashMap;
 use std::time::Duration;
 
-fn store() -> (tempfile::TempDir, std::path::PathBuf) {
+/// A fresh directory and the path of a relay store in it.
+pub(crate) fn store() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("relay.db");
     (dir, path)
