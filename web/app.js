@@ -13,6 +13,7 @@ const STATE_LABELS = {
   catching_up: 'catching up',
   training: 'training',
   paused: 'paused',
+  quarantined: 'quarantined',
   reconnecting: 'reconnecting',
   refused: 'refused',
   stopped: 'stopped',
@@ -192,6 +193,9 @@ function onProgress(p) {
   $('version').textContent = p.version;
   $('accepted').textContent = p.accepted;
   $('rejected').textContent = p.rejected;
+  // A private job: what this tab's contributions have cost its data so far.
+  $('privacy-figure').hidden = p.privacyEpsilon == null;
+  if (p.privacyEpsilon != null) $('privacy').textContent = `ε ${p.privacyEpsilon.toFixed(2)} · δ ${p.privacyDelta.toExponential(0)}`;
   $('rate').textContent = p.contributionsPerS.toFixed(1);
   $('step-ms').textContent = p.stepMs == null ? '–' : p.stepMs.toFixed(0);
   $('busy').textContent = p.busyShare == null ? '–' : Math.round(100 * p.busyShare);

@@ -14,6 +14,9 @@ pub enum State {
     CatchingUp,
     Training,
     Paused,
+    /// The relay rejects this tab's contributions (they lay far outside everyone else's); it
+    /// still follows the log.
+    Quarantined,
     Reconnecting,
     /// The relay closed with a code that retrying cannot fix.
     Refused,
@@ -78,6 +81,9 @@ pub enum Event {
         /// Share of the last 5 s of training spent proposing or applying the log (`None`
         /// while not training).
         busy_share: Option<f64>,
+        /// In a private job: ε spent so far by this tab's contributions, at `privacy_delta`.
+        privacy_epsilon: Option<f64>,
+        privacy_delta: Option<f64>,
     },
     /// The weight hash at a report boundary (also sent to the relay).
     Hash {

@@ -155,6 +155,13 @@ impl<'a> Page<'a> {
                 State::Paused,
                 "paused: following the log, computing nothing".into(),
             ),
+            Activity::Quarantined => (
+                State::Quarantined,
+                "quarantined by the relay: this tab's contributions lay far outside everyone \
+                 else's, so the relay rejects them; it still follows the log (the relay's host \
+                 can release it)"
+                    .into(),
+            ),
             Activity::Training => (
                 State::Training,
                 format!("contributing on {}", self.backend.name()),
@@ -246,6 +253,8 @@ impl Host for Page<'_> {
                 params: d,
                 step_ms: tally.step_ms,
                 busy_share: tally.busy_share_lately(now),
+                privacy_epsilon: peer.privacy.as_ref().map(|p| p.accountant.epsilon()),
+                privacy_delta: peer.privacy.as_ref().map(|p| p.accountant.delta()),
             });
         }
         if state != State::CatchingUp && now >= self.next_model {

@@ -102,6 +102,8 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
     endpoints.ws = protocol::websocket_with_backend(&endpoints.ws, &described);
     let mut state = PeerState::new(settled.replica);
     state.lanes = settled.lanes;
+    state.privacy = engine::privacy::PrivatePeer::for_job(&job, data.train.len())
+        .map_err(|e| format!("the job is private, and the browser gave no randomness: {e}"))?;
     let config = DriverConfig {
         token: options.token.clone(),
         window: options.window,

@@ -20,6 +20,9 @@ pub struct JobConfig {
     pub task: TaskSpec,
     #[serde(default)]
     pub hyper: HyperParams,
+    /// Differential privacy for each peer's data (clipped, noised estimates), if the job asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::PrivacySpec>,
 }
 
 /// Identity of the job.
@@ -120,6 +123,12 @@ pub enum JobError {
         value: String,
         why: &'static str,
     },
+    #[error("privacy.{field} = {value}: {why}")]
+    Privacy {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
     #[error("hyper.quantizer: {0}")]
     Quantizer(#[from] protocol::QuantizeError),
     #[error("model: {0}")]
@@ -201,6 +210,9 @@ impl Job {
             return Err(JobError::EmptyName);
         }
         config.hyper.validate()?;
+        if let Some((field, value, why)) = config.privacy.as_ref().and_then(|p| p.problem()) {
+            return Err(JobError::Privacy { field, value, why });
+        }
         let model = Model::new(&config.model, config.task.features, config.task.classes)?;
         match config.task.dataset.parse::<DataSource>() {
             Ok(DataSource::Builtin(_) | DataSource::Corpus(_)) => {}
@@ -278,6 +290,7 @@ impl Job {
             model: ModelSpec::default(),
             task: TaskSpec::default(),
             hyper: HyperParams::default(),
+            privacy: None,
         })
         .expect("the demo job is valid")
     }
@@ -322,6 +335,7 @@ impl Job {
                 staleness_bound: 64,
                 quantizer: Quantizer::default(),
             },
+            privacy: None,
         })
         .expect("the tiny transformer job is valid")
     }
@@ -329,6 +343,11 @@ impl Job {
     /// The hyper-parameters.
     pub fn hyper(&self) -> &HyperParams {
         &self.config.hyper
+    }
+
+    /// The job's differential-privacy settings, if it asks peers for private estimates.
+    pub fn privacy(&self) -> Option<&crate::privacy::PrivacySpec> {
+        self.config.privacy.as_ref()
     }
 
     /// Initial weights: the checkpoint's, or generated on the CPU from the seed.

@@ -16,6 +16,7 @@ pub mod hash;
 pub mod job;
 pub mod layout;
 pub mod model;
+pub mod privacy;
 pub mod reference;
 pub mod replica;
 pub mod session;

@@ -354,6 +354,34 @@ pub fn lane_losses(logits: Tensor<3>, targets: &Tensor<2>) -> Tensor<1> {
     picked.mean_dim(1).reshape([lanes]).neg()
 }
 
+/// For a private step: `logits: [2K, batch, classes]` holding the `+ε` and `−ε` copies of K
+/// directions in turn. Gives `[3K]`: the 2K mean losses, then for each direction the mean over
+/// the batch of the per-example differences `(L_i⁺ − L_i⁻) / 2ε`, each clipped to `[−clip,
+/// clip]`. One tensor, so one read back.
+pub fn lane_private_estimates(
+    logits: Tensor<3>,
+    targets: &Tensor<2>,
+    eps: f32,
+    clip: f32,
+) -> Tensor<1> {
+    let [lanes, batch, _] = logits.dims();
+    let directions = lanes / 2;
+    let log_probs = activation::log_softmax(logits, 2);
+    let per_example = (log_probs * targets.clone().unsqueeze::<3>())
+        .sum_dim(2)
+        .reshape([lanes, batch])
+        .neg();
+    let means = per_example.clone().mean_dim(1).reshape([lanes]);
+    let pairs = per_example.reshape([directions, 2, batch]);
+    let plus = pairs.clone().narrow(1, 0, 1);
+    let minus = pairs.narrow(1, 1, 1);
+    let clipped = ((plus - minus) / (2.0 * eps))
+        .clamp(-clip, clip)
+        .mean_dim(2)
+        .reshape([directions]);
+    Tensor::cat(vec![means, clipped], 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

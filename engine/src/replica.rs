@@ -7,7 +7,7 @@ use crate::data::Split;
 use crate::direction::{apply_update, perturb_into};
 use crate::hash::weight_hash;
 use crate::job::Job;
-use crate::model::lane_losses;
+use crate::model::{lane_losses, lane_private_estimates};
 use crate::snapshot::{Snapshot, SnapshotError};
 use burn::tensor::{Device, Int, Tensor, TensorData, loss::cross_entropy_with_logits};
 use protocol::{Counter, DirectionSeed, LogEntry, PeerId, Version, WeightHash};
@@ -49,7 +49,9 @@ pub struct Proposal {
     pub base_version: Version,
     /// `Q(g)`, the byte on the wire.
     pub byte: u8,
-    /// The projected gradient `(L+ − L−) / 2ε` before quantisation.
+    /// The projected gradient `(L+ − L−) / 2ε` before quantisation. In a private job: the
+    /// batch mean of the clipped per-example differences, and, once the session has added the
+    /// noise, the noised value the byte encodes.
     pub g: f32,
     /// Mean of the two perturbed losses: the local training loss at `base_version`.
     pub loss: f32,
@@ -280,10 +282,21 @@ impl Replica {
                 .collect();
             let thetas = self.perturbed(&lanes);
             let logits = self.job.model.forward_lanes(&thetas, x.clone());
-            let losses = self.read(lane_losses(logits, &targets)).await?;
-            for (&counter, pair) in chunk.iter().zip(losses.chunks_exact(2)) {
+            // A private job's estimate is the mean of clipped per-example differences (the
+            // session adds the noise); otherwise the difference of the mean losses.
+            let (losses, clipped) = match self.job.privacy() {
+                Some(p) => {
+                    let read = self
+                        .read(lane_private_estimates(logits, &targets, eps, p.clip))
+                        .await?;
+                    let (losses, clipped) = read.split_at(2 * chunk.len());
+                    (losses.to_vec(), Some(clipped.to_vec()))
+                }
+                None => (self.read(lane_losses(logits, &targets)).await?, None),
+            };
+            for (i, (&counter, pair)) in chunk.iter().zip(losses.chunks_exact(2)).enumerate() {
                 let (lp, lm) = (pair[0], pair[1]);
-                let g = (lp - lm) / (2.0 * eps);
+                let g = clipped.as_ref().map_or((lp - lm) / (2.0 * eps), |c| c[i]);
                 proposals.push(Proposal {
                     counter,
                     base_version: self.version,

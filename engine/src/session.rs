@@ -47,6 +47,9 @@ pub struct PeerState {
     pub until_version: Option<u64>,
     /// Contributions proposed per step, in one batched forward pass (at least 1).
     pub lanes: usize,
+    /// A private job's noise and accountant: its host sets it (it knows the data's size);
+    /// without it, a private job's session proposes nothing.
+    pub privacy: Option<crate::privacy::PrivatePeer>,
 }
 
 impl PeerState {
@@ -60,6 +63,7 @@ impl PeerState {
             last_loss: None,
             until_version: None,
             lanes: 1,
+            privacy: None,
         }
     }
 }
@@ -127,6 +131,9 @@ pub struct Session {
     /// How many versions late the latest answered contribution was, when it was turned down as
     /// stale; `None` once one is accepted.
     behind: Option<u64>,
+    /// The relay quarantined this peer (its contributions are rejected): it follows the log
+    /// and proposes nothing on this connection.
+    quarantined: bool,
     outbox: Vec<Message>,
 }
 
@@ -162,6 +169,7 @@ impl Session {
             window: window.max(peer.lanes).max(1),
             sent: 0,
             behind: None,
+            quarantined: false,
             outbox: vec![hello],
         }
     }
@@ -208,9 +216,16 @@ impl Session {
         self.behind
     }
 
-    /// Whether a contribution may be proposed now: live, caught up, and room in the window.
+    /// Whether the relay quarantined this peer: it rejects its contributions until its host
+    /// releases it.
+    pub fn quarantined(&self) -> bool {
+        self.quarantined
+    }
+
+    /// Whether a contribution may be proposed now: live, caught up, not quarantined, and room
+    /// in the window.
     pub fn ready_to_contribute(&self, peer: &PeerState) -> bool {
-        !self.catching_up(peer) && self.in_flight.len() < self.window
+        !self.catching_up(peer) && !self.quarantined && self.in_flight.len() < self.window
     }
 
     /// Removes an answered contribution from the window; its base version if it was there.
@@ -301,6 +316,9 @@ impl Session {
                     let now = peer.replica.version().0;
                     self.behind = Some(base.map_or(0, |b| now.saturating_sub(b.0)));
                 }
+                if reason == RejectReason::Quarantined {
+                    self.quarantined = true;
+                }
                 peer.rejected += 1;
                 Ok(Received::Rejected { reason, detail })
             }
@@ -357,11 +375,26 @@ impl Session {
         let room = self.window.saturating_sub(self.in_flight.len());
         let k = peer.lanes.max(1).min(room.max(1)) as u64;
         let counters: Vec<Counter> = (0..k).map(|i| Counter(self.next_counter.0 + i)).collect();
-        let proposals = peer
+        let private = peer.replica.job().privacy().is_some();
+        if private && peer.privacy.is_none() {
+            return Err(SessionEnd::Fatal(
+                "the job is private, and this peer has no noise source to make its \
+                 contributions private"
+                    .into(),
+            ));
+        }
+        let mut proposals = peer
             .replica
             .propose_lanes(id, &counters, batch)
             .await
             .map_err(|e| SessionEnd::Fatal(format!("proposing failed: {e}")))?;
+        if let Some(privacy) = peer.privacy.as_mut().filter(|_| private) {
+            let quantizer = peer.replica.job().hyper().quantizer;
+            for p in &mut proposals {
+                p.g = privacy.release(p.g);
+                p.byte = quantizer.encode(p.g);
+            }
+        }
         for proposal in &proposals {
             self.outbox.push(Message::Contribute {
                 counter: Serial::of(proposal.counter.0),
@@ -372,7 +405,8 @@ impl Session {
                 .push_back((proposal.counter, proposal.base_version));
             self.sent += 1;
             peer.last_loss = Some(proposal.loss);
-            if self.sent.is_multiple_of(LOSS_REPORT_EVERY) {
+            // A private peer's loss would be one more release of its data.
+            if !private && self.sent.is_multiple_of(LOSS_REPORT_EVERY) {
                 self.outbox.push(Message::LossReport {
                     version: proposal.base_version,
                     loss: proposal.loss,
@@ -523,5 +557,89 @@ mod tests {
             "an accepted contribution means keeping up"
         );
         assert_eq!(session.in_flight(), 2);
+    }
+
+    /// A welcomed session of a fresh peer on `job`, at head 0.
+    fn welcomed_on(job: Job) -> (PeerState, Session) {
+        let peer = PeerState::new(Replica::new(Arc::new(job), cpu_device()));
+        let mut session = Session::new(&peer, "t", 1_000);
+        let mut peer = peer;
+        let welcome = Message::Welcome {
+            peer: PeerId(3),
+            job: peer.replica.job().id,
+            version: Version(0),
+            next_counter: Counter(0),
+            secret: ResumeSecret([7; 16]),
+        };
+        block_on(session.receive(&mut peer, welcome)).unwrap();
+        let table = LogCursor::new(Version(0), []).table_message();
+        block_on(session.receive(&mut peer, table)).unwrap();
+        session.take_outbox();
+        (peer, session)
+    }
+
+    #[test]
+    fn a_private_session_noises_its_estimates_accounts_for_them_and_reports_no_loss() {
+        use crate::privacy::{Noise, PrivacySpec, PrivatePeer};
+        let spec = PrivacySpec {
+            clip: 0.5,
+            noise_multiplier: 1.0,
+            delta: 1e-5,
+        };
+        let mut config = Job::demo().config;
+        config.privacy = Some(spec);
+        let private_job = Job::new(config).unwrap();
+        let data = Builtin::Spirals.generate(320, 8, 1);
+
+        // Without its noise source, a private peer proposes nothing.
+        let (mut bare, mut session) = welcomed_on(private_job.clone());
+        assert!(matches!(
+            block_on(session.contribute(&mut bare, &data.train)),
+            Err(SessionEnd::Fatal(_))
+        ));
+
+        let (mut peer, mut session) = welcomed_on(private_job);
+        peer.privacy = Some(PrivatePeer::new(
+            spec,
+            32,
+            data.train.len(),
+            Noise::from_seed([1; 32]),
+        ));
+        let batch = data.train.rows(0..32);
+        let mut noised = Vec::new();
+        for _ in 0..2 * LOSS_REPORT_EVERY {
+            let p = block_on(session.contribute(&mut peer, &batch)).unwrap();
+            noised.push(p[0].g);
+        }
+        let sent = session.take_outbox();
+        assert_eq!(
+            sent.len() as u64,
+            2 * LOSS_REPORT_EVERY,
+            "contributions only"
+        );
+        assert!(sent.iter().all(|m| matches!(m, Message::Contribute { .. })));
+        let accountant = &peer.privacy.as_ref().unwrap().accountant;
+        assert_eq!(accountant.steps(), 2 * LOSS_REPORT_EVERY);
+        assert!(accountant.epsilon() > 0.0);
+
+        // The same directions without noise: each clipped mean lies within [−C, C], and the
+        // noise (σ·C/B ≈ 0.016) moves every one of them, by about that much.
+        let mut config = Job::demo().config;
+        config.privacy = Some(spec);
+        let mut clean = Replica::new(Arc::new(Job::new(config).unwrap()), cpu_device());
+        let mut diffs = Vec::new();
+        for (counter, g) in noised.iter().enumerate() {
+            let counter = [Counter(counter as u64)];
+            let p = block_on(clean.propose_lanes(PeerId(3), &counter, &batch)).unwrap();
+            assert!(p[0].g.abs() <= spec.clip, "clipped mean {}", p[0].g);
+            diffs.push(f64::from(g - p[0].g));
+        }
+        let std = (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt();
+        let expected = 1.0 * 0.5 / 32.0;
+        assert!(diffs.iter().all(|d| *d != 0.0));
+        assert!(
+            (std / expected - 1.0).abs() < 0.3,
+            "noise std {std}, expected {expected}"
+        );
     }
 }

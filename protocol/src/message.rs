@@ -85,6 +85,9 @@ pub enum RejectReason {
     Paused = 4,
     /// `base_version` is ahead of the log.
     FromTheFuture = 5,
+    /// The relay quarantined this peer: too many of its recent bytes lay far outside everyone
+    /// else's (see the relay's clipping bound). It may still follow the log.
+    Quarantined = 6,
 }
 
 impl RejectReason {
@@ -95,6 +98,7 @@ impl RejectReason {
             3 => Self::RateLimited,
             4 => Self::Paused,
             5 => Self::FromTheFuture,
+            6 => Self::Quarantined,
             other => {
                 return Err(DecodeError::OutOfRange {
                     field: "reason",
@@ -506,6 +510,7 @@ mod tests {
             Just(RejectReason::RateLimited),
             Just(RejectReason::Paused),
             Just(RejectReason::FromTheFuture),
+            Just(RejectReason::Quarantined),
         ];
         let entry =
             (any::<u32>(), any::<Option<u64>>(), any::<u8>()).prop_map(|(p, c, b)| PackedEntry {

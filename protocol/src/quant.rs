@@ -154,6 +154,32 @@ impl Quantizer {
             Quantizer::Linear { step } => step,
         }
     }
+
+    /// A byte's magnitude level in `0..=127`: `|D(byte)|` grows with it (strictly, from 0),
+    /// for both codecs. What the relay's clipping bound is expressed in.
+    pub fn magnitude(&self, byte: u8) -> u8 {
+        match *self {
+            Quantizer::Log { .. } => byte & 0x7f,
+            Quantizer::Linear { .. } => (byte as i8).unsigned_abs().min(127),
+        }
+    }
+
+    /// `byte` with its magnitude level lowered to at most `level` and its sign kept: the
+    /// clipped contribution the relay logs in place of one above its bound.
+    pub fn clip(&self, byte: u8, level: u8) -> u8 {
+        let level = level.min(LOG_LEVELS);
+        if self.magnitude(byte) <= level {
+            return byte;
+        }
+        match *self {
+            Quantizer::Log { .. } if level == 0 => 0,
+            Quantizer::Log { .. } => (byte & 0x80) | level,
+            Quantizer::Linear { .. } => {
+                let level = level as i8;
+                (if (byte as i8) < 0 { -level } else { level }) as u8
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +250,27 @@ mod tests {
         );
         assert!(Quantizer::Linear { step: -1.0 }.validate().is_err());
         assert!(LOG.validate().is_ok() && LIN.validate().is_ok());
+    }
+
+    #[test]
+    fn clipping_lowers_the_magnitude_and_keeps_the_sign() {
+        for q in [LOG, LIN] {
+            for b in 0..=255u8 {
+                let m = q.magnitude(b);
+                assert_eq!(m == 0, q.decode(b) == 0.0, "byte {b:#04x}");
+                for level in [0u8, 1, 40, 127] {
+                    let c = q.clip(b, level);
+                    assert_eq!(q.magnitude(c), m.min(level), "byte {b:#04x} to {level}");
+                    assert!(q.decode(c).abs() <= q.decode(b).abs());
+                    if q.decode(c) != 0.0 {
+                        assert_eq!(q.decode(c).signum(), q.decode(b).signum());
+                    }
+                }
+            }
+            // Magnitudes order the decoded values.
+            let by_level: Vec<f32> = (0..=127u8).map(|b| q.decode(b).abs()).collect();
+            assert!(by_level.windows(2).all(|w| w[0] < w[1]));
+        }
     }
 
     proptest! {

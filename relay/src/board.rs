@@ -27,6 +27,9 @@ struct Row {
     left: Option<Instant>,
     accepted: u64,
     rejected: u64,
+    /// Contributions logged clipped.
+    clipped: u64,
+    quarantined: bool,
     rate: RateWindow,
     last_hash: Option<(u64, bool)>,
     /// The training loss it reported last.
@@ -41,6 +44,8 @@ impl Row {
             left: None,
             accepted: 0,
             rejected: 0,
+            clipped: 0,
+            quarantined: false,
             rate: RateWindow::default(),
             last_hash: None,
             last_loss: None,
@@ -58,6 +63,10 @@ pub struct PeerView {
     pub online_s: f64,
     pub accepted: u64,
     pub rejected: u64,
+    /// Of its accepted contributions, those logged clipped to the relay's bound.
+    pub clipped: u64,
+    /// Its contributions are rejected until the host releases it.
+    pub quarantined: bool,
     pub contributions_per_s: f64,
     /// The version of its last hash report, and whether it matched the relay's replica.
     pub last_hash_version: Option<u64>,
@@ -118,6 +127,26 @@ impl PeerBoard {
         });
     }
 
+    /// Contributions of one tick logged clipped, per peer.
+    pub fn clipped(&self, clipped: &[(PeerId, u64)]) {
+        self.with(|rows| {
+            for &(peer, n) in clipped {
+                if let Some(row) = rows.get_mut(&peer) {
+                    row.clipped += n;
+                }
+            }
+        });
+    }
+
+    /// The sequencer quarantined `peer`, or the host released it.
+    pub fn quarantined(&self, peer: PeerId, quarantined: bool) {
+        self.with(|rows| {
+            if let Some(row) = rows.get_mut(&peer) {
+                row.quarantined = quarantined;
+            }
+        });
+    }
+
     /// The follower compared the peer's hash at `version`.
     pub fn hash(&self, peer: PeerId, version: u64, agreed: bool) {
         self.with(|rows| {
@@ -173,6 +202,8 @@ impl PeerBoard {
                 online_s: r.left.unwrap_or(now).duration_since(r.since).as_secs_f64(),
                 accepted: r.accepted,
                 rejected: r.rejected,
+                clipped: r.clipped,
+                quarantined: r.quarantined,
                 contributions_per_s: if r.left.is_none() {
                     r.rate.per_second()
                 } else {

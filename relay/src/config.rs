@@ -94,6 +94,29 @@ pub struct RelayConfig {
     #[arg(long, default_value_t = 2000, help_heading = "Limits")]
     pub rate_limit: u32,
 
+    /// Clip each contribution's magnitude to this many times the median magnitude of recent
+    /// contributions (over the peers that sent the last 1 024, each counted once); the log
+    /// records the clipped byte. 0: no clipping.
+    #[arg(
+        long,
+        default_value_t = 4.0,
+        value_name = "FACTOR",
+        value_parser = clip_factor,
+        help_heading = "Influence"
+    )]
+    pub clip_factor: f32,
+
+    /// Quarantine a peer when at least this share of its last 64 contributions was clipped:
+    /// its contributions are rejected until the host releases it (`/admin`); 0: never.
+    #[arg(
+        long,
+        default_value_t = 0.5,
+        value_name = "SHARE",
+        value_parser = share,
+        help_heading = "Influence"
+    )]
+    pub quarantine_share: f32,
+
     /// How long the sequencer gathers contributions before committing them as one batch (ms).
     #[arg(long, default_value_t = 5)]
     pub tick_ms: u64,
@@ -122,11 +145,41 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
+    pub fn influence(&self) -> crate::influence::InfluenceConfig {
+        crate::influence::InfluenceConfig {
+            clip_factor: self.clip_factor,
+            quarantine_share: self.quarantine_share,
+        }
+    }
+
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout.max(1))
     }
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout.max(1))
+    }
+}
+
+/// `--clip-factor`: 0 (off) or at least 1 (a bound below the median would clip most honest
+/// contributions).
+fn clip_factor(text: &str) -> Result<f32, String> {
+    let f: f32 = text.parse().map_err(|e| format!("{e}"))?;
+    if f == 0.0 || (f.is_finite() && f >= 1.0) {
+        Ok(f)
+    } else {
+        Err(format!(
+            "{text} is neither 0 (off) nor a finite factor of at least 1"
+        ))
+    }
+}
+
+/// `--quarantine-share`: a share in [0, 1].
+fn share(text: &str) -> Result<f32, String> {
+    let s: f32 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&s) {
+        Ok(s)
+    } else {
+        Err(format!("{text} is not a share between 0 and 1"))
     }
 }

@@ -9,6 +9,7 @@ pub mod board;
 pub mod config;
 pub mod follower;
 pub mod http;
+pub mod influence;
 pub mod limits;
 pub mod metrics;
 pub mod peer;

@@ -38,13 +38,18 @@ struct StatsCollector(Arc<Stats>);
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
-        let gauges: [(&str, &str, u64); 5] = [
+        let gauges: [(&str, &str, u64); 6] = [
             (
                 "log_version",
                 "Entries in the durable log",
                 load(&self.0.version),
             ),
             ("peers", "Peers connected", load(&self.0.peers)),
+            (
+                "peers_quarantined",
+                "Peers whose contributions are rejected until the host releases them",
+                load(&self.0.quarantined),
+            ),
             (
                 "follower_version",
                 "Version of the relay's own replica",
@@ -65,7 +70,7 @@ impl Collector for StatsCollector {
             let gauge = ConstGauge::new(value as i64);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "connections_refused",
                 "TCP connections closed at once by the connection limits",
@@ -80,6 +85,11 @@ impl Collector for StatsCollector {
                 "contributions_accepted",
                 "Contributions written to the log",
                 load(&self.0.accepted),
+            ),
+            (
+                "contributions_clipped",
+                "Contributions logged clipped to the relay's bound",
+                load(&self.0.clipped),
             ),
             (
                 "contributions_rejected",

@@ -128,6 +128,9 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
     let peer = joined.peer;
     tracing::info!(%peer, from = %from, head = %joined.live_from, %backend, %address, "peer joined");
     ctx.stats.board.joined(peer, &backend, !joined.resumed);
+    if joined.quarantined {
+        ctx.stats.board.quarantined(peer, true);
+    }
     let now = Instant::now();
     let mut connection = PeerConnection {
         ctx: &ctx,
@@ -170,7 +173,12 @@ fn admit(ctx: &Context, address: Address, fresh: bool) -> Result<Place, Refusal>
             ),
         )
     })?;
-    if fresh && !ctx.join_rate.allow(address) {
+    // A relay that is full refuses the join anyway (FULL, from the sequencer); it should not
+    // cost the address one of its new ids. (A race with another join can still let one through
+    // here and be refused there; the budget is a minute's.)
+    let full =
+        ctx.stats.peers.load(std::sync::atomic::Ordering::Relaxed) >= ctx.config.max_peers as u64;
+    if fresh && !full && !ctx.join_rate.allow(address) {
         return Err(Refusal::new(
             close::BUSY,
             format!(

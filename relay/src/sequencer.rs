@@ -6,12 +6,13 @@
 //! batch to every peer's queue. A peer whose queue is full is dropped; nobody waits for it.
 
 use crate::follower::FollowerInput;
+use crate::influence::{Influence, InfluenceConfig, WINDOW};
 use crate::stats::Stats;
 use crate::store::{CHECKPOINT_EVERY, Store, StoreError};
 use bytes::Bytes;
 use protocol::{
-    Counter, LogCursor, LogEntry, Message, PeerId, RejectReason, Resume, ResumeSecret, Serial,
-    Version, close,
+    Counter, LogCursor, LogEntry, Message, PeerId, Quantizer, RejectReason, Resume, ResumeSecret,
+    Serial, Version, close,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct Joined {
     pub resumed: bool,
     /// Names this session of the peer in its `Leave`.
     pub session: u64,
+    /// The peer resumed an id that is quarantined.
+    pub quarantined: bool,
 }
 
 /// A request to the sequencer.
@@ -84,6 +87,11 @@ pub enum Command {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
+    /// The host releases a quarantined peer. The reply says whether it was quarantined.
+    Release {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
 }
 
 /// Policy the sequencer enforces.
@@ -92,6 +100,9 @@ pub struct SequencerConfig {
     pub tick: Duration,
     pub staleness_bound: u64,
     pub max_peers: usize,
+    /// The job's codec: clipping lowers a byte's magnitude level.
+    pub quantizer: Quantizer,
+    pub influence: InfluenceConfig,
 }
 
 struct Session {
@@ -117,6 +128,8 @@ pub struct Sequencer {
     /// The next [`Joined::session`].
     next_session: u64,
     pending: Vec<Pending>,
+    /// The clipping bound and the quarantined peers.
+    influence: Influence,
     config: SequencerConfig,
     stats: Arc<Stats>,
     follower: std::sync::mpsc::Sender<FollowerInput>,
@@ -137,12 +150,19 @@ impl Sequencer {
         store.put_checkpoint(version, &table)?;
         stats.version.store(version.0, Relaxed);
         stats.paused.store(store.paused()?, Relaxed);
+        // The bound picks up where it was: learned again from the log's tail (as logged).
+        let mut influence =
+            Influence::new(config.influence, config.quantizer, store.quarantined()?);
+        let tail = store.entries(Version(version.0.saturating_sub(WINDOW as u64)), version)?;
+        influence.seed(tail.iter().map(|e| (e.peer, e.byte)));
+        stats.publish_influence(&influence);
         Ok(Sequencer {
             store,
             cursor: LogCursor::new(version, table),
             sessions: HashMap::new(),
             next_session: 0,
             pending: Vec::new(),
+            influence,
             config,
             stats,
             follower,
@@ -240,6 +260,21 @@ impl Sequencer {
                 });
                 let _ = reply.send(dropped);
             }
+            Command::Release { peer, reply } => {
+                let written =
+                    tokio::task::block_in_place(|| self.store.set_quarantined(peer, false));
+                let answer = written
+                    .as_ref()
+                    .map(|_| self.influence.release(peer))
+                    .map_err(|e| e.to_string());
+                if answer == Ok(true) {
+                    tracing::info!(%peer, "released from quarantine by the host");
+                    self.stats.board.quarantined(peer, false);
+                    self.stats.publish_influence(&self.influence);
+                }
+                let _ = reply.send(answer);
+                written?;
+            }
         }
         Ok(())
     }
@@ -296,6 +331,8 @@ impl Sequencer {
                 };
                 let digest = crate::secret::resume_digest(&secret);
                 let peer = tokio::task::block_in_place(|| self.store.new_peer(&digest))?;
+                // The id may have been someone else's: its record and quarantine are not ours.
+                self.influence.forget(peer);
                 (peer, secret)
             }
         };
@@ -311,6 +348,7 @@ impl Sequencer {
             secret,
             resumed: resume.is_some(),
             session: self.next_session,
+            quarantined: self.influence.is_quarantined(peer),
         }))
     }
 
@@ -326,6 +364,8 @@ impl Sequencer {
         let mut acks = Vec::with_capacity(self.pending.len());
         let mut checkpoints = Vec::new();
         let mut rejections = Vec::new();
+        let mut clipped = Vec::new();
+        let mut quarantined = Vec::new();
         // Each peer's frames of this tick go into its queue as one item.
         let mut outgoing: HashMap<PeerId, Vec<Bytes>> = HashMap::new();
         for p in std::mem::take(&mut self.pending) {
@@ -333,15 +373,29 @@ impl Sequencer {
             let last = self.cursor.last_counter(p.peer).map(|c| c.0);
             let verdict = if paused {
                 Err((RejectReason::Paused, "the job is paused".to_string()))
+            } else if self.influence.is_quarantined(p.peer) {
+                Err((
+                    RejectReason::Quarantined,
+                    "quarantined by the relay: too many of this peer's recent contributions were \
+                     far larger than everyone else's"
+                        .to_string(),
+                ))
             } else {
                 validate(&p, head, last, self.config.staleness_bound)
             };
             match verdict {
                 Ok(counter) => {
+                    let admitted = self.influence.admit(p.peer, p.byte);
+                    if admitted.clipped {
+                        clipped.push(p.peer);
+                    }
+                    if admitted.quarantined {
+                        quarantined.push(p.peer);
+                    }
                     let entry = LogEntry {
                         peer: p.peer,
                         counter,
-                        byte: p.byte,
+                        byte: admitted.byte,
                     };
                     packed.push(self.cursor.pack_one(&entry));
                     entries.push(entry);
@@ -390,6 +444,15 @@ impl Sequencer {
             &per_peer(entries_peers.iter().copied()),
             &per_peer(rejections.iter().map(|(peer, _)| *peer)),
         );
+        self.stats.board.clipped(&per_peer(clipped.iter().copied()));
+        self.stats.clipped.fetch_add(clipped.len() as u64, Relaxed);
+        for peer in quarantined {
+            // After the append: a crash in between loses the mark, and the peer earns it again.
+            tokio::task::block_in_place(|| self.store.set_quarantined(peer, true))?;
+            tracing::warn!(%peer, "quarantined: its contributions keep hitting the clipping bound");
+            self.stats.board.quarantined(peer, true);
+        }
+        self.stats.publish_influence(&self.influence);
         for (peer, msg) in rejections {
             outgoing
                 .entry(peer)

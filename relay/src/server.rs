@@ -82,6 +82,8 @@ pub async fn run(config: RelayConfig) -> Result<()> {
             tick: Duration::from_millis(config.tick_ms.max(1)),
             staleness_bound: job.hyper().staleness_bound,
             max_peers: config.max_peers,
+            quantizer: job.hyper().quantizer,
+            influence: config.influence(),
         },
         stats.clone(),
         follower_tx.clone(),

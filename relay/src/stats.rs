@@ -4,7 +4,7 @@
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Live figures of one relay.
@@ -23,6 +23,11 @@ pub struct Stats {
     /// Joined peers closed for answering no ping or going quiet (`--idle-timeout`).
     pub idle_closed: AtomicU64,
     pub slow_consumers_dropped: AtomicU64,
+    /// Contributions logged clipped to the bound, and peers quarantined now.
+    pub clipped: AtomicU64,
+    pub quarantined: AtomicU64,
+    /// The clipping bound `|D|` as f32 bits; 0 while nothing is clipped.
+    clip_bound_bits: AtomicU32,
     /// Bytes of message payload received from and sent to peers (framing not included).
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -94,6 +99,20 @@ impl Stats {
         self.rate.lock().expect("rate window poisoned").per_second()
     }
 
+    /// The sequencer's bound and quarantine count, for the status and the metrics.
+    pub fn publish_influence(&self, influence: &crate::influence::Influence) {
+        let bits = influence.bound_value().map_or(0, f32::to_bits);
+        self.clip_bound_bits.store(bits, Relaxed);
+        self.quarantined
+            .store(influence.quarantined_count() as u64, Relaxed);
+    }
+
+    /// The clipping bound now, if contributions are being clipped.
+    pub fn clip_bound(&self) -> Option<f32> {
+        let bits = self.clip_bound_bits.load(Relaxed);
+        (bits != 0).then(|| f32::from_bits(bits))
+    }
+
     /// The figures `/api/status` serves.
     pub fn status(&self) -> Status {
         let checked = self.hashes_checked.load(Relaxed);
@@ -106,6 +125,11 @@ impl Stats {
             rejected: self.rejected.load(Relaxed),
             paused: self.paused.load(Relaxed),
             last_reported_loss: self.board.median_loss(),
+            influence: Influence {
+                clip_bound: self.clip_bound(),
+                clipped: self.clipped.load(Relaxed),
+                peers_quarantined: self.quarantined.load(Relaxed),
+            },
             consistency: Consistency {
                 follower_version: self.follower_version.load(Relaxed),
                 snapshot_version: self.snapshot_version.load(Relaxed),
@@ -129,7 +153,20 @@ pub struct Status {
     pub paused: bool,
     /// The median of the connected peers' latest loss reports.
     pub last_reported_loss: Option<f32>,
+    pub influence: Influence,
     pub consistency: Consistency,
+}
+
+/// How far any one peer can move the weights.
+#[derive(Debug, Clone, Serialize)]
+pub struct Influence {
+    /// The largest `|D(byte)|` the log takes now (`None`: nothing is clipped yet, or clipping
+    /// is off).
+    pub clip_bound: Option<f32>,
+    /// Contributions logged clipped to the bound.
+    pub clipped: u64,
+    /// Peers whose contributions are rejected until the host releases them.
+    pub peers_quarantined: u64,
 }
 
 /// How the peers' weight hashes compare with the relay's own replica.

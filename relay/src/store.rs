@@ -68,6 +68,12 @@ const SNAPSHOTS_KEPT: i64 = 3;
 /// The sequencer records every peer's last counter at each multiple of this many entries, so
 /// the table at any version costs one checkpoint and at most this many log rows.
 pub const CHECKPOINT_EVERY: u64 = 4096;
+/// Checkpoints older than the newest this many are thinned to one every
+/// [`SPARSE_CHECKPOINT_EVERY`] entries: joins read recent tables (a peer starts from a recent
+/// snapshot), and a table costs a few bytes per peer, so keeping every one would grow the store
+/// by more than the log itself once peers are many.
+pub const DENSE_CHECKPOINTS: u64 = 16;
+pub const SPARSE_CHECKPOINT_EVERY: u64 = 16 * CHECKPOINT_EVERY;
 /// How long a peer id that contributed stays reserved for its holder after it leaves (its
 /// resume secret keeps working); after that, or at once for an id that never contributed, a
 /// new peer may be given it. Its counters continue, so no direction is ever drawn twice.
@@ -103,7 +109,11 @@ impl Store {
         store.conn.execute_batch(SCHEMA).map_err(|e| store.err(e))?;
         // Stores from before resume secrets: their peers get the column, empty, and so can only
         // join afresh. Stores from before ids were reused: every peer counts as having left.
-        for (column, kind) in [("secret", "BLOB"), ("left_at", "INTEGER")] {
+        for (column, kind) in [
+            ("secret", "BLOB"),
+            ("left_at", "INTEGER"),
+            ("quarantined_at", "INTEGER"),
+        ] {
             let present = store
                 .conn
                 .prepare(&format!("SELECT {column} FROM peers LIMIT 0"))
@@ -219,6 +229,16 @@ impl Store {
             tx.execute(
                 "INSERT OR REPLACE INTO counter_checkpoints (version, counters) VALUES (?1, ?2)",
                 params![version.0 as i64, encode_table(table)],
+            )
+            .map_err(|e| sqlite(&self.path, e))?;
+        }
+        if let Some((newest, _)) = checkpoints.last() {
+            let dense_from = newest
+                .0
+                .saturating_sub(DENSE_CHECKPOINTS * CHECKPOINT_EVERY);
+            tx.execute(
+                "DELETE FROM counter_checkpoints WHERE version < ?1 AND version % ?2 != 0",
+                params![dense_from as i64, SPARSE_CHECKPOINT_EVERY as i64],
             )
             .map_err(|e| sqlite(&self.path, e))?;
         }
@@ -384,7 +404,8 @@ impl Store {
         if let Some(id) = reusable {
             self.conn
                 .execute(
-                    "UPDATE peers SET joined_at = ?2, secret = ?3, left_at = NULL WHERE id = ?1",
+                    "UPDATE peers SET joined_at = ?2, secret = ?3, left_at = NULL, \
+                     quarantined_at = NULL WHERE id = ?1",
                     params![id, now, &secret_digest[..]],
                 )
                 .map_err(|e| self.err(e))?;
@@ -433,6 +454,33 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Quarantines `peer` (its contributions are rejected), or with `false` releases it. Kept
+    /// across restarts and resumes; a new holder of the id starts clean.
+    pub fn set_quarantined(&self, peer: PeerId, quarantined: bool) -> Result<(), StoreError> {
+        let at = quarantined.then(unix_now);
+        self.conn
+            .execute(
+                "UPDATE peers SET quarantined_at = ?2 WHERE id = ?1",
+                params![peer.0, at],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every quarantined peer.
+    pub fn quarantined(&self) -> Result<Vec<PeerId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM peers WHERE quarantined_at IS NOT NULL ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, u32>(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(ids.into_iter().map(PeerId).collect())
     }
 
     /// Whether `peer` was registered with a resume secret of this digest.
@@ -623,6 +671,63 @@ mod tests {
     }
 
     #[test]
+    fn old_checkpoints_are_thinned_and_old_tables_still_come_out_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(&dir.path().join("c.db"), Some("name = \"a\"")).unwrap();
+        // 40 checkpoints' worth of entries: peer (v % 7), counters growing.
+        let total = 40 * CHECKPOINT_EVERY;
+        let mut cursor = LogCursor::new(Version(0), []);
+        let mut version = 0;
+        while version < total {
+            let n = 1000.min(total - version);
+            let entries: Vec<LogEntry> = (version..version + n)
+                .map(|v| entry((v % 7) as u32, v))
+                .collect();
+            let mut checkpoints = Vec::new();
+            for e in &entries {
+                cursor.pack_one(e);
+                if cursor.version().0.is_multiple_of(CHECKPOINT_EVERY) {
+                    checkpoints.push((cursor.version(), cursor.table()));
+                }
+            }
+            store
+                .append(Version(version), &entries, &checkpoints)
+                .unwrap();
+            version += n;
+        }
+        let kept: Vec<i64> = store
+            .conn
+            .prepare("SELECT version FROM counter_checkpoints ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let sparse = SPARSE_CHECKPOINT_EVERY as i64;
+        assert_eq!(
+            kept.len() as u64,
+            DENSE_CHECKPOINTS
+                + 1
+                + (total - DENSE_CHECKPOINTS * CHECKPOINT_EVERY) / SPARSE_CHECKPOINT_EVERY,
+            "{kept:?}"
+        );
+        assert!(
+            kept.iter()
+                .filter(|&&v| v < kept[kept.len() - 17])
+                .all(|v| v % sparse == 0)
+        );
+        // A table in the thinned part: the sparse checkpoint before it and the log since.
+        let at = Version(5 * CHECKPOINT_EVERY + 3);
+        let expected: Vec<(PeerId, Counter)> = (0..7u64)
+            .map(|p| {
+                let last = (0..at.0).rev().find(|v| v % 7 == p).unwrap();
+                (PeerId(p as u32), Counter(last))
+            })
+            .collect();
+        assert_eq!(store.counter_table(at).unwrap(), expected);
+    }
+
+    #[test]
     fn ids_of_peers_that_left_are_given_out_again() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("p.db"), Some("name = \"a\"")).unwrap();
@@ -644,6 +749,27 @@ mod tests {
         store.all_left().unwrap();
         assert_eq!(store.new_peer(&[5; 32]).unwrap(), PeerId(3));
         assert_eq!(store.peer_count().unwrap(), 4);
+    }
+
+    #[test]
+    fn a_quarantine_survives_reopening_and_ends_with_the_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let (store, _) = Store::open(&path, Some("name = \"a\"")).unwrap();
+        let (a, b) = (
+            store.new_peer(&[1; 32]).unwrap(),
+            store.new_peer(&[2; 32]).unwrap(),
+        );
+        store.set_quarantined(a, true).unwrap();
+        store.set_quarantined(b, true).unwrap();
+        store.set_quarantined(b, false).unwrap();
+        drop(store);
+        let (store, _) = Store::open(&path, None).unwrap();
+        assert_eq!(store.quarantined().unwrap(), [a]);
+        // An id that never contributed is free at once: its next holder is not quarantined.
+        store.left(a, false).unwrap();
+        assert_eq!(store.new_peer(&[3; 32]).unwrap(), a);
+        assert_eq!(store.quarantined().unwrap(), []);
     }
 
     #[test]

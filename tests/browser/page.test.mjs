@@ -194,3 +194,36 @@ test('on the tiny transformer job the page shows samples, bits per character, an
     tmp.cleanup();
   }
 });
+
+test('on a private job the page shows the privacy its contributions have spent', async () => {
+  const tmp = scratch();
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), [
+    '--job',
+    path.join(ROOT, 'deploy/jobs/private-spirals.toml'),
+  ]);
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page, problems } = browser;
+    await join(page, relay.url);
+    const status = await waitFor(
+      '50 accepted contributions',
+      () => pageStatus(page),
+      (s) => s.accepted >= 50 || s.state === 'failed' || s.state === 'refused',
+      120_000,
+    );
+    assert.ok(status.accepted >= 50, JSON.stringify(status));
+    const spent = await page.evaluate(() => ({
+      hidden: document.getElementById('privacy-figure').hidden,
+      text: document.getElementById('privacy').textContent,
+    }));
+    assert.equal(spent.hidden, false);
+    const match = spent.text.match(/^ε (\d+\.\d\d) · δ 1e-5$/);
+    assert.ok(match && Number(match[1]) > 0, `privacy shown as "${spent.text}"`);
+    console.log(`# a private tab after ${status.accepted} accepted: ${spent.text}`);
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+});

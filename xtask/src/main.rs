@@ -2,6 +2,7 @@
 //!
 //! Each step says what it is doing before it does it, and installs what it needs when missing.
 
+mod fuzz;
 mod steps;
 mod web;
 
@@ -31,6 +32,12 @@ enum Command {
     },
     /// Benchmarks: figures and ratios measured in one run, printed.
     Bench,
+    /// Coverage-guided fuzzing (libFuzzer) of the wire codec and the log stream, each target
+    /// for SECONDS; not part of `test`. Prints executions and coverage per target.
+    Fuzz {
+        #[arg(default_value_t = 60)]
+        seconds: u64,
+    },
     /// Build only the page: the wasm client into web/pkg and uPlot into web/vendor (what a
     /// relay's `--web web` serves; the container recipe uses it).
     Web,
@@ -41,6 +48,7 @@ fn main() -> ExitCode {
         Command::Test => steps::test(),
         Command::Demo { args } => steps::demo(&args),
         Command::Bench => steps::bench(),
+        Command::Fuzz { seconds } => fuzz::fuzz(seconds),
         Command::Web => web::build_web(),
     };
     match result {

@@ -86,6 +86,9 @@ pub enum Activity {
     },
     /// The host paused computing; the log is still followed.
     Paused,
+    /// The relay quarantined this peer: its contributions lay far outside everyone else's.
+    /// The log is still followed; the relay's host may release it (then reconnect).
+    Quarantined,
     Training,
 }
 
@@ -557,6 +560,8 @@ fn activity(session: &Session, peer: &PeerState, paused: bool, unanswered_ms: f6
         Activity::Replaying { to: session.head() }
     } else if paused {
         Activity::Paused
+    } else if session.quarantined() {
+        Activity::Quarantined
     } else if let Some(versions) = session.behind() {
         Activity::Behind { versions }
     } else if unanswered_ms >= ANSWERS_OVERDUE_MS {

@@ -97,6 +97,36 @@ pub async fn drop_peer(
     }
 }
 
+/// `POST /api/admin/peers/{peer}/release`: lifts that peer's quarantine; its record starts
+/// clean (so it is quarantined again only by as many clipped contributions).
+pub async fn release_peer(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(peer): Path<u32>,
+) -> Response {
+    if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
+        return refusal;
+    }
+    let (reply, released) = tokio::sync::oneshot::channel();
+    let release = Command::Release {
+        peer: PeerId(peer),
+        reply,
+    };
+    if ctx.sequencer.send(release).await.is_err() {
+        return shutting_down();
+    }
+    match released.await {
+        Ok(Ok(true)) => (StatusCode::OK, format!("peer {peer} released\n")).into_response(),
+        Ok(Ok(false)) => (
+            StatusCode::NOT_FOUND,
+            format!("peer {peer} is not quarantined\n"),
+        )
+            .into_response(),
+        Ok(Err(e)) => internal(format!("recording the release: {e}")),
+        Err(_) => shutting_down(),
+    }
+}
+
 /// `/admin`: the host's dashboard, built into the relay (it works without `--web`). It asks for
 /// the admin token and reads the API above with it.
 pub async fn dashboard() -> impl IntoResponse {

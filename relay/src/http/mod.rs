@@ -44,6 +44,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/api/admin/resume", post(admin::resume))
         .route("/api/admin/peers", get(admin::peers))
         .route("/api/admin/peers/{peer}/drop", post(admin::drop_peer))
+        .route("/api/admin/peers/{peer}/release", post(admin::release_peer))
         .route("/admin", get(admin::dashboard))
         .route("/metrics", get(reads::metrics))
         .route("/ws", get(socket::websocket));

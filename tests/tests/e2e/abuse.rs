@@ -291,3 +291,106 @@ async fn floods_and_slow_clients_leave_the_relay_bounded_and_serving() {
         assert!(builder.pump().await.unwrap(), "the builder still trains");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adversarial_workers_are_clipped_and_quarantined_and_spirals_still_learn() {
+    let (_dir, store) = store();
+    let relay = Relay::start(&store, &["--admin-token", "host"]).unwrap();
+    // A tenth of the workers send the largest byte with the sign that raises the loss.
+    let worker = |seed: u64, adversary: bool| {
+        let seed = seed.to_string();
+        let mut args = vec!["--until-version", "16000", "--seed", &seed];
+        if adversary {
+            args.push("--adversary");
+        }
+        Worker::start(&relay.url(), &args).unwrap()
+    };
+    let mut workers: Vec<(bool, Worker)> =
+        (1..=9).map(|seed| (false, worker(seed, false))).collect();
+    workers.push((true, worker(10, true)));
+    let reports: Vec<(bool, serde_json::Value)> = workers
+        .into_iter()
+        .map(|(adversary, w)| (adversary, w.finish().unwrap()))
+        .collect();
+
+    let hashes: Vec<_> = reports.iter().map(|(_, r)| r["hash"].clone()).collect();
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    for (adversary, r) in &reports {
+        assert_eq!(r["version"], 16000, "{r}");
+        if !adversary {
+            let accuracy = r["accuracy"].as_f64().unwrap();
+            assert!(accuracy >= 0.95, "test accuracy {accuracy} < 0.95: {r}");
+        }
+    }
+    let attacker = reports.iter().find(|(a, _)| *a).unwrap().1["peer"]
+        .as_u64()
+        .unwrap();
+    let status = relay.status().await.unwrap();
+    assert_eq!(status["influence"]["peers_quarantined"], 1, "{status}");
+    assert!(
+        status["influence"]["clip_bound"].as_f64().unwrap() < 100.0,
+        "{status}"
+    );
+
+    // In the log, the attacker's bytes are clipped: none has the largest magnitude once the
+    // bound exists, and it stopped contributing once quarantined.
+    let job = relay.job().await.unwrap();
+    let quantizer = job.hyper().quantizer;
+    let log = relay.log().await.unwrap();
+    let theirs: Vec<(usize, u8)> = log
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| u64::from(e.peer.0) == attacker)
+        .map(|(v, e)| (v, e.byte))
+        .collect();
+    // The relay judges a peer on its last 64 contributions and clips once it has seen 64.
+    assert!(
+        theirs.len() <= 2 * 64,
+        "the attacker logged {} entries",
+        theirs.len()
+    );
+    let clipped_at_once = theirs
+        .iter()
+        .filter(|(v, _)| *v >= 256)
+        .all(|(_, b)| quantizer.magnitude(*b) < 127);
+    assert!(clipped_at_once, "{theirs:?}");
+
+    // The host sees it, and may release it.
+    let client = reqwest::Client::new();
+    let board = client
+        .get(format!("{}/api/admin/peers", relay.url()))
+        .bearer_auth("host")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let board: serde_json::Value = serde_json::from_str(&board).unwrap();
+    let row = board["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == attacker)
+        .cloned()
+        .unwrap();
+    assert_eq!(row["quarantined"], true, "{row}");
+    assert!(row["clipped"].as_u64().unwrap() > 0, "{row}");
+    let honest_quarantined = board["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["quarantined"] == true)
+        .count();
+    assert_eq!(honest_quarantined, 1, "{board}");
+    let release = |peer: u64| {
+        client
+            .post(format!("{}/api/admin/peers/{peer}/release", relay.url()))
+            .bearer_auth("host")
+            .send()
+    };
+    assert_eq!(release(attacker).await.unwrap().status(), 200);
+    assert_eq!(release(attacker).await.unwrap().status(), 404);
+    let status = relay.status().await.unwrap();
+    assert_eq!(status["influence"]["peers_quarantined"], 0, "{status}");
+}

@@ -2,4 +2,5 @@
 
 mod abuse;
 mod language;
+mod privacy;
 mod relay;

@@ -21,6 +21,8 @@ pub struct Relay {
     client: reqwest::Client,
     /// TLS settings for the websocket when `--ca-cert` adds a root.
     tls: Option<tokio_tungstenite::Connector>,
+    /// `--adversary`: each contribution is replaced by the worst one this codec can carry.
+    pub adversary: Option<protocol::Quantizer>,
 }
 
 impl Relay {
@@ -44,6 +46,7 @@ impl Relay {
             ws,
             client: client.build()?,
             tls,
+            adversary: None,
         };
         Ok((relay, token))
     }
@@ -92,7 +95,11 @@ impl Transport for Relay {
         );
         let (ws, _) = connect.await.map_err(|e| e.to_string())?;
         let (tx, rx) = ws.split();
-        Ok(Socket { tx, rx })
+        Ok(Socket {
+            tx,
+            rx,
+            adversary: self.adversary,
+        })
     }
 
     async fn snapshot(&mut self) -> Result<Vec<u8>, String> {
@@ -108,10 +115,15 @@ type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Socket {
     tx: SplitSink<Stream, WsMessage>,
     rx: SplitStream<Stream>,
+    adversary: Option<protocol::Quantizer>,
 }
 
 impl Connection for Socket {
     async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        let frame = match self.adversary {
+            Some(quantizer) => worst_contribution(quantizer, frame),
+            None => frame,
+        };
         self.tx
             .send(WsMessage::Binary(frame.into()))
             .await
@@ -142,6 +154,32 @@ impl Connection for Socket {
     async fn close(&mut self, _reason: &str) {
         let _ = self.tx.send(WsMessage::Close(None)).await;
     }
+}
+
+/// A `Contribute` frame with its byte replaced by the one that raises the loss most: the
+/// largest magnitude, with the sign opposite to the honest estimate's (an estimate of zero
+/// gets the positive sign). Every other frame unchanged.
+fn worst_contribution(quantizer: protocol::Quantizer, frame: Vec<u8>) -> Vec<u8> {
+    let Ok(protocol::Message::Contribute {
+        counter,
+        base_version,
+        byte,
+    }) = protocol::Message::decode(&frame)
+    else {
+        return frame;
+    };
+    let honest = quantizer.decode(byte);
+    let worst = quantizer.encode(if honest > 0.0 {
+        f32::NEG_INFINITY
+    } else {
+        f32::INFINITY
+    });
+    protocol::Message::Contribute {
+        counter,
+        base_version,
+        byte: worst,
+    }
+    .encode()
 }
 
 /// tokio's clock, in milliseconds since the peer started.

@@ -68,6 +68,11 @@ pub struct Args {
     /// Print one JSON object as the last line of standard output.
     #[arg(long)]
     json: bool,
+    /// For testing a relay's defences: send, in place of each honest contribution, the worst
+    /// one the job's codec carries (the largest magnitude, with the sign that raises the loss).
+    /// The relay should clip these and quarantine this peer.
+    #[arg(long, hide = true)]
+    adversary: bool,
 }
 
 /// The `--json` report.
@@ -87,6 +92,33 @@ struct Report {
     bits_per_char: Option<f32>,
     /// Share of the time since this peer first caught up spent proposing or applying the log.
     busy_share: Option<f64>,
+    /// In a private job: what this peer's contributions have cost its data.
+    privacy: Option<PrivacyReport>,
+}
+
+/// The (ε, δ) a private peer spent.
+#[derive(Serialize)]
+struct PrivacyReport {
+    epsilon: f64,
+    delta: f64,
+    /// Contributions released (sent), each one subsampled Gaussian mechanism.
+    released: u64,
+    sampling_rate: f64,
+    noise_multiplier: f32,
+    clip: f32,
+}
+
+impl PrivacyReport {
+    fn of(state: &PeerState) -> Option<Self> {
+        state.privacy.as_ref().map(|p| PrivacyReport {
+            epsilon: p.accountant.epsilon(),
+            delta: p.accountant.delta(),
+            released: p.accountant.steps(),
+            sampling_rate: p.accountant.sampling_rate(),
+            noise_multiplier: p.spec.noise_multiplier,
+            clip: p.spec.clip,
+        })
+    }
 }
 
 /// `onebyte join`'s surroundings for the driver: the stop conditions, the data, the bar.
@@ -172,11 +204,21 @@ impl Host for Peer {
             Activity::Overdue { seconds } => {
                 format!("behind the log: no answer for {seconds} s")
             }
+            Activity::Quarantined => {
+                "quarantined by the relay: contributions rejected, following the log".to_string()
+            }
             Activity::Paused | Activity::Training => format!("accepted {}", peer.accepted),
         };
         let online = self.peers_online.load(Relaxed);
+        let privacy = peer.privacy.as_ref().map_or(String::new(), |p| {
+            format!(
+                " · privacy spent ε {:.2} (δ {:e})",
+                p.accountant.epsilon(),
+                p.accountant.delta()
+            )
+        });
         self.bar.set_message(format!(
-            "version {} · {doing} · in flight {} · loss {} · peers {}",
+            "version {} · {doing} · in flight {} · loss {} · peers {}{privacy}",
             peer.replica.version(),
             session.in_flight(),
             peer.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
@@ -208,6 +250,12 @@ async fn run_async(mut args: Args) -> Result<()> {
     let limit = Duration::from_secs(args.retry_for);
     let job_toml = link::with_retries(limit, || relay.text("/api/job")).await?;
     let job = Arc::new(Job::from_toml(&job_toml).context("the relay's job is not valid")?);
+    if args.adversary {
+        eprintln!(
+            "--adversary: every contribution this peer sends raises the loss as much as it can"
+        );
+        relay.adversary = Some(job.hyper().quantizer);
+    }
     let spec = args.data.as_deref().unwrap_or(&job.config.task.dataset);
     let data = load_data(spec, &job, args.seed)?;
     let snapshot = relay.snapshot_within(limit).await?;
@@ -219,6 +267,18 @@ async fn run_async(mut args: Args) -> Result<()> {
     let mut state = PeerState::new(replica);
     state.until_version = args.until_version;
     state.lanes = lanes;
+    state.privacy = engine::privacy::PrivatePeer::for_job(&job, data.train.len())
+        .context("the job is private, and this system gave no randomness for the noise")?;
+    if let Some(p) = &state.privacy {
+        eprintln!(
+            "the job is private: each contribution is clipped to {} per example with noise σ = \
+             {} (sampling rate {:.4}); the privacy spent is shown as (ε, δ = {:e})",
+            p.spec.clip,
+            p.spec.noise_multiplier,
+            p.accountant.sampling_rate(),
+            p.accountant.delta()
+        );
+    }
     let started_from = state.replica.version().0;
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -290,6 +350,14 @@ async fn report(peer: &Peer, state: &PeerState, reconnects: u64, started_from: u
             share * 100.0
         );
     }
+    if let Some(p) = &state.privacy {
+        println!(
+            "privacy spent: ε = {:.3} at δ = {:e} over {} contributions",
+            p.accountant.epsilon(),
+            p.accountant.delta(),
+            p.accountant.steps()
+        );
+    }
     println!("weight hash {hash}");
     if peer.args.json {
         let report = Report {
@@ -306,6 +374,7 @@ async fn report(peer: &Peer, state: &PeerState, reconnects: u64, started_from: u
                 .filter(|_| peer.job.model.is_language_model())
                 .map(|e| e.loss / std::f32::consts::LN_2),
             busy_share: peer.busy_share,
+            privacy: PrivacyReport::of(state),
         };
         println!("{}", serde_json::to_string(&report)?);
     }
