@@ -271,6 +271,14 @@ impl Sequencer {
                     tracing::info!(%peer, "released from quarantine by the host");
                     self.stats.board.quarantined(peer, false);
                     self.stats.publish_influence(&self.influence);
+                    // Its session stopped proposing when it was quarantined; a new one (it
+                    // reconnects on its own, resuming its id) contributes again.
+                    if let Some(kick) = self.sessions.get_mut(&peer).and_then(|s| s.kick.take()) {
+                        let _ = kick.send(Refusal::new(
+                            close::GOING_AWAY,
+                            "released from quarantine: reconnect to contribute again",
+                        ));
+                    }
                 }
                 let _ = reply.send(answer);
                 written?;
