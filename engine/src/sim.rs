@@ -55,6 +55,25 @@ struct SimPeer {
     shard: Split,
     sampler: BatchSampler,
     next_counter: Counter,
+    /// In a private job, the noise a real peer would add (seeded here: a simulation is meant
+    /// to be repeatable, and its data never leaves the process).
+    privacy: Option<crate::privacy::PrivatePeer>,
+}
+
+impl SimPeer {
+    /// A proposal as a real peer would send it: noised and re-encoded in a private job.
+    async fn propose(
+        &mut self,
+        counter: Counter,
+        batch: &Split,
+    ) -> Result<crate::Proposal, EngineError> {
+        let mut p = self.replica.propose(self.id, counter, batch).await?;
+        if let Some(privacy) = &mut self.privacy {
+            p.g = privacy.release(p.g);
+            p.byte = self.replica.job().hyper().quantizer.encode(p.g);
+        }
+        Ok(p)
+    }
 }
 
 /// N peers, one log.
@@ -112,6 +131,17 @@ impl Simulation {
                     seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)),
                 ),
                 next_counter: Counter(0),
+                privacy: job.privacy().map(|spec| {
+                    let mut noise_seed = [0u8; 32];
+                    noise_seed[..8].copy_from_slice(&seed.to_le_bytes());
+                    noise_seed[8..12].copy_from_slice(&(i as u32).to_le_bytes());
+                    crate::privacy::PrivatePeer::new(
+                        *spec,
+                        job.hyper().batch_size,
+                        data.train.len() / peers,
+                        crate::privacy::Noise::from_seed(noise_seed),
+                    )
+                }),
             })
             .collect();
         Simulation {
@@ -136,7 +166,7 @@ impl Simulation {
             let batch = peer.sampler.sample(&peer.shard, batch_size);
             let counter = peer.next_counter;
             peer.next_counter = Counter(counter.0 + 1);
-            let p = peer.replica.propose(peer.id, counter, &batch).await?;
+            let p = peer.propose(counter, &batch).await?;
             self.last_losses.push(p.loss);
             let frame = Message::Contribute {
                 counter: Serial::of(counter.0),
@@ -194,7 +224,7 @@ impl Simulation {
         let counter = peer.next_counter;
         peer.next_counter = Counter(counter.0 + 1);
         let seed = peer.replica.seed(peer.id, counter);
-        let proposal = peer.replica.propose(peer.id, counter, &batch).await?;
+        let proposal = peer.propose(counter, &batch).await?;
         let entry = LogEntry {
             peer: peer.id,
             counter,
@@ -260,5 +290,37 @@ impl Simulation {
     /// Peer 0's replica on `split`.
     pub async fn evaluate(&self, split: &Split) -> Result<Evaluation, EngineError> {
         self.peers[0].replica.evaluate(split).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::privacy::PrivacySpec;
+    use crate::{Builtin, block_on, cpu_device};
+
+    #[test]
+    fn a_simulated_private_job_noises_what_its_peers_send() {
+        let data = Builtin::Spirals.generate(400, 40, 1);
+        let mut config = Job::demo().config;
+        config.privacy = Some(PrivacySpec {
+            clip: 5.0,
+            noise_multiplier: 1.0,
+            delta: 1e-5,
+        });
+        let private = Arc::new(Job::new(config.clone()).unwrap());
+        config.privacy = None;
+        let plain = Arc::new(Job::new(config).unwrap());
+        // The same job (same id, same directions) without `[privacy]`, for comparison.
+        let run = |job: Arc<Job>| {
+            let mut sim = Simulation::new(job, &data, 2, 7, Exchange::Byte, cpu_device());
+            for _ in 0..20 {
+                block_on(sim.round()).unwrap();
+            }
+            sim.log().iter().map(|e| e.byte).collect::<Vec<u8>>()
+        };
+        let (noised, again) = (run(private.clone()), run(private));
+        assert_eq!(noised, again, "a simulation repeats itself");
+        assert_ne!(noised, run(plain), "the private peers' bytes carry noise");
     }
 }
