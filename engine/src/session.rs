@@ -430,7 +430,12 @@ mod tests {
     }
 
     fn welcomed_with(head: u64, lanes: usize, window: usize) -> (PeerState, Session) {
-        let replica = Replica::new(Arc::new(Job::demo()), cpu_device());
+        welcomed_on(Job::demo(), head, lanes, window)
+    }
+
+    /// A peer on `job` that the relay welcomed (id 3, next counter 10) at `head`.
+    fn welcomed_on(job: Job, head: u64, lanes: usize, window: usize) -> (PeerState, Session) {
+        let replica = Replica::new(Arc::new(job), cpu_device());
         let mut peer = PeerState::new(replica);
         peer.lanes = lanes;
         let mut session = Session::new(&peer, "t", window);
@@ -559,25 +564,6 @@ mod tests {
         assert_eq!(session.in_flight(), 2);
     }
 
-    /// A welcomed session of a fresh peer on `job`, at head 0.
-    fn welcomed_on(job: Job) -> (PeerState, Session) {
-        let peer = PeerState::new(Replica::new(Arc::new(job), cpu_device()));
-        let mut session = Session::new(&peer, "t", 1_000);
-        let mut peer = peer;
-        let welcome = Message::Welcome {
-            peer: PeerId(3),
-            job: peer.replica.job().id,
-            version: Version(0),
-            next_counter: Counter(0),
-            secret: ResumeSecret([7; 16]),
-        };
-        block_on(session.receive(&mut peer, welcome)).unwrap();
-        let table = LogCursor::new(Version(0), []).table_message();
-        block_on(session.receive(&mut peer, table)).unwrap();
-        session.take_outbox();
-        (peer, session)
-    }
-
     #[test]
     fn a_private_session_noises_its_estimates_accounts_for_them_and_reports_no_loss() {
         use crate::privacy::{Noise, PrivacySpec, PrivatePeer};
@@ -592,13 +578,13 @@ mod tests {
         let data = Builtin::Spirals.generate(320, 8, 1);
 
         // Without its noise source, a private peer proposes nothing.
-        let (mut bare, mut session) = welcomed_on(private_job.clone());
+        let (mut bare, mut session) = welcomed_on(private_job.clone(), 0, 1, 1_000);
         assert!(matches!(
             block_on(session.contribute(&mut bare, &data.train)),
             Err(SessionEnd::Fatal(_))
         ));
 
-        let (mut peer, mut session) = welcomed_on(private_job);
+        let (mut peer, mut session) = welcomed_on(private_job, 0, 1, 1_000);
         peer.privacy = Some(PrivatePeer::new(
             spec,
             32,
@@ -628,8 +614,9 @@ mod tests {
         config.privacy = Some(spec);
         let mut clean = Replica::new(Arc::new(Job::new(config).unwrap()), cpu_device());
         let mut diffs = Vec::new();
-        for (counter, g) in noised.iter().enumerate() {
-            let counter = [Counter(counter as u64)];
+        for (i, g) in noised.iter().enumerate() {
+            // The session's counters start at the Welcome's 10.
+            let counter = [Counter(10 + i as u64)];
             let p = block_on(clean.propose_lanes(PeerId(3), &counter, &batch)).unwrap();
             assert!(p[0].g.abs() <= spec.clip, "clipped mean {}", p[0].g);
             diffs.push(f64::from(g - p[0].g));

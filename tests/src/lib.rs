@@ -156,6 +156,29 @@ impl Relay {
         Ok(serde_json::from_str(&self.get("/api/status").await?)?)
     }
 
+    /// `GET /api/admin/peers` with the admin `token`, as JSON.
+    pub async fn admin_peers(&self, token: &str) -> Result<serde_json::Value> {
+        let body = reqwest::Client::new()
+            .get(format!("{}/api/admin/peers", self.url()))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// `POST` to an admin `path` with the admin `token`; the response's status code.
+    pub async fn admin_post(&self, path: &str, token: &str) -> Result<u16> {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.url()))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        Ok(response.status().as_u16())
+    }
+
     /// The job the relay hosts.
     pub async fn job(&self) -> Result<engine::Job> {
         Ok(engine::Job::from_toml(&self.get("/api/job").await?)?)

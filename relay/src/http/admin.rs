@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::PeerId;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 pub async fn pause(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
     pause_or_resume(&ctx, &headers, true).await
@@ -37,26 +38,25 @@ fn refusal_unless_admin(ctx: &Context, headers: &HeaderMap) -> Option<Response> 
     (!admitted).then(|| (StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response())
 }
 
+/// Sends the sequencer the command `make` builds around a reply channel and waits for its
+/// answer; `None` once the sequencer is gone (the relay is shutting down).
+async fn ask<T>(ctx: &Context, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+    let (reply, answer) = oneshot::channel();
+    ctx.sequencer.send(make(reply)).await.ok()?;
+    answer.await.ok()
+}
+
 async fn pause_or_resume(ctx: &Context, headers: &HeaderMap, paused: bool) -> Response {
     if let Some(refusal) = refusal_unless_admin(ctx, headers) {
         return refusal;
     }
-    let (reply, written) = tokio::sync::oneshot::channel();
-    if ctx
-        .sequencer
-        .send(Command::Pause { paused, reply })
-        .await
-        .is_err()
-    {
-        return shutting_down();
-    }
-    match written.await {
-        Ok(Ok(())) => {
+    match ask(ctx, |reply| Command::Pause { paused, reply }).await {
+        Some(Ok(())) => {
             let word = if paused { "paused" } else { "resumed" };
             (StatusCode::OK, format!("job {word}\n")).into_response()
         }
-        Ok(Err(e)) => internal(format!("recording the pause: {e}")),
-        Err(_) => shutting_down(),
+        Some(Err(e)) => internal(format!("recording the pause: {e}")),
+        None => shutting_down(),
     }
 }
 
@@ -78,22 +78,18 @@ pub async fn drop_peer(
     if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
         return refusal;
     }
-    let (reply, dropped) = tokio::sync::oneshot::channel();
-    let drop = Command::Drop {
+    let drop = |reply| Command::Drop {
         peer: PeerId(peer),
         reply,
     };
-    if ctx.sequencer.send(drop).await.is_err() {
-        return shutting_down();
-    }
-    match dropped.await {
-        Ok(true) => (StatusCode::OK, format!("peer {peer} dropped\n")).into_response(),
-        Ok(false) => (
+    match ask(&ctx, drop).await {
+        Some(true) => (StatusCode::OK, format!("peer {peer} dropped\n")).into_response(),
+        Some(false) => (
             StatusCode::NOT_FOUND,
             format!("peer {peer} is not connected\n"),
         )
             .into_response(),
-        Err(_) => shutting_down(),
+        None => shutting_down(),
     }
 }
 
@@ -107,23 +103,19 @@ pub async fn release_peer(
     if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
         return refusal;
     }
-    let (reply, released) = tokio::sync::oneshot::channel();
-    let release = Command::Release {
+    let release = |reply| Command::Release {
         peer: PeerId(peer),
         reply,
     };
-    if ctx.sequencer.send(release).await.is_err() {
-        return shutting_down();
-    }
-    match released.await {
-        Ok(Ok(true)) => (StatusCode::OK, format!("peer {peer} released\n")).into_response(),
-        Ok(Ok(false)) => (
+    match ask(&ctx, release).await {
+        Some(Ok(true)) => (StatusCode::OK, format!("peer {peer} released\n")).into_response(),
+        Some(Ok(false)) => (
             StatusCode::NOT_FOUND,
             format!("peer {peer} is not quarantined\n"),
         )
             .into_response(),
-        Ok(Err(e)) => internal(format!("recording the release: {e}")),
-        Err(_) => shutting_down(),
+        Some(Err(e)) => internal(format!("recording the release: {e}")),
+        None => shutting_down(),
     }
 }
 

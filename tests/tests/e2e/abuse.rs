@@ -356,17 +356,7 @@ async fn adversarial_workers_are_clipped_and_quarantined_and_spirals_still_learn
     assert!(clipped_at_once, "{theirs:?}");
 
     // The host sees it, and may release it.
-    let client = reqwest::Client::new();
-    let board = client
-        .get(format!("{}/api/admin/peers", relay.url()))
-        .bearer_auth("host")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let board: serde_json::Value = serde_json::from_str(&board).unwrap();
+    let board = relay.admin_peers("host").await.unwrap();
     let row = board["peers"]
         .as_array()
         .unwrap()
@@ -376,21 +366,16 @@ async fn adversarial_workers_are_clipped_and_quarantined_and_spirals_still_learn
         .unwrap();
     assert_eq!(row["quarantined"], true, "{row}");
     assert!(row["clipped"].as_u64().unwrap() > 0, "{row}");
-    let honest_quarantined = board["peers"]
+    let quarantined = board["peers"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|p| p["quarantined"] == true)
         .count();
-    assert_eq!(honest_quarantined, 1, "{board}");
-    let release = |peer: u64| {
-        client
-            .post(format!("{}/api/admin/peers/{peer}/release", relay.url()))
-            .bearer_auth("host")
-            .send()
-    };
-    assert_eq!(release(attacker).await.unwrap().status(), 200);
-    assert_eq!(release(attacker).await.unwrap().status(), 404);
+    assert_eq!(quarantined, 1, "{board}");
+    let release = format!("/api/admin/peers/{attacker}/release");
+    assert_eq!(relay.admin_post(&release, "host").await.unwrap(), 200);
+    assert_eq!(relay.admin_post(&release, "host").await.unwrap(), 404);
     let status = relay.status().await.unwrap();
     assert_eq!(status["influence"]["peers_quarantined"], 0, "{status}");
 }
