@@ -23,6 +23,24 @@ pub struct JobConfig {
     /// Differential privacy for each peer's data (clipped, noised estimates), if the job asks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<crate::privacy::PrivacySpec>,
+    /// Committees: several peers evaluate each shared direction and the relay logs the median
+    /// of their bytes, so no minority of peers steers a step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committee: Option<CommitteeSpec>,
+}
+
+/// A job's `[committee]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitteeSpec {
+    /// Peers per round: the relay logs the median of this many votes (or of a majority of
+    /// them, when a round waits too long for the rest).
+    pub size: usize,
+}
+
+impl CommitteeSpec {
+    /// The most members a round may have: a round's votes wait in the relay's memory.
+    pub const MAX_SIZE: usize = 15;
 }
 
 /// Identity of the job.
@@ -129,6 +147,8 @@ pub enum JobError {
         value: String,
         why: &'static str,
     },
+    #[error("committee.size = {0}: must be between 2 and {max}", max = CommitteeSpec::MAX_SIZE)]
+    CommitteeSize(usize),
     #[error("hyper.quantizer: {0}")]
     Quantizer(#[from] protocol::QuantizeError),
     #[error("model: {0}")]
@@ -213,6 +233,11 @@ impl Job {
         if let Some((field, value, why)) = config.privacy.as_ref().and_then(|p| p.problem()) {
             return Err(JobError::Privacy { field, value, why });
         }
+        if let Some(committee) = config.committee
+            && !(2..=CommitteeSpec::MAX_SIZE).contains(&committee.size)
+        {
+            return Err(JobError::CommitteeSize(committee.size));
+        }
         let model = Model::new(&config.model, config.task.features, config.task.classes)?;
         match config.task.dataset.parse::<DataSource>() {
             Ok(DataSource::Builtin(_) | DataSource::Corpus(_)) => {}
@@ -291,6 +316,7 @@ impl Job {
             task: TaskSpec::default(),
             hyper: HyperParams::default(),
             privacy: None,
+            committee: None,
         })
         .expect("the demo job is valid")
     }
@@ -336,6 +362,7 @@ impl Job {
                 quantizer: Quantizer::default(),
             },
             privacy: None,
+            committee: None,
         })
         .expect("the tiny transformer job is valid")
     }
@@ -343,6 +370,11 @@ impl Job {
     /// The hyper-parameters.
     pub fn hyper(&self) -> &HyperParams {
         &self.config.hyper
+    }
+
+    /// The job's committees, if its steps are decided by several peers' votes.
+    pub fn committee(&self) -> Option<CommitteeSpec> {
+        self.config.committee
     }
 
     /// The job's differential-privacy settings, if it asks peers for private estimates.
@@ -448,6 +480,13 @@ mod tests {
             let err = Job::from_toml(&text).unwrap_err().to_string();
             assert!(err.contains(needle), "`{line}` gave `{err}`");
         }
+        for size in [0, 1, CommitteeSpec::MAX_SIZE + 1] {
+            let text = format!("[job]\nname = \"x\"\n[committee]\nsize = {size}\n");
+            let err = Job::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains("committee.size"), "size {size} gave `{err}`");
+        }
+        let committee = Job::from_toml("[job]\nname = \"x\"\n[committee]\nsize = 3\n").unwrap();
+        assert_eq!(committee.committee(), Some(CommitteeSpec { size: 3 }));
         let err = Job::from_toml("[job]\nname = \"x\"\nlearning_rate = 1\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
         assert!(matches!(

@@ -26,7 +26,7 @@ pub mod text;
 pub mod transformer;
 
 pub use data::{BatchSampler, Builtin, DataSource, Dataset, Split};
-pub use job::{HyperParams, Job, JobConfig};
+pub use job::{CommitteeSpec, HyperParams, Job, JobConfig};
 pub use model::{Model, ModelSpec};
 pub use replica::{EngineError, Evaluation, Proposal, Replica};
 pub use session::{PeerState, Received, Session, SessionEnd};

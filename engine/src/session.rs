@@ -14,6 +14,11 @@
 //! computing while earlier ones are in flight, up to a window (32 by default, at most half the
 //! job's staleness bound). When the relay turns contributions down as stale the peer is too slow for
 //! the swarm's pace: [`Session::behind`] says by how many versions, so nobody calls that training.
+//!
+//! In a committee job a peer proposes no directions of its own: the relay assigns it rounds
+//! (`Assign`), each a direction shared by several peers ([`PeerId::COMMITTEE`] with the round as
+//! its counter), and the peer answers each with a `Vote`. The relay logs the median of a round's
+//! votes; the window, lanes and answers work as for contributions, keyed by round.
 
 use crate::data::Split;
 use crate::replica::{Proposal, Replica};
@@ -25,6 +30,9 @@ use std::collections::VecDeque;
 
 /// A local loss is reported to the relay every this many contributions.
 pub const LOSS_REPORT_EVERY: u64 = 64;
+/// Assignments a session keeps at most: the relay hands out a few at a time, so more is a
+/// relay gone wrong, and the oldest are the first to have closed.
+const MAX_ASSIGNED: usize = 1024;
 /// Contributions in flight by default (or half the staleness bound, if less): enough to keep
 /// computing across a round trip, few enough that a fast peer's contributions stay fresh.
 pub const DEFAULT_WINDOW: u64 = 32;
@@ -134,6 +142,10 @@ pub struct Session {
     /// The relay quarantined this peer (its contributions are rejected): it follows the log
     /// and proposes nothing on this connection.
     quarantined: bool,
+    /// The job's steps are committee votes: propose only on assigned rounds.
+    committee: bool,
+    /// Committee rounds the relay assigned and this peer has not voted on, oldest first.
+    assigned: VecDeque<Counter>,
     outbox: Vec<Message>,
 }
 
@@ -170,6 +182,8 @@ impl Session {
             sent: 0,
             behind: None,
             quarantined: false,
+            committee: peer.replica.job().committee().is_some(),
+            assigned: VecDeque::new(),
             outbox: vec![hello],
         }
     }
@@ -222,10 +236,18 @@ impl Session {
         self.quarantined
     }
 
-    /// Whether a contribution may be proposed now: live, caught up, not quarantined, and room
-    /// in the window.
+    /// Committee rounds assigned and not yet voted on.
+    pub fn assigned(&self) -> usize {
+        self.assigned.len()
+    }
+
+    /// Whether a contribution may be proposed now: live, caught up, not quarantined, room in
+    /// the window, and (in a committee job) a round to vote on.
     pub fn ready_to_contribute(&self, peer: &PeerState) -> bool {
-        !self.catching_up(peer) && !self.quarantined && self.in_flight.len() < self.window
+        !self.catching_up(peer)
+            && !self.quarantined
+            && self.in_flight.len() < self.window
+            && (!self.committee || !self.assigned.is_empty())
     }
 
     /// Removes an answered contribution from the window; its base version if it was there.
@@ -245,6 +267,13 @@ impl Session {
                 "relay error {code}: {message}"
             ))),
             (_, Message::Resync { reason, .. }) => Err(SessionEnd::Resync(reason)),
+            (Phase::AwaitTable | Phase::Live, Message::Assign { round }) if self.committee => {
+                if self.assigned.len() == MAX_ASSIGNED {
+                    self.assigned.pop_front();
+                }
+                self.assigned.push_back(round);
+                Ok(Received::Nothing)
+            }
             (
                 Phase::AwaitWelcome,
                 Message::Welcome {
@@ -373,8 +402,20 @@ impl Session {
             .id
             .ok_or_else(|| SessionEnd::Fatal("contributing before the relay's Welcome".into()))?;
         let room = self.window.saturating_sub(self.in_flight.len());
-        let k = peer.lanes.max(1).min(room.max(1)) as u64;
-        let counters: Vec<Counter> = (0..k).map(|i| Counter(self.next_counter.0 + i)).collect();
+        let mut k = peer.lanes.max(1).min(room.max(1));
+        // A committee member evaluates the rounds' shared directions, not its own.
+        let (direction_of, counters): (PeerId, Vec<Counter>) = if self.committee {
+            k = k.min(self.assigned.len());
+            if k == 0 {
+                return Err(SessionEnd::Fatal(
+                    "voting with no committee round assigned".into(),
+                ));
+            }
+            (PeerId::COMMITTEE, self.assigned.drain(..k).collect())
+        } else {
+            let next = self.next_counter.0;
+            (id, (0..k as u64).map(|i| Counter(next + i)).collect())
+        };
         let private = peer.replica.job().privacy().is_some();
         if private && peer.privacy.is_none() {
             return Err(SessionEnd::Fatal(
@@ -385,7 +426,7 @@ impl Session {
         }
         let mut proposals = peer
             .replica
-            .propose_lanes(id, &counters, batch)
+            .propose_lanes(direction_of, &counters, batch)
             .await
             .map_err(|e| SessionEnd::Fatal(format!("proposing failed: {e}")))?;
         if let Some(privacy) = peer.privacy.as_mut().filter(|_| private) {
@@ -396,10 +437,18 @@ impl Session {
             }
         }
         for proposal in &proposals {
-            self.outbox.push(Message::Contribute {
-                counter: Serial::of(proposal.counter.0),
-                base_version: Serial::of(proposal.base_version.0),
-                byte: proposal.byte,
+            self.outbox.push(if self.committee {
+                Message::Vote {
+                    round: proposal.counter,
+                    base_version: Serial::of(proposal.base_version.0),
+                    byte: proposal.byte,
+                }
+            } else {
+                Message::Contribute {
+                    counter: Serial::of(proposal.counter.0),
+                    base_version: Serial::of(proposal.base_version.0),
+                    byte: proposal.byte,
+                }
             });
             self.in_flight
                 .push_back((proposal.counter, proposal.base_version));
@@ -413,7 +462,9 @@ impl Session {
                 });
             }
         }
-        self.next_counter = Counter(self.next_counter.0 + k);
+        if !self.committee {
+            self.next_counter = Counter(self.next_counter.0 + k as u64);
+        }
         Ok(proposals)
     }
 }
@@ -562,6 +613,59 @@ mod tests {
             "an accepted contribution means keeping up"
         );
         assert_eq!(session.in_flight(), 2);
+    }
+
+    #[test]
+    fn a_committee_session_votes_only_on_assigned_rounds_along_their_shared_directions() {
+        let mut config = Job::demo().config;
+        config.committee = Some(crate::CommitteeSpec { size: 3 });
+        let job = Job::new(config).unwrap();
+        let (mut peer, mut session) = welcomed_on(job.clone(), 0, 4, 0);
+        assert!(
+            !session.ready_to_contribute(&peer),
+            "no round assigned, nothing to vote on"
+        );
+        for round in [5, 9] {
+            let assign = Message::Assign {
+                round: Counter(round),
+            };
+            block_on(session.receive(&mut peer, assign)).unwrap();
+        }
+        assert_eq!(session.assigned(), 2);
+        assert!(session.ready_to_contribute(&peer));
+        let data = Builtin::Spirals.generate(64, 8, 1);
+        let votes = block_on(session.contribute(&mut peer, &data.train)).unwrap();
+        assert_eq!(votes.len(), 2, "four lanes, two rounds");
+        assert!(!session.ready_to_contribute(&peer));
+
+        // The bytes are those of the rounds' shared directions, not of this peer's own.
+        let mut other = Replica::new(Arc::new(job), cpu_device());
+        let rounds = [Counter(5), Counter(9)];
+        let shared =
+            block_on(other.propose_lanes(PeerId::COMMITTEE, &rounds, &data.train)).unwrap();
+        let sent = session.take_outbox();
+        let expected: Vec<Message> = shared
+            .iter()
+            .map(|p| Message::Vote {
+                round: p.counter,
+                base_version: Serial::of(0),
+                byte: p.byte,
+            })
+            .collect();
+        assert_eq!(sent, expected);
+        let own = block_on(other.propose_lanes(PeerId(3), &rounds, &data.train)).unwrap();
+        assert_ne!(
+            own.iter().map(|p| p.g).collect::<Vec<_>>(),
+            shared.iter().map(|p| p.g).collect::<Vec<_>>()
+        );
+
+        // Answers name the round.
+        let accepted = Message::Accepted {
+            counter: Counter(9),
+            version: Version(0),
+        };
+        block_on(session.receive(&mut peer, accepted)).unwrap();
+        assert_eq!((peer.accepted, session.in_flight()), (1, 1));
     }
 
     #[test]

@@ -37,6 +37,13 @@ id!(
     Version(u64)
 );
 
+impl PeerId {
+    /// The direction a committee shares: a committee job's log names every round under this id,
+    /// with the round as its counter, so every replica derives the direction its members
+    /// evaluated. The relay never hands it to a peer.
+    pub const COMMITTEE: PeerId = PeerId(u32::MAX);
+}
+
 impl Version {
     /// The version after applying one more entry.
     pub fn next(self) -> Self {

@@ -19,6 +19,8 @@
 //! | `LossReport` | peer → relay | 1 + v(version) + 4 |
 //! | `Resync` | relay → peer | 1 + v(version) + v(len) + reason |
 //! | `Error` | either | 1 + v(code) + v(len) + message |
+//! | `Assign` | relay → peer | 1 + v(round) |
+//! | `Vote` | peer → relay | 1 + v(round) + 2 + 1 |
 //!
 //! A `Contribute` is always 6 bytes (12 on the wire). A `LogBatch` entry whose counter follows
 //! on from that peer's previous one (flag `f` clear, see [`crate::log`]) is 2 bytes for peers
@@ -88,6 +90,12 @@ pub enum RejectReason {
     /// The relay quarantined this peer: too many of its recent bytes lay far outside everyone
     /// else's (see the relay's clipping bound). It may still follow the log.
     Quarantined = 6,
+    /// The committee round closed before this vote arrived (its other members voted, or it
+    /// waited too long for them).
+    RoundClosed = 7,
+    /// This peer was not assigned that round, or the job takes committee votes rather than
+    /// contributions (or the other way round).
+    NotAssigned = 8,
 }
 
 impl RejectReason {
@@ -99,6 +107,8 @@ impl RejectReason {
             4 => Self::Paused,
             5 => Self::FromTheFuture,
             6 => Self::Quarantined,
+            7 => Self::RoundClosed,
+            8 => Self::NotAssigned,
             other => {
                 return Err(DecodeError::OutOfRange {
                     field: "reason",
@@ -166,6 +176,17 @@ pub enum Message {
     Resync { version: Version, reason: String },
     /// A fatal problem with the connection or the job.
     Error { code: u16, message: String },
+    /// In a committee job: evaluate the shared direction of this round (named by
+    /// [`PeerId::COMMITTEE`] and the round) and send a `Vote`.
+    Assign { round: Counter },
+    /// A committee member's byte for the shared direction of `round`, computed at
+    /// `base_version` (low 16 bits). The relay logs the median of a round's votes, once; each
+    /// voter then hears `Accepted` (or `Rejected`) with the round as the counter.
+    Vote {
+        round: Counter,
+        base_version: Serial,
+        byte: u8,
+    },
 }
 
 mod tag {
@@ -180,6 +201,8 @@ mod tag {
     pub const RESYNC: u8 = 0x09;
     pub const ERROR: u8 = 0x0a;
     pub const COUNTER_TABLE: u8 = 0x0b;
+    pub const ASSIGN: u8 = 0x0c;
+    pub const VOTE: u8 = 0x0d;
 }
 
 impl Message {
@@ -197,6 +220,8 @@ impl Message {
             Message::LossReport { .. } => "LossReport",
             Message::Resync { .. } => "Resync",
             Message::Error { .. } => "Error",
+            Message::Assign { .. } => "Assign",
+            Message::Vote { .. } => "Vote",
         }
     }
 
@@ -315,6 +340,20 @@ impl Message {
                 varint::put(out, u64::from(*code));
                 put_str(out, message);
             }
+            Message::Assign { round } => {
+                out.push(tag::ASSIGN);
+                varint::put(out, round.0);
+            }
+            Message::Vote {
+                round,
+                base_version,
+                byte,
+            } => {
+                out.push(tag::VOTE);
+                varint::put(out, round.0);
+                out.extend_from_slice(&base_version.0.to_le_bytes());
+                out.push(*byte);
+            }
         }
     }
 
@@ -431,6 +470,14 @@ impl Message {
                     message: get_str(r, "message")?,
                 }
             }
+            tag::ASSIGN => Message::Assign {
+                round: Counter(varint::get(r, "round")?),
+            },
+            tag::VOTE => Message::Vote {
+                round: Counter(varint::get(r, "round")?),
+                base_version: Serial(u16::from_le_bytes(take::<2>(r, "base_version")?)),
+                byte: take::<1>(r, "byte")?[0],
+            },
             other => return Err(DecodeError::UnknownTag(other)),
         };
         if !r.is_empty() {
@@ -511,6 +558,8 @@ mod tests {
             Just(RejectReason::Paused),
             Just(RejectReason::FromTheFuture),
             Just(RejectReason::Quarantined),
+            Just(RejectReason::RoundClosed),
+            Just(RejectReason::NotAssigned),
         ];
         let entry =
             (any::<u32>(), any::<Option<u64>>(), any::<u8>()).prop_map(|(p, c, b)| PackedEntry {
@@ -597,6 +646,12 @@ mod tests {
             }),
             (any::<u16>(), any_string())
                 .prop_map(|(code, message)| Message::Error { code, message }),
+            any::<u64>().prop_map(|r| Message::Assign { round: Counter(r) }),
+            (any::<u64>(), any::<u16>(), any::<u8>()).prop_map(|(r, v, b)| Message::Vote {
+                round: Counter(r),
+                base_version: Serial(v),
+                byte: b
+            }),
         ]
     }
 

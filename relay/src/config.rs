@@ -117,6 +117,16 @@ pub struct RelayConfig {
     )]
     pub quarantine_share: f32,
 
+    /// In a committee job: how long a round waits for all its members' votes before it is
+    /// decided by a majority of them, or closed (seconds).
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "SECONDS",
+        help_heading = "Influence"
+    )]
+    pub round_timeout: u64,
+
     /// How long the sequencer gathers contributions before committing them as one batch (ms).
     #[arg(long, default_value_t = 5)]
     pub tick_ms: u64,

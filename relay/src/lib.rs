@@ -6,6 +6,7 @@
 //! never receives training data.
 
 pub mod board;
+pub mod committee;
 pub mod config;
 pub mod follower;
 pub mod http;

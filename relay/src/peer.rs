@@ -418,7 +418,18 @@ impl PeerConnection<'_> {
                 counter,
                 base_version,
                 byte,
-            } => self.contribute(counter, base_version, byte).await,
+            } => {
+                self.contribute(Proposal::Contribution(counter), base_version, byte)
+                    .await
+            }
+            Message::Vote {
+                round,
+                base_version,
+                byte,
+            } => {
+                self.contribute(Proposal::Vote(round), base_version, byte)
+                    .await
+            }
             Message::HashReport { version, hash } => {
                 self.check_report(version)?;
                 self.last_report = version;
@@ -476,13 +487,22 @@ impl PeerConnection<'_> {
         Err(Refusal::new(close::UNEXPECTED, problem))
     }
 
-    /// Hands a contribution to the sequencer, or turns it down when the peer sends faster than
-    /// the relay's rate limit.
-    async fn contribute(&mut self, counter: Serial, base: Serial, byte: u8) -> Result<(), Refusal> {
+    /// Hands a contribution or a committee vote to the sequencer, or turns it down when the
+    /// peer sends faster than the relay's rate limit.
+    async fn contribute(
+        &mut self,
+        proposal: Proposal,
+        base: Serial,
+        byte: u8,
+    ) -> Result<(), Refusal> {
         self.active_at = Instant::now();
         if self.limiter.check().is_err() {
+            let counter = match proposal {
+                Proposal::Contribution(counter) => Counter(u64::from(counter.0)),
+                Proposal::Vote(round) => round,
+            };
             let rejected = Message::Rejected {
-                counter: Counter(u64::from(counter.0)),
+                counter,
                 reason: RejectReason::RateLimited,
                 detail: format!(
                     "more than {} contributions per second",
@@ -493,12 +513,21 @@ impl PeerConnection<'_> {
             self.ctx.stats.board.verdicts(&[], &[(self.peer, 1)]);
             return send(self.ctx, &mut self.sink, rejected.encode().into()).await;
         }
-        let cmd = Command::Contribute {
-            peer: self.peer,
-            counter,
-            base,
-            floor: self.floor,
-            byte,
+        let cmd = match proposal {
+            Proposal::Contribution(counter) => Command::Contribute {
+                peer: self.peer,
+                counter,
+                base,
+                floor: self.floor,
+                byte,
+            },
+            Proposal::Vote(round) => Command::Vote {
+                peer: self.peer,
+                round,
+                base,
+                floor: self.floor,
+                byte,
+            },
         };
         self.ctx
             .sequencer
@@ -506,6 +535,14 @@ impl PeerConnection<'_> {
             .await
             .map_err(|_| shutting_down())
     }
+}
+
+/// What a peer proposed: a direction of its own (its counter's low bits) or a vote on a
+/// committee round.
+#[derive(Debug, Clone, Copy)]
+enum Proposal {
+    Contribution(Serial),
+    Vote(Counter),
 }
 
 async fn send_all(ctx: &Context, sink: &mut Sink, frames: Vec<Bytes>) -> Result<(), Refusal> {

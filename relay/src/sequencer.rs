@@ -4,15 +4,19 @@
 //! milliseconds), validates each against the log as it stands at that position, commits the
 //! accepted ones to the store in one transaction, and only then acknowledges them and sends the
 //! batch to every peer's queue. A peer whose queue is full is dropped; nobody waits for it.
+//!
+//! In a committee job it also runs the rounds (see [`crate::committee`]): votes wait in their
+//! round until it is decided, and only the decided median is logged and acknowledged.
 
+use crate::committee::{Closed, Committees, Decided};
 use crate::follower::FollowerInput;
 use crate::influence::{Influence, InfluenceConfig, WINDOW};
 use crate::stats::Stats;
 use crate::store::{CHECKPOINT_EVERY, Store, StoreError};
 use bytes::Bytes;
 use protocol::{
-    Counter, LogCursor, LogEntry, Message, PeerId, Quantizer, RejectReason, Resume, ResumeSecret,
-    Serial, Version, close,
+    Counter, LogCursor, LogEntry, Message, PackedEntry, PeerId, Quantizer, RejectReason, Resume,
+    ResumeSecret, Serial, Version, close,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,6 +77,14 @@ pub enum Command {
         floor: Version,
         byte: u8,
     },
+    /// A committee member's vote on an assigned round.
+    Vote {
+        peer: PeerId,
+        round: Counter,
+        base: Serial,
+        floor: Version,
+        byte: u8,
+    },
     /// A socket ended. `session` is its [`Joined::session`]: a peer that already resumed on
     /// another socket stays.
     Leave { peer: PeerId, session: u64 },
@@ -103,6 +115,10 @@ pub struct SequencerConfig {
     /// The job's codec: clipping lowers a byte's magnitude level.
     pub quantizer: Quantizer,
     pub influence: InfluenceConfig,
+    /// The job's committee size, if its steps are decided by committees.
+    pub committee_size: Option<usize>,
+    /// How long a committee round waits for all its votes (`--round-timeout`).
+    pub round_timeout: Duration,
 }
 
 struct Session {
@@ -111,9 +127,26 @@ struct Session {
     kick: Option<oneshot::Sender<Refusal>>,
 }
 
+/// What a pending message proposes: a direction of the peer's own, or a vote on a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proposed {
+    Contribution(Serial),
+    Vote(Counter),
+}
+
+impl Proposed {
+    /// The counter an answer names: the contribution's low bits, or the round.
+    fn answer_counter(self) -> Counter {
+        match self {
+            Proposed::Contribution(serial) => Counter(u64::from(serial.0)),
+            Proposed::Vote(round) => round,
+        }
+    }
+}
+
 struct Pending {
     peer: PeerId,
-    counter: Serial,
+    proposed: Proposed,
     base: Serial,
     /// A version the peer's replica has certainly reached: its base is at or after it.
     floor: Version,
@@ -130,6 +163,8 @@ pub struct Sequencer {
     pending: Vec<Pending>,
     /// The clipping bound and the quarantined peers.
     influence: Influence,
+    /// A committee job's rounds.
+    committees: Option<Committees>,
     config: SequencerConfig,
     stats: Arc<Stats>,
     follower: std::sync::mpsc::Sender<FollowerInput>,
@@ -156,6 +191,15 @@ impl Sequencer {
         let tail = store.entries(Version(version.0.saturating_sub(WINDOW as u64)), version)?;
         influence.seed(tail.iter().map(|e| (e.peer, e.byte)));
         stats.publish_influence(&influence);
+        let committees = match config.committee_size {
+            Some(size) => Some(Committees::new(
+                size,
+                config.round_timeout,
+                config.quantizer,
+                store.committee_rounds_reserved()?,
+            )),
+            None => None,
+        };
         Ok(Sequencer {
             store,
             cursor: LogCursor::new(version, table),
@@ -163,6 +207,7 @@ impl Sequencer {
             next_session: 0,
             pending: Vec::new(),
             influence,
+            committees,
             config,
             stats,
             follower,
@@ -172,7 +217,20 @@ impl Sequencer {
     /// Runs until every command sender is gone. Returns early only if the store fails, in which
     /// case nothing more is acknowledged.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), StoreError> {
-        while let Some(cmd) = commands.recv().await {
+        loop {
+            let timeout = self.committees.as_ref().and_then(Committees::next_timeout);
+            let cmd = match timeout {
+                Some(at) => tokio::select! {
+                    cmd = commands.recv() => cmd,
+                    _ = tokio::time::sleep_until(at) => {
+                        // A committee round waited out its timeout: decide or close it.
+                        self.flush()?;
+                        continue;
+                    }
+                },
+                None => commands.recv().await,
+            };
+            let Some(cmd) = cmd else { break };
             self.handle(cmd)?;
             if self.pending.is_empty() {
                 continue;
@@ -202,6 +260,7 @@ impl Sequencer {
                 reply,
             } => {
                 let answer = self.join(resume, from)?;
+                let mut assign = None;
                 if let Ok(joined) = &answer {
                     self.sessions.insert(
                         joined.peer,
@@ -212,8 +271,18 @@ impl Sequencer {
                         },
                     );
                     self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+                    if !joined.quarantined {
+                        assign = Some(joined.peer);
+                    }
                 }
                 let _ = reply.send(answer);
+                // Its first rounds reach it after its catch-up, through its queue.
+                if let Some(peer) = assign {
+                    let frames = self.assignments(&[peer])?;
+                    for (peer, frames) in frames {
+                        self.send(peer, frames);
+                    }
+                }
             }
             Command::Contribute {
                 peer,
@@ -225,7 +294,24 @@ impl Sequencer {
                 if self.sessions.contains_key(&peer) {
                     self.pending.push(Pending {
                         peer,
-                        counter,
+                        proposed: Proposed::Contribution(counter),
+                        base,
+                        floor,
+                        byte,
+                    });
+                }
+            }
+            Command::Vote {
+                peer,
+                round,
+                base,
+                floor,
+                byte,
+            } => {
+                if self.sessions.contains_key(&peer) {
+                    self.pending.push(Pending {
+                        peer,
+                        proposed: Proposed::Vote(round),
                         base,
                         floor,
                         byte,
@@ -238,6 +324,9 @@ impl Sequencer {
                     self.sessions.remove(&peer);
                     // Unacknowledged, and its id may go to a newcomer before this tick ends.
                     self.pending.retain(|p| p.peer != peer);
+                    if let Some(committees) = &mut self.committees {
+                        committees.leave(peer);
+                    }
                     self.stats.peers.store(self.sessions.len() as u64, Relaxed);
                     let contributed = self.cursor.last_counter(peer).is_some();
                     tokio::task::block_in_place(|| self.store.left(peer, contributed))?;
@@ -360,70 +449,208 @@ impl Sequencer {
         }))
     }
 
-    /// Validates the tick's contributions, commits the accepted ones, then tells everybody.
+    /// Rounds for `peers` to hold their share, as `Assign` frames per peer. The round numbers
+    /// are reserved in the store before anything is sent.
+    fn assignments(&mut self, peers: &[PeerId]) -> Result<Vec<(PeerId, Vec<Bytes>)>, StoreError> {
+        let Some(committees) = &mut self.committees else {
+            return Ok(Vec::new());
+        };
+        let mut peers = peers.to_vec();
+        peers.sort_unstable();
+        peers.dedup();
+        let now = Instant::now();
+        let mut frames = Vec::new();
+        for peer in peers {
+            if !self.sessions.contains_key(&peer) || self.influence.is_quarantined(peer) {
+                continue;
+            }
+            let rounds = committees.top_up(peer, now);
+            if !rounds.is_empty() {
+                let assigns = rounds
+                    .into_iter()
+                    .map(|round| Bytes::from(Message::Assign { round }.encode()))
+                    .collect();
+                frames.push((peer, assigns));
+            }
+        }
+        if let Some(upto) = committees.reservation_due() {
+            tokio::task::block_in_place(|| self.store.reserve_committee_rounds(upto))?;
+        }
+        Ok(frames)
+    }
+
+    /// Appends `entry` at the head; returns its position.
+    fn log(&mut self, tick: &mut Tick, entry: LogEntry) -> Version {
+        let at = self.cursor.version();
+        tick.packed.push(self.cursor.pack_one(&entry));
+        tick.entries.push(entry);
+        let reached = self.cursor.version();
+        if reached.0.is_multiple_of(CHECKPOINT_EVERY) {
+            tick.checkpoints.push((reached, self.cursor.table()));
+        }
+        at
+    }
+
+    /// Logs a decided committee round under the shared id; each voter is acknowledged.
+    fn log_round(&mut self, tick: &mut Tick, decided: Decided) {
+        let entry = LogEntry {
+            peer: PeerId::COMMITTEE,
+            counter: decided.round,
+            byte: decided.byte,
+        };
+        let at = self.log(tick, entry);
+        for voter in decided.voters {
+            tick.acks.push((voter, decided.round, at));
+        }
+    }
+
+    /// Decides one pending contribution or vote: logged, waiting in its round, or rejected.
+    fn admit(&mut self, tick: &mut Tick, p: Pending, paused: bool) {
+        let head = self.cursor.version().0;
+        let reject = |tick: &mut Tick, reason, detail: String| {
+            let counter = p.proposed.answer_counter();
+            let msg = Message::Rejected {
+                counter,
+                reason,
+                detail,
+            };
+            tick.rejections.push((p.peer, msg));
+        };
+        // A vote on a round this peer holds uses the assignment up, whatever becomes of it.
+        let held = match (p.proposed, &mut self.committees) {
+            (Proposed::Vote(round), Some(c)) => c.holds(p.peer, round),
+            _ => false,
+        };
+        if self.influence.is_quarantined(p.peer) {
+            if let Some(c) = &mut self.committees {
+                c.leave(p.peer);
+            }
+            return reject(
+                tick,
+                RejectReason::Quarantined,
+                "quarantined by the relay: too many of this peer's recent contributions were far \
+                 larger than everyone else's"
+                    .to_string(),
+            );
+        }
+        let verdict = if paused {
+            Err((RejectReason::Paused, "the job is paused".to_string()))
+        } else {
+            match (p.proposed, self.committees.is_some()) {
+                (Proposed::Contribution(_), true) => Err((
+                    RejectReason::NotAssigned,
+                    "this job is decided by committees: peers vote on the rounds the relay \
+                     assigns"
+                        .to_string(),
+                )),
+                (Proposed::Vote(_), false) => Err((
+                    RejectReason::NotAssigned,
+                    "this job takes contributions, not committee votes".to_string(),
+                )),
+                (Proposed::Vote(round), true) if !held => Err((
+                    RejectReason::NotAssigned,
+                    format!("round {round} is not assigned to this peer"),
+                )),
+                (Proposed::Contribution(counter), false) => {
+                    let last = self.cursor.last_counter(p.peer).map(|c| c.0);
+                    next_counter(counter, last).and_then(|counter| {
+                        check_base(p.base, p.floor, head, self.config.staleness_bound)
+                            .map(|()| counter)
+                    })
+                }
+                (Proposed::Vote(round), true) => {
+                    check_base(p.base, p.floor, head, self.config.staleness_bound).map(|()| round)
+                }
+            }
+        };
+        let counter = match verdict {
+            Ok(counter) => counter,
+            Err((reason, detail)) => {
+                if held {
+                    if let Some(c) = &mut self.committees {
+                        c.forfeit(p.peer, p.proposed.answer_counter());
+                    }
+                    tick.owed.push(p.peer);
+                }
+                return reject(tick, reason, detail);
+            }
+        };
+        let admitted = self.influence.admit(p.peer, p.byte);
+        if admitted.clipped {
+            tick.clipped.push(p.peer);
+        }
+        if admitted.quarantined {
+            tick.quarantined.push(p.peer);
+        }
+        let Some(committees) = &mut self.committees else {
+            let entry = LogEntry {
+                peer: p.peer,
+                counter,
+                byte: admitted.byte,
+            };
+            let at = self.log(tick, entry);
+            tick.acks.push((p.peer, counter, at));
+            return;
+        };
+        let voted = committees.vote(p.peer, counter, admitted.byte);
+        if admitted.quarantined {
+            // It earned its quarantine with this vote: its other places go to others.
+            committees.leave(p.peer);
+        } else {
+            tick.owed.push(p.peer);
+        }
+        match voted {
+            Ok(Some(decided)) => self.log_round(tick, decided),
+            Ok(None) => {}
+            Err((reason, detail)) => reject(tick, reason, detail),
+        }
+    }
+
+    /// Validates the tick's contributions and votes and closes timed-out committee rounds,
+    /// commits what is logged, then tells everybody.
     fn flush(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
+        let closed = match &mut self.committees {
+            Some(c) => c.close_timed_out(Instant::now()),
+            None => Closed::default(),
+        };
+        if self.pending.is_empty() && closed == Closed::default() {
             return Ok(());
         }
         let first = self.cursor.version();
         let paused = self.stats.paused.load(Relaxed);
-        let mut entries = Vec::with_capacity(self.pending.len());
-        let mut packed = Vec::with_capacity(self.pending.len());
-        let mut acks = Vec::with_capacity(self.pending.len());
-        let mut checkpoints = Vec::new();
-        let mut rejections = Vec::new();
-        let mut clipped = Vec::new();
-        let mut quarantined = Vec::new();
+        let mut tick = Tick::default();
+        for decided in closed.decided {
+            self.log_round(&mut tick, decided);
+        }
+        for (peer, round) in closed.abandoned {
+            let detail = format!(
+                "round {round} waited {:?} without a majority of its votes",
+                self.config.round_timeout
+            );
+            tick.rejections.push((
+                peer,
+                Message::Rejected {
+                    counter: round,
+                    reason: RejectReason::RoundClosed,
+                    detail,
+                },
+            ));
+        }
+        for p in std::mem::take(&mut self.pending) {
+            self.admit(&mut tick, p, paused);
+        }
+        let Tick {
+            entries,
+            packed,
+            checkpoints,
+            acks,
+            rejections,
+            clipped,
+            quarantined,
+            owed,
+        } = tick;
         // Each peer's frames of this tick go into its queue as one item.
         let mut outgoing: HashMap<PeerId, Vec<Bytes>> = HashMap::new();
-        for p in std::mem::take(&mut self.pending) {
-            let head = self.cursor.version().0;
-            let last = self.cursor.last_counter(p.peer).map(|c| c.0);
-            let verdict = if paused {
-                Err((RejectReason::Paused, "the job is paused".to_string()))
-            } else if self.influence.is_quarantined(p.peer) {
-                Err((
-                    RejectReason::Quarantined,
-                    "quarantined by the relay: too many of this peer's recent contributions were \
-                     far larger than everyone else's"
-                        .to_string(),
-                ))
-            } else {
-                validate(&p, head, last, self.config.staleness_bound)
-            };
-            match verdict {
-                Ok(counter) => {
-                    let admitted = self.influence.admit(p.peer, p.byte);
-                    if admitted.clipped {
-                        clipped.push(p.peer);
-                    }
-                    if admitted.quarantined {
-                        quarantined.push(p.peer);
-                    }
-                    let entry = LogEntry {
-                        peer: p.peer,
-                        counter,
-                        byte: admitted.byte,
-                    };
-                    packed.push(self.cursor.pack_one(&entry));
-                    entries.push(entry);
-                    acks.push((p.peer, counter, Version(head)));
-                    let reached = self.cursor.version();
-                    if reached.0.is_multiple_of(CHECKPOINT_EVERY) {
-                        checkpoints.push((reached, self.cursor.table()));
-                    }
-                }
-                Err((reason, detail)) => rejections.push((
-                    p.peer,
-                    Message::Rejected {
-                        counter: Counter(u64::from(p.counter.0)),
-                        reason,
-                        detail,
-                    },
-                )),
-            }
-        }
-        let entries_peers: Vec<PeerId> = entries.iter().map(|e| e.peer).collect();
         if !entries.is_empty() {
             // Durable before anyone hears of it.
             tokio::task::block_in_place(|| self.store.append(first, &entries, &checkpoints))?;
@@ -440,16 +667,16 @@ impl Sequencer {
             for peer in self.sessions.keys() {
                 outgoing.entry(*peer).or_default().push(batch.clone());
             }
-            for (peer, counter, version) in acks {
-                let ack = Bytes::from(Message::Accepted { counter, version }.encode());
-                outgoing.entry(peer).or_default().push(ack);
-            }
+        }
+        for &(peer, counter, version) in &acks {
+            let ack = Bytes::from(Message::Accepted { counter, version }.encode());
+            outgoing.entry(peer).or_default().push(ack);
         }
         self.stats
             .rejected
             .fetch_add(rejections.len() as u64, Relaxed);
         self.stats.board.verdicts(
-            &per_peer(entries_peers.iter().copied()),
+            &per_peer(acks.iter().map(|(peer, ..)| *peer)),
             &per_peer(rejections.iter().map(|(peer, _)| *peer)),
         );
         self.stats.board.clipped(&per_peer(clipped.iter().copied()));
@@ -466,6 +693,9 @@ impl Sequencer {
                 .entry(peer)
                 .or_default()
                 .push(Bytes::from(msg.encode()));
+        }
+        for (peer, assigns) in self.assignments(&owed)? {
+            outgoing.entry(peer).or_default().extend(assigns);
         }
         for (peer, frames) in outgoing {
             self.send(peer, frames);
@@ -499,25 +729,62 @@ impl Sequencer {
     }
 }
 
+/// One tick's outcome, gathered before anything is written or sent.
+#[derive(Default)]
+struct Tick {
+    entries: Vec<LogEntry>,
+    packed: Vec<PackedEntry>,
+    checkpoints: Vec<(Version, Vec<(PeerId, Counter)>)>,
+    /// Who hears `Accepted`, for which counter (or round), at which position.
+    acks: Vec<(PeerId, Counter, Version)>,
+    rejections: Vec<(PeerId, Message)>,
+    clipped: Vec<PeerId>,
+    quarantined: Vec<PeerId>,
+    /// Committee members owed new rounds for the assignments this tick used up.
+    owed: Vec<PeerId>,
+}
+
 /// Checks one contribution against the log's head; returns its full counter.
+#[cfg(test)]
 fn validate(
     p: &Pending,
     head: u64,
     last_counter: Option<u64>,
     staleness_bound: u64,
 ) -> Result<Counter, (RejectReason, String)> {
-    let counter = p.counter.after(last_counter).ok_or_else(|| {
+    let Proposed::Contribution(counter) = p.proposed else {
+        panic!("validate checks contributions");
+    };
+    let counter = next_counter(counter, last_counter)?;
+    check_base(p.base, p.floor, head, staleness_bound).map(|()| counter)
+}
+
+/// A contribution's full counter, if it comes after the peer's last logged one.
+fn next_counter(
+    counter: Serial,
+    last_counter: Option<u64>,
+) -> Result<Counter, (RejectReason, String)> {
+    counter.after(last_counter).map(Counter).ok_or_else(|| {
         (
             RejectReason::CounterNotIncreasing,
             format!(
                 "counter (low bits {}) is not after the last logged counter {:?}",
-                p.counter.0, last_counter
+                counter.0, last_counter
             ),
         )
-    })?;
+    })
+}
+
+/// Checks a base version (low bits `base`, at or after `floor`) against the log's head.
+fn check_base(
+    base: Serial,
+    floor: Version,
+    head: u64,
+    staleness_bound: u64,
+) -> Result<(), (RejectReason, String)> {
     // A base is at or after the floor, so within 65 536 of it it is recovered exactly; a floor
     // that far behind the head means a base at least that stale.
-    let floor = p.floor.0;
+    let floor = floor.0;
     if head.saturating_sub(floor) >= 1 << 16 {
         return Err((
             RejectReason::Stale,
@@ -527,13 +794,13 @@ fn validate(
             ),
         ));
     }
-    let base = p.base.at_or_after(floor);
+    let low = base.0;
+    let base = base.at_or_after(floor);
     if base > head {
         return Err((
             RejectReason::FromTheFuture,
             format!(
-                "base version (low bits {}, at or after {floor}) is ahead of the log at {head}",
-                p.base.0
+                "base version (low bits {low}, at or after {floor}) is ahead of the log at {head}"
             ),
         ));
     }
@@ -546,7 +813,7 @@ fn validate(
             ),
         ));
     }
-    Ok(Counter(counter))
+    Ok(())
 }
 
 /// How many of `peers` each peer is.
@@ -569,7 +836,7 @@ mod tests {
     fn pending_above(counter: u64, base: u64, floor: u64) -> Pending {
         Pending {
             peer: PeerId(0),
-            counter: Serial::of(counter),
+            proposed: Proposed::Contribution(Serial::of(counter)),
             base: Serial::of(base),
             floor: Version(floor),
             byte: 1,

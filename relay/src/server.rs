@@ -84,6 +84,8 @@ pub async fn run(config: RelayConfig) -> Result<()> {
             max_peers: config.max_peers,
             quantizer: job.hyper().quantizer,
             influence: config.influence(),
+            committee_size: job.committee().map(|c| c.size),
+            round_timeout: Duration::from_secs(config.round_timeout.max(1)),
         },
         stats.clone(),
         follower_tx.clone(),

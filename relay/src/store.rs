@@ -205,6 +205,33 @@ impl Store {
         Ok(())
     }
 
+    /// Committee round numbers below this may have been handed out (0 when none were).
+    pub fn committee_rounds_reserved(&self) -> Result<u64, StoreError> {
+        let value: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'committee_rounds_reserved'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// Reserves committee round numbers below `upto`, durably: a restart hands out none of
+    /// them again.
+    pub fn reserve_committee_rounds(&self, upto: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('committee_rounds_reserved', ?1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![upto.to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// The number of entries in the log: the version a replica reaches by applying all of it.
     pub fn version(&self) -> Result<Version, StoreError> {
         let v: i64 = self
@@ -770,6 +797,18 @@ mod tests {
         store.left(a, false).unwrap();
         assert_eq!(store.new_peer(&[3; 32]).unwrap(), a);
         assert_eq!(store.quarantined().unwrap(), []);
+    }
+
+    #[test]
+    fn a_committee_round_reservation_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let (store, _) = Store::open(&path, Some("[job]\nname = \"t\"\n")).unwrap();
+        assert_eq!(store.committee_rounds_reserved().unwrap(), 0);
+        store.reserve_committee_rounds(65_536).unwrap();
+        drop(store);
+        let store = Store::reopen(&path).unwrap();
+        assert_eq!(store.committee_rounds_reserved().unwrap(), 65_536);
     }
 
     #[test]

@@ -21,8 +21,18 @@ pub struct Relay {
     client: reqwest::Client,
     /// TLS settings for the websocket when `--ca-cert` adds a root.
     tls: Option<tokio_tungstenite::Connector>,
-    /// `--adversary`: each contribution is replaced by the worst one this codec can carry.
-    pub adversary: Option<protocol::Quantizer>,
+    /// `--adversary`: how each contribution (or vote) is falsified, with the job's codec.
+    pub adversary: Option<(Adversary, protocol::Quantizer)>,
+}
+
+/// How an `--adversary` peer falsifies what it sends (for testing a relay's defences).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Adversary {
+    /// The largest magnitude, with the sign that raises the loss: clipping catches it.
+    Worst,
+    /// The honest magnitude with the sign flipped: no magnitude bound catches it; committees
+    /// outvote it.
+    Flip,
 }
 
 impl Relay {
@@ -115,13 +125,13 @@ type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Socket {
     tx: SplitSink<Stream, WsMessage>,
     rx: SplitStream<Stream>,
-    adversary: Option<protocol::Quantizer>,
+    adversary: Option<(Adversary, protocol::Quantizer)>,
 }
 
 impl Connection for Socket {
     async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
         let frame = match self.adversary {
-            Some(quantizer) => worst_contribution(quantizer, frame),
+            Some((adversary, quantizer)) => falsified(adversary, quantizer, frame),
             None => frame,
         };
         self.tx
@@ -156,30 +166,45 @@ impl Connection for Socket {
     }
 }
 
-/// A `Contribute` frame with its byte replaced by the one that raises the loss most: the
-/// largest magnitude, with the sign opposite to the honest estimate's (an estimate of zero
-/// gets the positive sign). Every other frame unchanged.
-fn worst_contribution(quantizer: protocol::Quantizer, frame: Vec<u8>) -> Vec<u8> {
-    let Ok(protocol::Message::Contribute {
-        counter,
-        base_version,
-        byte,
-    }) = protocol::Message::decode(&frame)
-    else {
-        return frame;
+/// A `Contribute` or `Vote` frame with its byte falsified; every other frame unchanged.
+/// `Worst`: the largest magnitude, with the sign opposite to the honest estimate's (an
+/// estimate of zero gets the positive sign). `Flip`: the honest byte with its sign flipped.
+fn falsified(adversary: Adversary, quantizer: protocol::Quantizer, frame: Vec<u8>) -> Vec<u8> {
+    use protocol::Message;
+    let falsify = |byte: u8| {
+        let honest = quantizer.decode(byte);
+        match adversary {
+            Adversary::Worst => quantizer.encode(if honest > 0.0 {
+                f32::NEG_INFINITY
+            } else {
+                f32::INFINITY
+            }),
+            Adversary::Flip => quantizer.encode(-honest),
+        }
     };
-    let honest = quantizer.decode(byte);
-    let worst = quantizer.encode(if honest > 0.0 {
-        f32::NEG_INFINITY
-    } else {
-        f32::INFINITY
-    });
-    protocol::Message::Contribute {
-        counter,
-        base_version,
-        byte: worst,
+    match Message::decode(&frame) {
+        Ok(Message::Contribute {
+            counter,
+            base_version,
+            byte,
+        }) => Message::Contribute {
+            counter,
+            base_version,
+            byte: falsify(byte),
+        }
+        .encode(),
+        Ok(Message::Vote {
+            round,
+            base_version,
+            byte,
+        }) => Message::Vote {
+            round,
+            base_version,
+            byte: falsify(byte),
+        }
+        .encode(),
+        _ => frame,
     }
-    .encode()
 }
 
 /// tokio's clock, in milliseconds since the peer started.

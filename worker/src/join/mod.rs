@@ -68,11 +68,12 @@ pub struct Args {
     /// Print one JSON object as the last line of standard output.
     #[arg(long)]
     json: bool,
-    /// For testing a relay's defences: send, in place of each honest contribution, the worst
-    /// one the job's codec carries (the largest magnitude, with the sign that raises the loss).
-    /// The relay should clip these and quarantine this peer.
-    #[arg(long, hide = true)]
-    adversary: bool,
+    /// For testing a relay's defences: falsify each contribution. `worst` (the default) sends
+    /// the largest magnitude with the sign that raises the loss (the relay should clip and
+    /// quarantine this peer); `flip` sends the honest magnitude with the sign flipped (a
+    /// committee job's median should outvote it).
+    #[arg(long, hide = true, value_enum, num_args = 0..=1, default_missing_value = "worst")]
+    adversary: Option<link::Adversary>,
 }
 
 /// The `--json` report.
@@ -250,11 +251,15 @@ async fn run_async(mut args: Args) -> Result<()> {
     let limit = Duration::from_secs(args.retry_for);
     let job_toml = link::with_retries(limit, || relay.text("/api/job")).await?;
     let job = Arc::new(Job::from_toml(&job_toml).context("the relay's job is not valid")?);
-    if args.adversary {
+    if let Some(adversary) = args.adversary {
         eprintln!(
-            "--adversary: every contribution this peer sends raises the loss as much as it can"
+            "--adversary {}: every contribution this peer sends is falsified to raise the loss",
+            match adversary {
+                link::Adversary::Worst => "worst",
+                link::Adversary::Flip => "flip",
+            }
         );
-        relay.adversary = Some(job.hyper().quantizer);
+        relay.adversary = Some((adversary, job.hyper().quantizer));
     }
     let spec = args.data.as_deref().unwrap_or(&job.config.task.dataset);
     let data = load_data(spec, &job, args.seed)?;
