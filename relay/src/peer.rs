@@ -10,7 +10,7 @@
 
 use crate::follower::FollowerInput;
 use crate::limits::{Address, NoPlace, Place};
-use crate::sequencer::{Command, Joined, Refusal};
+use crate::sequencer::{Command, Joined, Proposed, Refusal};
 use crate::server::Context;
 use crate::store::Store;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
@@ -19,8 +19,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use protocol::{
-    Counter, HASH_REPORT_INTERVAL, LogCursor, Message, PROTOCOL_VERSION, PeerId, RejectReason,
-    Resume, Serial, Version, close,
+    HASH_REPORT_INTERVAL, LogCursor, Message, PROTOCOL_VERSION, PeerId, RejectReason, Resume,
+    Serial, Version, close,
 };
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -419,7 +419,7 @@ impl PeerConnection<'_> {
                 base_version,
                 byte,
             } => {
-                self.contribute(Proposal::Contribution(counter), base_version, byte)
+                self.propose(Proposed::Contribution(counter), base_version, byte)
                     .await
             }
             Message::Vote {
@@ -427,7 +427,7 @@ impl PeerConnection<'_> {
                 base_version,
                 byte,
             } => {
-                self.contribute(Proposal::Vote(round), base_version, byte)
+                self.propose(Proposed::Vote(round), base_version, byte)
                     .await
             }
             Message::HashReport { version, hash } => {
@@ -489,20 +489,11 @@ impl PeerConnection<'_> {
 
     /// Hands a contribution or a committee vote to the sequencer, or turns it down when the
     /// peer sends faster than the relay's rate limit.
-    async fn contribute(
-        &mut self,
-        proposal: Proposal,
-        base: Serial,
-        byte: u8,
-    ) -> Result<(), Refusal> {
+    async fn propose(&mut self, proposed: Proposed, base: Serial, byte: u8) -> Result<(), Refusal> {
         self.active_at = Instant::now();
         if self.limiter.check().is_err() {
-            let counter = match proposal {
-                Proposal::Contribution(counter) => Counter(u64::from(counter.0)),
-                Proposal::Vote(round) => round,
-            };
             let rejected = Message::Rejected {
-                counter,
+                counter: proposed.answer_counter(),
                 reason: RejectReason::RateLimited,
                 detail: format!(
                     "more than {} contributions per second",
@@ -513,21 +504,12 @@ impl PeerConnection<'_> {
             self.ctx.stats.board.verdicts(&[], &[(self.peer, 1)]);
             return send(self.ctx, &mut self.sink, rejected.encode().into()).await;
         }
-        let cmd = match proposal {
-            Proposal::Contribution(counter) => Command::Contribute {
-                peer: self.peer,
-                counter,
-                base,
-                floor: self.floor,
-                byte,
-            },
-            Proposal::Vote(round) => Command::Vote {
-                peer: self.peer,
-                round,
-                base,
-                floor: self.floor,
-                byte,
-            },
+        let cmd = Command::Propose {
+            peer: self.peer,
+            proposed,
+            base,
+            floor: self.floor,
+            byte,
         };
         self.ctx
             .sequencer
@@ -535,14 +517,6 @@ impl PeerConnection<'_> {
             .await
             .map_err(|_| shutting_down())
     }
-}
-
-/// What a peer proposed: a direction of its own (its counter's low bits) or a vote on a
-/// committee round.
-#[derive(Debug, Clone, Copy)]
-enum Proposal {
-    Contribution(Serial),
-    Vote(Counter),
 }
 
 async fn send_all(ctx: &Context, sink: &mut Sink, frames: Vec<Bytes>) -> Result<(), Refusal> {

@@ -69,19 +69,12 @@ pub enum Command {
         kick: oneshot::Sender<Refusal>,
         reply: oneshot::Sender<Result<Joined, Refusal>>,
     },
-    Contribute {
+    /// A contribution, or in a committee job a vote on an assigned round.
+    Propose {
         peer: PeerId,
-        counter: Serial,
+        proposed: Proposed,
         base: Serial,
         /// A version this peer's replica has certainly reached (see `Serial::at_or_after`).
-        floor: Version,
-        byte: u8,
-    },
-    /// A committee member's vote on an assigned round.
-    Vote {
-        peer: PeerId,
-        round: Counter,
-        base: Serial,
         floor: Version,
         byte: u8,
     },
@@ -129,14 +122,14 @@ struct Session {
 
 /// What a pending message proposes: a direction of the peer's own, or a vote on a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proposed {
+pub enum Proposed {
     Contribution(Serial),
     Vote(Counter),
 }
 
 impl Proposed {
     /// The counter an answer names: the contribution's low bits, or the round.
-    fn answer_counter(self) -> Counter {
+    pub fn answer_counter(self) -> Counter {
         match self {
             Proposed::Contribution(serial) => Counter(u64::from(serial.0)),
             Proposed::Vote(round) => round,
@@ -284,9 +277,9 @@ impl Sequencer {
                     }
                 }
             }
-            Command::Contribute {
+            Command::Propose {
                 peer,
-                counter,
+                proposed,
                 base,
                 floor,
                 byte,
@@ -294,24 +287,7 @@ impl Sequencer {
                 if self.sessions.contains_key(&peer) {
                     self.pending.push(Pending {
                         peer,
-                        proposed: Proposed::Contribution(counter),
-                        base,
-                        floor,
-                        byte,
-                    });
-                }
-            }
-            Command::Vote {
-                peer,
-                round,
-                base,
-                floor,
-                byte,
-            } => {
-                if self.sessions.contains_key(&peer) {
-                    self.pending.push(Pending {
-                        peer,
-                        proposed: Proposed::Vote(round),
+                        proposed,
                         base,
                         floor,
                         byte,
