@@ -5,6 +5,10 @@
 //! Peers work in rounds: each proposes at the current version, then the round's entries are
 //! appended to the log in peer order and broadcast in one batch. A contribution is therefore up
 //! to `peers − 1` versions stale when applied, as with a relay under load.
+//!
+//! In a committee job the peers take turns in committees of the job's size (all of them, if
+//! fewer): each member evaluates the round's shared direction `(job, COMMITTEE, round)` on its
+//! own batch, and the log takes the median of their bytes, as the relay would.
 
 use crate::data::{BatchSampler, Dataset, Split};
 use crate::job::Job;
@@ -44,9 +48,27 @@ pub struct Step {
     pub entry: LogEntry,
     /// The direction's seed, derived from `(job, peer, counter)`.
     pub seed: protocol::DirectionSeed,
+    /// The proposal logged: in a committee job, the median vote (its byte is the entry's when
+    /// the committee is odd).
     pub proposal: crate::replica::Proposal,
     /// `c = −η·D(byte)`: what every replica added along the direction.
     pub step: f32,
+}
+
+/// A committee job's rounds: members per round, and the next round's number.
+#[derive(Debug, Clone, Copy)]
+struct Rounds {
+    size: usize,
+    next: Counter,
+}
+
+/// What the log records for one logged step, with what produced it.
+struct Decided {
+    entry: LogEntry,
+    /// The proposals behind it: one peer's, or a committee's (the median vote first).
+    proposals: Vec<crate::Proposal>,
+    /// The raw value an f32 exchange would send: the proposal's `g`, or the committee's median.
+    raw: f32,
 }
 
 struct SimPeer {
@@ -61,13 +83,24 @@ struct SimPeer {
 }
 
 impl SimPeer {
-    /// A proposal as a real peer would send it: noised and re-encoded in a private job.
+    /// A proposal along this peer's own direction `counter`.
     async fn propose(
         &mut self,
         counter: Counter,
         batch: &Split,
     ) -> Result<crate::Proposal, EngineError> {
-        let mut p = self.replica.propose(self.id, counter, batch).await?;
+        self.propose_along(self.id, counter, batch).await
+    }
+
+    /// A proposal along `(peer, counter)`'s direction as a real peer would send it: noised and
+    /// re-encoded in a private job.
+    async fn propose_along(
+        &mut self,
+        peer: PeerId,
+        counter: Counter,
+        batch: &Split,
+    ) -> Result<crate::Proposal, EngineError> {
+        let mut p = self.replica.propose(peer, counter, batch).await?;
         if let Some(privacy) = &mut self.privacy {
             p.g = privacy.release(p.g);
             p.byte = self.replica.job().hyper().quantizer.encode(p.g);
@@ -86,6 +119,10 @@ pub struct Simulation {
     exchange: Exchange,
     traffic: Traffic,
     last_losses: Vec<f32>,
+    /// In a committee job, its rounds.
+    rounds: Option<Rounds>,
+    /// The peer that proposes (or that the next committee starts with) next.
+    turn: usize,
 }
 
 impl Simulation {
@@ -120,7 +157,7 @@ impl Simulation {
     ) -> Self {
         assert!(!replicas.is_empty(), "a simulation needs at least one peer");
         let peers = replicas.len();
-        let peers = replicas
+        let peers: Vec<SimPeer> = replicas
             .into_iter()
             .enumerate()
             .map(|(i, replica)| SimPeer {
@@ -145,6 +182,11 @@ impl Simulation {
             })
             .collect();
         Simulation {
+            rounds: job.committee().map(|c| Rounds {
+                size: c.size.min(peers.len()),
+                next: Counter(0),
+            }),
+            turn: 0,
             job,
             peers,
             log: Vec::new(),
@@ -155,37 +197,22 @@ impl Simulation {
         }
     }
 
-    /// One round: every peer proposes, the log orders and broadcasts, every replica applies.
-    /// Returns the number of entries logged.
+    /// One round: every peer proposes (in a committee job: every committee votes), the log
+    /// orders and broadcasts, every replica applies. Returns the number of entries logged.
     pub async fn round(&mut self) -> Result<usize, EngineError> {
-        let batch_size = self.job.hyper().batch_size;
-        let mut entries = Vec::with_capacity(self.peers.len());
-        let mut raw = Vec::with_capacity(self.peers.len());
-        self.last_losses.clear();
-        for peer in &mut self.peers {
-            let batch = peer.sampler.sample(&peer.shard, batch_size);
-            let counter = peer.next_counter;
-            peer.next_counter = Counter(counter.0 + 1);
-            let p = peer.propose(counter, &batch).await?;
-            self.last_losses.push(p.loss);
-            let frame = Message::Contribute {
-                counter: Serial::of(counter.0),
-                base_version: Serial::of(p.base_version.0),
-                byte: p.byte,
-            }
-            .encode();
-            self.traffic.uplink += match self.exchange {
-                Exchange::Byte => framing::client_frame_len(frame.len()),
-                // The byte replaced by four.
-                Exchange::RawF32 => framing::client_frame_len(frame.len() + 3),
-            } as u64;
-            entries.push(LogEntry {
-                peer: peer.id,
-                counter,
-                byte: p.byte,
-            });
-            raw.push(p.g);
+        let decisions = match self.rounds {
+            None => self.peers.len(),
+            Some(r) => (self.peers.len() / r.size).max(1),
+        };
+        let mut decided = Vec::with_capacity(decisions);
+        for _ in 0..decisions {
+            decided.push(self.decide_next().await?);
         }
+        self.last_losses = decided
+            .iter()
+            .flat_map(|d| d.proposals.iter().map(|p| p.loss))
+            .collect();
+        let entries: Vec<LogEntry> = decided.iter().map(|d| d.entry).collect();
         let batch = self.cursor.pack(&entries).encode();
         let extra = if self.exchange == Exchange::RawF32 {
             3 * entries.len()
@@ -201,49 +228,122 @@ impl Simulation {
                 Exchange::Byte => peer.replica.apply(&entries),
                 Exchange::RawF32 => {
                     let lr = self.job.hyper().learning_rate;
-                    let steps: Vec<_> = entries
+                    let steps: Vec<_> = decided
                         .iter()
-                        .zip(&raw)
-                        .map(|(e, g)| (peer.replica.seed(e.peer, e.counter), -(lr * g)))
+                        .map(|d| {
+                            let e = d.entry;
+                            (peer.replica.seed(e.peer, e.counter), -(lr * d.raw))
+                        })
                         .collect();
                     peer.replica.apply_steps(&steps);
                 }
             }
         }
         self.log.extend(entries);
-        Ok(self.peers.len())
+        Ok(decided.len())
     }
 
-    /// One log entry: the next peer in turn proposes on the current weights, the entry is
-    /// logged, and every replica applies it. A teaching view walks through these one by one.
+    /// One log entry: the next peer in turn (in a committee job: the next committee) proposes
+    /// on the current weights, the entry is logged, and every replica applies it. A teaching
+    /// view walks through these one by one.
     pub async fn step(&mut self) -> Result<Step, EngineError> {
-        let turn = self.log.len() % self.peers.len();
-        let batch_size = self.job.hyper().batch_size;
-        let peer = &mut self.peers[turn];
-        let batch = peer.sampler.sample(&peer.shard, batch_size);
-        let counter = peer.next_counter;
-        peer.next_counter = Counter(counter.0 + 1);
-        let seed = peer.replica.seed(peer.id, counter);
-        let proposal = peer.propose(counter, &batch).await?;
-        let entry = LogEntry {
-            peer: peer.id,
-            counter,
-            byte: proposal.byte,
-        };
+        let Decided {
+            entry,
+            mut proposals,
+            ..
+        } = self.decide_next().await?;
         let n = self.peers.len() as u64;
         let frame = self.cursor.pack(std::slice::from_ref(&entry)).encode();
-        self.traffic.uplink += framing::client_frame_len(6) as u64;
         self.traffic.downlink += n * framing::server_frame_len(frame.len()) as u64;
         for peer in &mut self.peers {
             peer.replica.apply(std::slice::from_ref(&entry));
         }
         self.log.push(entry);
-        self.last_losses = vec![proposal.loss];
+        self.last_losses = proposals.iter().map(|p| p.loss).collect();
         Ok(Step {
             entry,
-            seed,
-            proposal,
+            seed: self.peers[0].replica.seed(entry.peer, entry.counter),
+            proposal: proposals.swap_remove(0),
             step: self.peers[0].replica.step_for(entry.byte),
+        })
+    }
+
+    /// The next entry to log, proposed on the current weights and counted as uplink traffic.
+    async fn decide_next(&mut self) -> Result<Decided, EngineError> {
+        let batch_size = self.job.hyper().batch_size;
+        let frame_len = |msg: Message, exchange: Exchange| {
+            let len = msg.encode().len();
+            framing::client_frame_len(match exchange {
+                Exchange::Byte => len,
+                // The byte replaced by four.
+                Exchange::RawF32 => len + 3,
+            }) as u64
+        };
+        let n = self.peers.len();
+        let Some(rounds) = self.rounds.as_mut() else {
+            let peer = &mut self.peers[self.turn];
+            self.turn = (self.turn + 1) % n;
+            let batch = peer.sampler.sample(&peer.shard, batch_size);
+            let counter = peer.next_counter;
+            peer.next_counter = Counter(counter.0 + 1);
+            let p = peer.propose(counter, &batch).await?;
+            self.traffic.uplink += frame_len(
+                Message::Contribute {
+                    counter: Serial::of(counter.0),
+                    base_version: Serial::of(p.base_version.0),
+                    byte: p.byte,
+                },
+                self.exchange,
+            );
+            return Ok(Decided {
+                entry: LogEntry {
+                    peer: peer.id,
+                    counter,
+                    byte: p.byte,
+                },
+                raw: p.g,
+                proposals: vec![p],
+            });
+        };
+        let round = rounds.next;
+        rounds.next = Counter(round.0 + 1);
+        let (size, first) = (rounds.size, self.turn);
+        self.turn = (first + size) % n;
+        let mut votes = Vec::with_capacity(size);
+        for i in 0..size {
+            let peer = &mut self.peers[(first + i) % n];
+            let batch = peer.sampler.sample(&peer.shard, batch_size);
+            let p = peer.propose_along(PeerId::COMMITTEE, round, &batch).await?;
+            self.traffic.uplink += frame_len(
+                Message::Vote {
+                    round,
+                    base_version: Serial::of(p.base_version.0),
+                    byte: p.byte,
+                },
+                self.exchange,
+            );
+            votes.push(p);
+        }
+        let quantizer = self.job.hyper().quantizer;
+        let byte = quantizer.median(&votes.iter().map(|p| p.byte).collect::<Vec<_>>());
+        // The median vote first (the lower middle one of an even count).
+        votes.sort_by(|a, b| a.g.total_cmp(&b.g));
+        let middle = votes.remove((votes.len() - 1) / 2);
+        let raw = if votes.len() % 2 == 1 {
+            // Even count before the removal: the mean of the two middle values.
+            (middle.g + votes[votes.len() / 2].g) / 2.0
+        } else {
+            middle.g
+        };
+        votes.insert(0, middle);
+        Ok(Decided {
+            entry: LogEntry {
+                peer: PeerId::COMMITTEE,
+                counter: round,
+                byte,
+            },
+            proposals: votes,
+            raw,
         })
     }
 
@@ -322,5 +422,37 @@ mod tests {
         let (noised, again) = (run(private.clone()), run(private));
         assert_eq!(noised, again, "a simulation repeats itself");
         assert_ne!(noised, run(plain), "the private peers' bytes carry noise");
+    }
+
+    #[test]
+    fn a_simulated_committee_logs_the_median_vote_along_each_rounds_shared_direction() {
+        let data = Builtin::Spirals.generate(400, 40, 1);
+        let mut config = Job::demo().config;
+        config.committee = Some(crate::job::CommitteeSpec { size: 3 });
+        let job = Arc::new(Job::new(config).unwrap());
+        let mut sim = Simulation::new(job.clone(), &data, 7, 3, Exchange::Byte, cpu_device());
+        // Seven peers hold two committees of three a round.
+        assert_eq!(block_on(sim.round()).unwrap(), 2);
+        for round in 2..6 {
+            let step = block_on(sim.step()).unwrap();
+            assert_eq!(step.entry.peer, PeerId::COMMITTEE);
+            assert_eq!(step.entry.counter, Counter(round));
+            assert_eq!(
+                step.seed,
+                sim.replica(0).seed(PeerId::COMMITTEE, Counter(round))
+            );
+            assert_eq!(
+                step.entry.byte, step.proposal.byte,
+                "the median of three is a vote"
+            );
+        }
+        let rounds: Vec<u64> = sim.log().iter().map(|e| e.counter.0).collect();
+        assert_eq!(rounds, [0, 1, 2, 3, 4, 5]);
+        let hashes = block_on(sim.hashes()).unwrap();
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]));
+        // Fewer peers than the size: one committee of all of them.
+        let mut own = Simulation::new(job, &data, 1, 3, Exchange::Byte, cpu_device());
+        block_on(own.round()).unwrap();
+        assert_eq!(own.log()[0].peer, PeerId::COMMITTEE);
     }
 }

@@ -180,6 +180,20 @@ impl Quantizer {
             }
         }
     }
+
+    /// The byte of the median of `votes`' values: the middle one of an odd count, the byte
+    /// nearest the mean of the two middle ones of an even count (`D⁻¹(0)` for none). What a
+    /// committee round logs; the relay and the in-process simulation decide rounds with it.
+    pub fn median(&self, votes: &[u8]) -> u8 {
+        let mut sorted: Vec<(f32, u8)> = votes.iter().map(|&b| (self.decode(b), b)).collect();
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let n = sorted.len();
+        match n {
+            0 => self.encode(0.0),
+            _ if n % 2 == 1 => sorted[n / 2].1,
+            _ => self.encode((sorted[n / 2 - 1].0 + sorted[n / 2].0) / 2.0),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -266,22 +266,9 @@ impl Committees {
         let bytes: Vec<u8> = round.votes.iter().map(|&(_, b)| b).collect();
         Decided {
             round: Counter(number),
-            byte: median_byte(self.quantizer, &bytes),
+            byte: self.quantizer.median(&bytes),
             voters: round.votes.into_iter().map(|(p, _)| p).collect(),
         }
-    }
-}
-
-/// The byte of the median of the votes' values: the middle one of an odd count, the byte
-/// nearest the mean of the two middle ones of an even count.
-pub fn median_byte(quantizer: Quantizer, votes: &[u8]) -> u8 {
-    let mut sorted: Vec<(f32, u8)> = votes.iter().map(|&b| (quantizer.decode(b), b)).collect();
-    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let n = sorted.len();
-    match n {
-        0 => quantizer.encode(0.0),
-        _ if n % 2 == 1 => sorted[n / 2].1,
-        _ => quantizer.encode((sorted[n / 2 - 1].0 + sorted[n / 2].0) / 2.0),
     }
 }
 
@@ -301,13 +288,10 @@ mod tests {
     fn the_median_ignores_a_minority_however_extreme() {
         let q = Quantizer::default();
         let honest = [byte(0.01), byte(0.02), byte(0.015)];
-        let decided = median_byte(
-            q,
-            &[honest[0], honest[1], byte(-1e9), honest[2], byte(-1e9)],
-        );
+        let decided = q.median(&[honest[0], honest[1], byte(-1e9), honest[2], byte(-1e9)]);
         assert_eq!(decided, byte(0.01), "two of five cannot flip the sign");
-        assert_eq!(median_byte(q, &[byte(0.02), byte(-0.02)]), byte(0.0));
-        assert_eq!(median_byte(q, &[byte(0.03)]), byte(0.03));
+        assert_eq!(q.median(&[byte(0.02), byte(-0.02)]), byte(0.0));
+        assert_eq!(q.median(&[byte(0.03)]), byte(0.03));
     }
 
     #[test]

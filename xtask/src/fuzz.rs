@@ -1,5 +1,5 @@
-//! `cargo xtask fuzz`: coverage-guided fuzzing of the wire codec and the log stream with
-//! libFuzzer, outside CI. Each target runs for the given time; the figures libFuzzer prints at
+//! `cargo xtask fuzz`: coverage-guided fuzzing of the wire codec, the log stream and the
+//! peer's session with libFuzzer, outside CI. Each target runs for the given time; the figures libFuzzer prints at
 //! the end (executions, coverage) are summed up per target.
 
 use crate::steps::{cargo, root, run, target_dir};
@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use std::process::Command;
 
 /// The fuzz targets in `tests/fuzz/src/bin`.
-const TARGETS: [&str; 2] = ["message", "log_stream"];
+const TARGETS: [&str; 3] = ["message", "log_stream", "session"];
 
 /// The stable flags cargo-fuzz passes for a build without a sanitizer: libFuzzer's coverage
 /// counters and comparison tracing, and `cfg(fuzzing)`.

@@ -1,6 +1,8 @@
 //! What the fuzz targets check, as plain functions (each target's `fuzz_target!` calls one).
 
+use engine::{Builtin, CommitteeSpec, Job, PeerState, Replica, Session, Split};
 use protocol::{LogCursor, Message};
+use std::sync::{Arc, OnceLock};
 
 /// Any bytes: decoding never panics, and whatever decodes re-encodes to bytes that decode to
 /// the same message (compared by encoding, so a NaN loss compares equal to itself).
@@ -54,6 +56,76 @@ pub fn log_stream_is_consistent(mut bytes: &[u8]) {
                 assert_eq!(packer, *c);
             }
             _ => {}
+        }
+    }
+}
+
+/// The jobs a fuzzed session runs: the demo, and the demo decided by committees of three.
+fn jobs() -> &'static [Arc<Job>; 2] {
+    static JOBS: OnceLock<[Arc<Job>; 2]> = OnceLock::new();
+    JOBS.get_or_init(|| {
+        let mut committee = Job::demo().config;
+        committee.committee = Some(CommitteeSpec { size: 3 });
+        [
+            Arc::new(Job::demo()),
+            Arc::new(Job::new(committee).expect("a valid job")),
+        ]
+    })
+}
+
+/// The batch a fuzzed peer proposes on.
+fn batch() -> &'static Split {
+    static BATCH: OnceLock<Split> = OnceLock::new();
+    BATCH.get_or_init(|| Builtin::Spirals.generate(16, 1, 1).train)
+}
+
+/// Proposal steps a session takes at most per input, so that no input runs for long.
+const MAX_STEPS: usize = 16;
+
+/// Any bytes as what a relay sends one peer: the first byte picks the job (plain or committee),
+/// the window and the lanes; the rest is a stream of messages (each prefixed by a one-byte
+/// length), and after each one the peer proposes whenever its session says it may, as a
+/// worker does. Nothing panics; the session ends with an error or goes on; its window is never
+/// overfilled; the replica never moves backwards; and everything it sends encodes to bytes
+/// that decode to the same message.
+pub fn session_survives_any_relay(bytes: &[u8]) {
+    let Some((&setup, mut bytes)) = bytes.split_first() else {
+        return;
+    };
+    let job = jobs()[usize::from(setup & 1)].clone();
+    let window = usize::from((setup >> 1) & 7);
+    let mut peer = PeerState::new(Replica::new(job, engine::cpu_device()));
+    peer.lanes = usize::from(setup >> 4) % 4 + 1;
+    let mut session = Session::new(&peer, "fuzz", window);
+    let mut steps = 0;
+    while let Some((&len, rest)) = bytes.split_first() {
+        let len = usize::from(len).min(rest.len());
+        let (frame, rest) = rest.split_at(len);
+        bytes = rest;
+        let Ok(msg) = Message::decode(frame) else {
+            continue;
+        };
+        let before = peer.replica.version();
+        if engine::block_on(session.receive(&mut peer, msg)).is_err() {
+            return;
+        }
+        assert!(peer.replica.version() >= before, "the replica went back");
+        while steps < MAX_STEPS && session.ready_to_contribute(&peer) {
+            steps += 1;
+            if engine::block_on(session.contribute(&mut peer, batch())).is_err() {
+                return;
+            }
+        }
+        assert!(
+            session.in_flight() <= session.window(),
+            "{} in flight, window {}",
+            session.in_flight(),
+            session.window()
+        );
+        for sent in session.take_outbox() {
+            let encoded = sent.encode();
+            let again = Message::decode(&encoded).expect("what a session sends decodes");
+            assert_eq!(again.encode(), encoded, "{sent:?}");
         }
     }
 }
