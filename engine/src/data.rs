@@ -248,8 +248,10 @@ pub enum DataError {
     OneClass(String),
     #[error("CSV has {0} classes; at most 256 are supported")]
     TooManyClasses(usize),
-    #[error("the text has {bytes} bytes; this model needs at least {needed}")]
-    TooLittleText { bytes: usize, needed: usize },
+    #[error(
+        "the text has {tokens} tokens (bytes, for a byte-level model); this model needs at least {needed}"
+    )]
+    TooLittleText { tokens: usize, needed: usize },
     #[error("{0}")]
     WrongKind(String),
 }

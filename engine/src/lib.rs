@@ -5,6 +5,7 @@
 //! that touches θ is deterministic and bit-exact across platforms; forward passes run on whatever
 //! burn device the replica is given.
 
+pub mod bpe;
 pub mod calibrate;
 pub mod data;
 pub mod direction;

@@ -74,14 +74,27 @@ impl std::str::FromStr for Corpus {
 /// Next-byte examples from `text` for a model reading `context` previous bytes. Positions
 /// before the first `context` bytes see zero bytes in front.
 pub fn text_dataset(name: &str, text: &str, context: usize) -> Result<Dataset, DataError> {
-    let bytes = text.as_bytes();
-    if bytes.len() < 10 * (context + 1) {
+    let bytes: Vec<u32> = text.bytes().map(u32::from).collect();
+    token_dataset(name, &bytes, 256, 0, context)
+}
+
+/// Next-token examples from `tokens` (ids below `vocab`, e.g. from a BPE
+/// [`crate::bpe::Tokenizer`]) for a model reading `context` previous tokens; positions before
+/// the first `context` tokens see `pad` in front.
+pub fn token_dataset(
+    name: &str,
+    tokens: &[u32],
+    vocab: usize,
+    pad: u32,
+    context: usize,
+) -> Result<Dataset, DataError> {
+    if tokens.len() < 10 * (context + 1) {
         return Err(DataError::TooLittleText {
-            bytes: bytes.len(),
+            tokens: tokens.len(),
             needed: 10 * (context + 1),
         });
     }
-    let cut = bytes.len() * 9 / 10;
+    let cut = tokens.len() * 9 / 10;
     let examples = |range: std::ops::Range<usize>| {
         let mut split = Split {
             features: context,
@@ -91,17 +104,17 @@ pub fn text_dataset(name: &str, text: &str, context: usize) -> Result<Dataset, D
             split
                 .x
                 .extend((0..context).map(|k| match (i + k).checked_sub(context) {
-                    Some(j) => f32::from(bytes[j]),
-                    None => 0.0,
+                    Some(j) => tokens[j] as f32,
+                    None => pad as f32,
                 }));
-            split.y.push(u32::from(bytes[i]));
+            split.y.push(tokens[i]);
         }
         split
     };
-    let test_end = bytes.len().min(cut + MAX_TEST_ROWS);
+    let test_end = tokens.len().min(cut + MAX_TEST_ROWS);
     Ok(Dataset {
         name: name.to_string(),
-        classes: 256,
+        classes: vocab,
         class_names: Vec::new(),
         train: examples(0..cut),
         test: examples(cut..test_end),
@@ -143,6 +156,17 @@ mod tests {
             text_dataset("short", "abc", 3),
             Err(DataError::TooLittleText { .. })
         ));
+    }
+
+    #[test]
+    fn token_examples_are_the_previous_tokens_padded_and_the_next_one() {
+        let tokens: Vec<u32> = (0..40).map(|i| 300 + i).collect();
+        let d = token_dataset("ids", &tokens, 400, 7, 2).unwrap();
+        assert_eq!(d.classes, 400);
+        assert_eq!(d.train.len() + d.test.len(), tokens.len());
+        assert_eq!(&d.train.x[..4], &[7.0, 7.0, 7.0, 300.0]);
+        assert_eq!(&d.train.y[..2], &[300, 301]);
+        assert_eq!(d.test.y[0], 300 + 36);
     }
 
     #[test]
