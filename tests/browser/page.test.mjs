@@ -195,6 +195,38 @@ test('on the tiny transformer job the page shows samples, bits per character, an
   }
 });
 
+test('on a committee job the page votes in rounds beside native workers', async () => {
+  const tmp = scratch();
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), [
+    '--job',
+    path.join(ROOT, 'deploy/jobs/committee-spirals.toml'),
+  ]);
+  // With the tab, three peers: committees of three, so nearly every round waits for its vote.
+  const workers = [1, 2].map((seed) => startWorker(relay.url, ['--seed', String(seed)]));
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page, problems } = browser;
+    await join(page, relay.url, { backend: 'cpu' });
+    const status = await waitFor(
+      '50 accepted votes',
+      () => pageStatus(page),
+      (s) => s.accepted >= 50 || s.state === 'failed' || s.state === 'refused',
+      120_000,
+    );
+    assert.ok(status.accepted >= 50, JSON.stringify(status));
+    const relayStatus = await (await fetch(`${relay.url}/api/status`)).json();
+    assert.equal(relayStatus.rejected, 0, JSON.stringify(relayStatus));
+    assert.equal(relayStatus.consistency.consistent, true, JSON.stringify(relayStatus));
+    console.log(`# a committee tab: ${status.accepted} votes counted, the log at ${relayStatus.version}`);
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    for (const w of workers) w.kill();
+    await relay.kill();
+    tmp.cleanup();
+  }
+});
+
 test('on a private job the page shows the privacy its contributions have spent', async () => {
   const tmp = scratch();
   const relay = await startRelay(path.join(tmp.dir, 'relay.db'), [
