@@ -46,6 +46,15 @@ impl Endpoints {
             .map_err(|e| e.to_string())
     }
 
+    /// The job's `tokenizer.json`, for a job whose text is BPE tokens.
+    pub async fn tokenizer(&self) -> Result<Vec<u8>, String> {
+        self.get("/api/tokenizer")
+            .await?
+            .binary()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The newest snapshot (safetensors).
     pub async fn snapshot(&self) -> Result<Vec<u8>, String> {
         self.get("/api/snapshot")

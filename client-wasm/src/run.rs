@@ -36,7 +36,24 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         emitter.state(State::Stopped, "stopped");
         return Ok(());
     };
-    let job = Arc::new(Job::from_toml(&job_toml).map_err(|e| format!("the relay's job: {e}"))?);
+    let mut job = Job::from_toml(&job_toml).map_err(|e| format!("the relay's job: {e}"))?;
+    if job.needs_tokenizer() {
+        let Some(json) = with_retries(
+            || endpoints.tokenizer(),
+            retrying("fetching the job's tokenizer"),
+            || controls.stopped(),
+            seed,
+        )
+        .await
+        else {
+            emitter.state(State::Stopped, "stopped");
+            return Ok(());
+        };
+        job = job
+            .with_tokenizer_json(json)
+            .map_err(|e| format!("the relay's tokenizer: {e}"))?;
+    }
+    let job = Arc::new(job);
     let builtin = if options.data.is_empty() {
         &job.config.task.dataset
     } else {

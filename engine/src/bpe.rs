@@ -235,6 +235,14 @@ impl Tokenizer {
         self.bytes.len()
     }
 
+    /// The id of GPT-2's `<|endoftext|>`, when the tokenizer has it.
+    pub fn end_of_text(&self) -> Option<u32> {
+        self.added
+            .iter()
+            .find(|(content, _)| content == "<|endoftext|>")
+            .map(|&(_, id)| id)
+    }
+
     /// The ids of `text`.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();

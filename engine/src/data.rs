@@ -411,12 +411,29 @@ pub fn for_job(
     let data = match source {
         DataSource::Builtin(b) if !language => b.generate(4_000, 1_000, seed),
         DataSource::Csv(name) if !language => load_csv(name, contents(name)?, seed)?,
-        DataSource::Corpus(c) if language => {
-            crate::text::corpus_dataset(*c, job.model.features(), seed)
+        _ if job.needs_tokenizer() => {
+            return Err(needs(
+                "reads text through a tokenizer that is not loaded here",
+            ));
         }
-        DataSource::Text(name) if language => {
-            crate::text::text_dataset(name, contents(name)?, job.model.features())?
-        }
+        DataSource::Corpus(c) if language => match job.tokenizer() {
+            None => crate::text::corpus_dataset(*c, job.model.features(), seed),
+            Some(tokenizer) => crate::text::tokenized_dataset(
+                c.name(),
+                &c.generate(crate::text::CORPUS_BYTES, seed),
+                tokenizer,
+                job.model.features(),
+            )?,
+        },
+        DataSource::Text(name) if language => match job.tokenizer() {
+            None => crate::text::text_dataset(name, contents(name)?, job.model.features())?,
+            Some(tokenizer) => crate::text::tokenized_dataset(
+                name,
+                contents(name)?,
+                tokenizer,
+                job.model.features(),
+            )?,
+        },
         DataSource::Builtin(_) | DataSource::Csv(_) => {
             return Err(needs(
                 "is a character language model: give it text (tales, recipes or a .txt file)",

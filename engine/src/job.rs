@@ -78,6 +78,11 @@ pub struct TaskSpec {
     /// `moons`, `circles`) or, for a char LM, a text corpus (`tales`, `recipes`).
     #[serde(default = "default_dataset")]
     pub dataset: String,
+    /// A byte-level BPE `tokenizer.json` (GPT-2's, as Hugging Face writes it) for a language
+    /// model's text, relative to the job file; without one the tokens are bytes. The relay
+    /// keeps it in its store and serves it to peers (`/api/tokenizer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
 }
 
 fn default_dataset() -> String {
@@ -90,6 +95,7 @@ impl Default for TaskSpec {
             features: 2,
             classes: 2,
             dataset: default_dataset(),
+            tokenizer: None,
         }
     }
 }
@@ -162,6 +168,21 @@ pub enum JobError {
         path: String,
         source: crate::snapshot::SnapshotError,
     },
+    #[error("task.tokenizer = {path}: {source}")]
+    Tokenizer {
+        path: String,
+        source: crate::bpe::TokenizerError,
+    },
+    #[error(
+        "task.tokenizer = {path} has {vocab} tokens: task.classes = {classes} must be the same"
+    )]
+    TokenizerVocab {
+        path: String,
+        vocab: usize,
+        classes: usize,
+    },
+    #[error("task.tokenizer is for a language model's text; this job's model classifies points")]
+    TokenizerNeedsText,
 }
 
 impl HyperParams {
@@ -221,6 +242,11 @@ pub struct Job {
     pub model: Model,
     /// θ₀ from `job.init`, once loaded.
     initial: Option<std::sync::Arc<Vec<f32>>>,
+    /// `task.tokenizer`, once loaded: the tokenizer and the file it was read from.
+    tokenizer: Option<(
+        std::sync::Arc<crate::bpe::Tokenizer>,
+        std::sync::Arc<Vec<u8>>,
+    )>,
 }
 
 impl Job {
@@ -239,6 +265,9 @@ impl Job {
             return Err(JobError::CommitteeSize(committee.size));
         }
         let model = Model::new(&config.model, config.task.features, config.task.classes)?;
+        if config.task.tokenizer.is_some() && !model.is_language_model() {
+            return Err(JobError::TokenizerNeedsText);
+        }
         match config.task.dataset.parse::<DataSource>() {
             Ok(DataSource::Builtin(_) | DataSource::Corpus(_)) => {}
             _ => return Err(JobError::Dataset(config.task.dataset.clone())),
@@ -252,6 +281,7 @@ impl Job {
             id,
             model,
             initial: None,
+            tokenizer: None,
         })
     }
 
@@ -270,18 +300,24 @@ impl Job {
         job.with_init_from(path.parent().unwrap_or(Path::new(".")))
     }
 
-    /// Loads `job.init` (if set), resolving it against `dir`: the job's θ₀ becomes the
-    /// checkpoint's parameters, checked against the model's layout.
+    /// Loads the files the job names, resolving them against `dir`: `job.init` (θ₀ becomes the
+    /// checkpoint's parameters, checked against the model's layout) and `task.tokenizer`.
     pub fn with_init_from(mut self, dir: &Path) -> Result<Self, JobError> {
-        let Some(init) = &self.config.job.init else {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| JobError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        if let Some(tokenizer) = self.config.task.tokenizer.clone() {
+            self = self.with_tokenizer_json(read(&tokenizer)?)?;
+        }
+        let Some(init) = self.config.job.init.clone() else {
             return Ok(self);
         };
-        let path = dir.join(init);
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(&path).map_err(|source| JobError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let bytes = read(&init)?;
+        let shown = dir.join(&init).display().to_string();
         // A transformer reads GPT-2 checkpoints as Hugging Face writes them (our own snapshots
         // of it are one case of those); other models read exactly their own tensors.
         let read = if self.model.transformer().is_some() {
@@ -295,6 +331,42 @@ impl Job {
         })?;
         self.initial = Some(std::sync::Arc::new(theta));
         Ok(self)
+    }
+
+    /// Takes `task.tokenizer` from the contents of that `tokenizer.json` (a peer gets them from
+    /// the relay); its vocabulary must be the model's.
+    pub fn with_tokenizer_json(mut self, json: Vec<u8>) -> Result<Self, JobError> {
+        let path = self.config.task.tokenizer.clone().unwrap_or_default();
+        let tokenizer =
+            crate::bpe::Tokenizer::from_json(&json).map_err(|source| JobError::Tokenizer {
+                path: path.clone(),
+                source,
+            })?;
+        if tokenizer.vocab_size() != self.config.task.classes {
+            return Err(JobError::TokenizerVocab {
+                path,
+                vocab: tokenizer.vocab_size(),
+                classes: self.config.task.classes,
+            });
+        }
+        self.tokenizer = Some((std::sync::Arc::new(tokenizer), std::sync::Arc::new(json)));
+        Ok(self)
+    }
+
+    /// The job's tokenizer, once loaded; `None` where the tokens are bytes (or it is not
+    /// loaded: [`Job::needs_tokenizer`]).
+    pub fn tokenizer(&self) -> Option<&crate::bpe::Tokenizer> {
+        self.tokenizer.as_ref().map(|(t, _)| t.as_ref())
+    }
+
+    /// The `tokenizer.json` the tokenizer was read from, as the relay serves it.
+    pub fn tokenizer_json(&self) -> Option<&[u8]> {
+        self.tokenizer.as_ref().map(|(_, json)| json.as_slice())
+    }
+
+    /// Whether the job names a tokenizer that is not loaded here.
+    pub fn needs_tokenizer(&self) -> bool {
+        self.config.task.tokenizer.is_some() && self.tokenizer.is_none()
     }
 
     /// Whether θ₀ comes from a checkpoint that is not loaded here (a peer learns it from the
@@ -353,6 +425,7 @@ impl Job {
                 features: 32,
                 classes: 256,
                 dataset: crate::text::Corpus::Tales.name().into(),
+                tokenizer: None,
             },
             hyper: HyperParams {
                 learning_rate: 2e-4,
@@ -418,6 +491,87 @@ mod tests {
         assert_eq!(shipped.config, built_in.config);
         assert_eq!(shipped.id, built_in.id);
         assert_eq!(shipped.model.layout().d(), 120_576);
+    }
+
+    /// A char LM over the reference tokenizer's 400 tokens (`tests/reference/`).
+    const BPE_JOB: &str = "[job]\nname = \"bpe\"\n\n[model]\nkind = \"char_lm\"\n\
+        embedding = 8\nhidden = [16]\n\n[task]\nfeatures = 8\nclasses = 400\n\
+        dataset = \"tales\"\ntokenizer = \"bpe-tokenizer.json\"\n";
+
+    #[test]
+    fn a_job_reads_its_tokenizer_beside_the_job_file_and_its_text_becomes_those_tokens() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference");
+        let named = Job::from_toml(BPE_JOB).unwrap();
+        assert!(named.needs_tokenizer());
+        let tales = DataSource::Corpus(crate::Corpus::Tales);
+        // Without its tokenizer a peer cannot make its examples (it would read bytes).
+        assert!(crate::data::for_job(&named, &tales, None, 1).is_err());
+
+        let job = named.with_init_from(&dir).unwrap();
+        assert!(!job.needs_tokenizer());
+        let json = std::fs::read(dir.join("bpe-tokenizer.json")).unwrap();
+        assert_eq!(job.tokenizer_json(), Some(json.as_slice()));
+        let data = crate::data::for_job(&job, &tales, None, 1).unwrap();
+        assert_eq!(data.classes, 400);
+        assert!(
+            data.train.y.iter().any(|&t| t >= 256),
+            "merged tokens are used"
+        );
+        assert!(data.train.y.iter().all(|&t| t < 400));
+        // A peer given the same file's contents has the same tokenizer.
+        let peer = Job::from_toml(BPE_JOB)
+            .unwrap()
+            .with_tokenizer_json(json)
+            .unwrap();
+        let text = "the clever fox hid the map at dawn.";
+        assert_eq!(
+            peer.tokenizer().unwrap().encode(text),
+            job.tokenizer().unwrap().encode(text)
+        );
+    }
+
+    #[test]
+    fn a_tokenizer_that_does_not_fit_the_job_is_named() {
+        let json = include_bytes!("../tests/reference/bpe-tokenizer.json").to_vec();
+        let wrong_size = Job::from_toml(&BPE_JOB.replace("classes = 400", "classes = 256"))
+            .unwrap()
+            .with_tokenizer_json(json.clone())
+            .unwrap_err();
+        assert!(
+            matches!(
+                wrong_size,
+                JobError::TokenizerVocab {
+                    vocab: 400,
+                    classes: 256,
+                    ..
+                }
+            ),
+            "{wrong_size}"
+        );
+        let broken = Job::from_toml(BPE_JOB)
+            .unwrap()
+            .with_tokenizer_json(b"{\"model\": 1}".to_vec())
+            .unwrap_err();
+        assert!(
+            broken
+                .to_string()
+                .starts_with("task.tokenizer = bpe-tokenizer.json"),
+            "{broken}"
+        );
+        let points = "[job]\nname = \"p\"\n[task]\nfeatures = 2\nclasses = 2\n\
+                      tokenizer = \"t.json\"\n";
+        assert!(matches!(
+            Job::from_toml(points),
+            Err(JobError::TokenizerNeedsText)
+        ));
+        let missing = Job::from_toml(BPE_JOB)
+            .unwrap()
+            .with_init_from(Path::new("/nonexistent"))
+            .unwrap_err();
+        assert!(
+            missing.to_string().contains("bpe-tokenizer.json"),
+            "{missing}"
+        );
     }
 
     #[test]

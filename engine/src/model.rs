@@ -78,7 +78,10 @@ pub enum ModelError {
     NoHiddenLayers,
     #[error("layer widths must be between 1 and 4096; got {0}")]
     Width(usize),
-    #[error("a char_lm predicts bytes: task.classes must be 256, not {0}")]
+    #[error(
+        "a char_lm's vocabulary, task.classes, must be 256 for bytes or the tokenizer's size \
+         (2 to 4096), not {0}"
+    )]
     Vocabulary(usize),
     #[error("a char_lm reads 1 to 256 previous bytes: task.features = {0}")]
     Context(usize),
@@ -122,7 +125,7 @@ impl Model {
             ModelSpec::CharLm {
                 embedding, hidden, ..
             } => {
-                if classes != 256 {
+                if !(2..=4096).contains(&classes) {
                     return Err(ModelError::Vocabulary(classes));
                 }
                 if !(1..=256).contains(&features) {

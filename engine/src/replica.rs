@@ -387,22 +387,43 @@ impl Replica {
             .await
     }
 
-    /// `len` bytes a char LM writes after `prompt`, each drawn from its predicted distribution
-    /// with a ChaCha stream seeded by `seed` (temperature 1).
+    /// About `len` tokens of text a language model writes after `prompt`, each drawn from its
+    /// predicted distribution with a ChaCha stream seeded by `seed` (temperature 1): bytes, or
+    /// the job's BPE tokens decoded to UTF-8.
     pub async fn sample_text(
         &self,
         prompt: &[u8],
         len: usize,
         seed: u64,
     ) -> Result<Vec<u8>, EngineError> {
+        let Some(tokenizer) = self.job.tokenizer() else {
+            let prompt: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
+            let tokens = self.sample_tokens(&prompt, 0, len, seed).await?;
+            // A byte model's classes are the 256 bytes.
+            return Ok(tokens.into_iter().map(|t| t as u8).collect());
+        };
+        let prompt = tokenizer.encode(&String::from_utf8_lossy(prompt));
+        let pad = tokenizer.end_of_text().unwrap_or(0);
+        let tokens = self.sample_tokens(&prompt, pad, len, seed).await?;
+        Ok(tokenizer.decode(&tokens).into_bytes())
+    }
+
+    /// `len` token ids drawn one after another after `prompt` (the context padded with `pad`).
+    async fn sample_tokens(
+        &self,
+        prompt: &[u32],
+        pad: u32,
+        len: usize,
+        seed: u64,
+    ) -> Result<Vec<u32>, EngineError> {
         use rand_core::{RngCore, SeedableRng};
         let model = &self.job.model;
         let (context, classes) = (model.features(), model.classes());
         let theta = self.theta_tensor();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let mut text = prompt.to_vec();
+        let mut tokens = prompt.to_vec();
         for _ in 0..len {
-            let row = crate::text::context_of(&text, context);
+            let row = crate::text::context_of(&tokens, context, pad);
             let input = Tensor::<2>::from_data(TensorData::new(row, [1, context]), &self.device);
             let logits = model.forward(&theta, input);
             let probs = self
@@ -417,9 +438,9 @@ impl Replica {
                 }
                 u -= p;
             }
-            text.push(next as u8);
+            tokens.push(next as u32);
         }
-        Ok(text.split_off(prompt.len()))
+        Ok(tokens.split_off(prompt.len()))
     }
 
     /// `θ + scale·z(seed)` for each lane, as a `lanes × d` tensor on the replica's device; θ

@@ -121,19 +121,40 @@ pub fn token_dataset(
     })
 }
 
-/// A built-in corpus as a dataset: 60 kB of text from `seed`.
+/// Bytes of text a built-in corpus gives each peer.
+pub const CORPUS_BYTES: usize = 60_000;
+
+/// A built-in corpus as a dataset: [`CORPUS_BYTES`] of text from `seed`.
 pub fn corpus_dataset(corpus: Corpus, context: usize, seed: u64) -> Dataset {
-    text_dataset(corpus.name(), &corpus.generate(60_000, seed), context)
+    text_dataset(corpus.name(), &corpus.generate(CORPUS_BYTES, seed), context)
         .expect("60 kB of text is enough for any context up to 256")
 }
 
-/// The bytes of `text` the model sees as context for its next prediction: the last `context`
-/// bytes, zero-padded in front.
-pub fn context_of(text: &[u8], context: usize) -> Vec<f32> {
-    let mut row = vec![0.0; context];
-    let tail = &text[text.len().saturating_sub(context)..];
-    for (slot, &b) in row[context - tail.len()..].iter_mut().zip(tail) {
-        *slot = f32::from(b);
+/// Next-token examples from `text` in `tokenizer`'s tokens; positions before the first
+/// `context` tokens see its end-of-text token in front (GPT-2's padding), or token 0.
+pub fn tokenized_dataset(
+    name: &str,
+    text: &str,
+    tokenizer: &crate::bpe::Tokenizer,
+    context: usize,
+) -> Result<Dataset, DataError> {
+    let pad = tokenizer.end_of_text().unwrap_or(0);
+    token_dataset(
+        name,
+        &tokenizer.encode(text),
+        tokenizer.vocab_size(),
+        pad,
+        context,
+    )
+}
+
+/// The tokens the model sees as context for its next prediction: the last `context` of
+/// `tokens`, padded with `pad` in front.
+pub fn context_of(tokens: &[u32], context: usize, pad: u32) -> Vec<f32> {
+    let mut row = vec![pad as f32; context];
+    let tail = &tokens[tokens.len().saturating_sub(context)..];
+    for (slot, &t) in row[context - tail.len()..].iter_mut().zip(tail) {
+        *slot = t as f32;
     }
     row
 }
@@ -151,7 +172,7 @@ mod tests {
         assert_eq!(d.train.y[0], u32::from(b'a'));
         assert_eq!(&d.train.x[3 * 5..3 * 6], &[99.0, 100.0, 101.0]);
         assert_eq!(d.train.y[5], u32::from(b'f'));
-        assert_eq!(context_of(b"xy", 3), [0.0, 120.0, 121.0]);
+        assert_eq!(context_of(&[120, 121], 3, 0), [0.0, 120.0, 121.0]);
         assert!(matches!(
             text_dataset("short", "abc", 3),
             Err(DataError::TooLittleText { .. })
@@ -209,8 +230,12 @@ mod model_tests {
         );
         assert_eq!(m.layout().d(), 256 * 4 + 32 * 16 + 16 + 16 * 256 + 256);
         assert_eq!(
-            Model::new(&lm(), 8, 10).unwrap_err(),
-            ModelError::Vocabulary(10)
+            Model::new(&lm(), 8, 1).unwrap_err(),
+            ModelError::Vocabulary(1)
+        );
+        assert_eq!(
+            Model::new(&lm(), 8, 5000).unwrap_err(),
+            ModelError::Vocabulary(5000)
         );
         assert_eq!(
             Model::new(&lm(), 0, 256).unwrap_err(),

@@ -50,16 +50,35 @@ pub async fn run(config: RelayConfig) -> Result<()> {
     let (store, job_toml) = Store::open(&config.store, given.as_deref())?;
     let mut job = Job::from_toml(&job_toml)
         .with_context(|| format!("the job stored in {} is not valid", config.store.display()))?;
-    // A job that starts from a checkpoint needs it until its first snapshot exists.
+    // A job that starts from a checkpoint needs it until its first snapshot exists; a job's
+    // tokenizer is kept in the store, which serves it from then on.
     if let Some(path) = &config.job {
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         job = job.with_init_from(dir)?;
-    } else if job.needs_checkpoint() && store.latest_snapshot()?.is_none() {
-        anyhow::bail!(
-            "the job starts from the checkpoint {:?} and has no snapshot yet: pass --job with \
-             the job file so the relay can find the checkpoint",
-            job.config.job.init
-        );
+        if let Some(json) = job.tokenizer_json() {
+            let json =
+                std::str::from_utf8(json).context("the job's tokenizer.json is not UTF-8")?;
+            store.keep_tokenizer(json)?;
+        }
+    } else {
+        if job.needs_checkpoint() && store.latest_snapshot()?.is_none() {
+            anyhow::bail!(
+                "the job starts from the checkpoint {:?} and has no snapshot yet: pass --job \
+                 with the job file so the relay can find the checkpoint",
+                job.config.job.init
+            );
+        }
+        if job.needs_tokenizer() {
+            let Some(json) = store.tokenizer()? else {
+                anyhow::bail!(
+                    "the job reads text through the tokenizer {:?}, which the store {} does not \
+                     hold: pass --job with the job file",
+                    job.config.task.tokenizer,
+                    config.store.display()
+                );
+            };
+            job = job.with_tokenizer_json(json.into_bytes())?;
+        }
     }
     let job = Arc::new(job);
 

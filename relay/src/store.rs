@@ -31,6 +31,11 @@ pub enum StoreError {
     },
     #[error("store {path} holds no job and none was given")]
     NoJob { path: PathBuf },
+    #[error(
+        "store {path} holds another tokenizer.json than the job file names; the job's \
+         tokenizer cannot change: use another --store"
+    )]
+    TokenizerMismatch { path: PathBuf },
     #[error("store {path}: log entry at version {version} is not valid: {what}")]
     Corrupt {
         path: PathBuf,
@@ -203,6 +208,35 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// The job's `tokenizer.json`, as kept by [`Store::keep_tokenizer`].
+    pub fn tokenizer(&self) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'tokenizer'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Keeps the job's `tokenizer.json`, so that the relay serves it after a restart without
+    /// the job file. The job's tokenizer is part of it: a different one is refused.
+    pub fn keep_tokenizer(&self, json: &str) -> Result<(), StoreError> {
+        match self.tokenizer()? {
+            Some(kept) if kept != json => Err(StoreError::TokenizerMismatch {
+                path: self.path.clone(),
+            }),
+            Some(_) => Ok(()),
+            None => self
+                .conn
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('tokenizer', ?1)",
+                    params![json],
+                )
+                .map(|_| ())
+                .map_err(|e| self.err(e)),
+        }
     }
 
     /// Committee round numbers below this may have been handed out (0 when none were).
@@ -809,6 +843,26 @@ mod tests {
         drop(store);
         let store = Store::reopen(&path).unwrap();
         assert_eq!(store.committee_rounds_reserved().unwrap(), 65_536);
+    }
+
+    #[test]
+    fn a_jobs_tokenizer_is_kept_and_cannot_be_swapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let (store, _) = Store::open(&path, Some("[job]\nname = \"t\"\n")).unwrap();
+        assert_eq!(store.tokenizer().unwrap(), None);
+        store.keep_tokenizer("{\"model\": 1}").unwrap();
+        store.keep_tokenizer("{\"model\": 1}").unwrap();
+        drop(store);
+        let (store, _) = Store::open(&path, None).unwrap();
+        assert_eq!(
+            store.tokenizer().unwrap().as_deref(),
+            Some("{\"model\": 1}")
+        );
+        assert!(matches!(
+            store.keep_tokenizer("{\"model\": 2}"),
+            Err(StoreError::TokenizerMismatch { .. })
+        ));
     }
 
     #[test]

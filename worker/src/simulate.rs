@@ -156,7 +156,12 @@ pub fn run(args: Args) -> Result<()> {
     );
     if job.model.is_language_model() {
         println!(
-            "held-out bits per character {:.3}",
+            "held-out bits per {} {:.3}",
+            if job.tokenizer().is_some() {
+                "token"
+            } else {
+                "character"
+            },
             eval.loss / std::f32::consts::LN_2
         );
     }

@@ -1,5 +1,5 @@
-//! What anyone may read: the job, the newest snapshot, the log, status and metrics (and a note
-//! at `/` when the relay serves no page).
+//! What anyone may read: the job and its tokenizer, the newest snapshot, the log, status and
+//! metrics (and a note at `/` when the relay serves no page).
 
 use super::errors::internal;
 use crate::server::Context;
@@ -30,6 +30,18 @@ pub async fn job(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/toml")],
         ctx.job_toml.clone(),
     )
+}
+
+/// The job's `tokenizer.json`, for peers of a job whose text is BPE tokens.
+pub async fn tokenizer(State(ctx): State<Arc<Context>>) -> Response {
+    match ctx.job.tokenizer_json() {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json.to_vec()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this job has no tokenizer: its tokens are bytes",
+        )
+            .into_response(),
+    }
 }
 
 pub async fn snapshot(State(ctx): State<Arc<Context>>) -> Response {

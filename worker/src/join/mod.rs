@@ -250,7 +250,14 @@ async fn run_async(mut args: Args) -> Result<()> {
     }
     let limit = Duration::from_secs(args.retry_for);
     let job_toml = link::with_retries(limit, || relay.text("/api/job")).await?;
-    let job = Arc::new(Job::from_toml(&job_toml).context("the relay's job is not valid")?);
+    let mut job = Job::from_toml(&job_toml).context("the relay's job is not valid")?;
+    if job.needs_tokenizer() {
+        let json = link::with_retries(limit, || relay.text("/api/tokenizer")).await?;
+        job = job
+            .with_tokenizer_json(json.into_bytes())
+            .context("the relay's tokenizer.json is not usable")?;
+    }
+    let job = Arc::new(job);
     if let Some(adversary) = args.adversary {
         eprintln!(
             "--adversary {}: every contribution this peer sends is falsified to raise the loss",
