@@ -17,36 +17,20 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
     emitter.state(State::Loading, "fetching the job");
     let mut endpoints = Endpoints::parse(&options.relay)?;
     let seed = u64::from(options.seed);
-    let retrying = |what: &'static str| {
-        move |e: &str, backoff: f64| {
-            emitter.state(
-                State::Reconnecting,
-                format!("{what}: {e}; again in {:.1} s", backoff / 1000.0),
-            )
-        }
-    };
-    let Some(job_toml) = with_retries(
-        || endpoints.job(),
-        retrying("fetching the job"),
-        || controls.stopped(),
+    let fetching = Fetching {
+        controls,
+        emitter,
         seed,
-    )
-    .await
-    else {
-        emitter.state(State::Stopped, "stopped");
+    };
+    let Some(job_toml) = fetching.fetch("fetching the job", || endpoints.job()).await else {
         return Ok(());
     };
     let mut job = Job::from_toml(&job_toml).map_err(|e| format!("the relay's job: {e}"))?;
     if job.needs_tokenizer() {
-        let Some(json) = with_retries(
-            || endpoints.tokenizer(),
-            retrying("fetching the job's tokenizer"),
-            || controls.stopped(),
-            seed,
-        )
-        .await
+        let Some(json) = fetching
+            .fetch("fetching the job's tokenizer", || endpoints.tokenizer())
+            .await
         else {
-            emitter.state(State::Stopped, "stopped");
             return Ok(());
         };
         job = job
@@ -73,15 +57,10 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
     let adapter = choice.adapter.clone();
 
     emitter.state(State::Loading, "fetching the newest snapshot");
-    let Some(snapshot) = with_retries(
-        || endpoints.snapshot(),
-        retrying("fetching the snapshot"),
-        || controls.stopped(),
-        seed,
-    )
-    .await
+    let Some(snapshot) = fetching
+        .fetch("fetching the snapshot", || endpoints.snapshot())
+        .await
     else {
-        emitter.state(State::Stopped, "stopped");
         return Ok(());
     };
     if matches!(choice.backend, Backend::WebGpu(_)) {
@@ -167,4 +146,36 @@ fn emit_data(emitter: &Emitter, data: &Dataset, language: bool) {
         points: data.train.x[..shown * data.features()].to_vec(),
         labels: data.train.y[..shown].to_vec(),
     });
+}
+
+/// What the client fetches from the relay before it joins, with the page told of each retry.
+struct Fetching<'a> {
+    controls: &'a Controls,
+    emitter: &'a Emitter,
+    seed: u64,
+}
+
+impl Fetching<'_> {
+    /// `get()` until it answers; `None` (the page then reads "stopped") once the person stops.
+    async fn fetch<T, Fut>(&self, what: &str, get: impl FnMut() -> Fut) -> Option<T>
+    where
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let answer = with_retries(
+            get,
+            |e: &str, backoff: f64| {
+                self.emitter.state(
+                    State::Reconnecting,
+                    format!("{what}: {e}; again in {:.1} s", backoff / 1000.0),
+                )
+            },
+            || self.controls.stopped(),
+            self.seed,
+        )
+        .await;
+        if answer.is_none() {
+            self.emitter.state(State::Stopped, "stopped");
+        }
+        answer
+    }
 }
