@@ -262,10 +262,13 @@ impl Tokenizer {
                 part
             };
             for piece in self.pieces(part) {
-                let merged = seen
-                    .entry(piece.to_string())
-                    .or_insert_with(|| self.merge(piece));
-                ids.extend_from_slice(merged);
+                if let Some(known) = seen.get(piece) {
+                    ids.extend_from_slice(known);
+                    continue;
+                }
+                let merged = self.merge(piece);
+                ids.extend_from_slice(&merged);
+                seen.insert(piece.to_string(), merged);
             }
         }
         ids
