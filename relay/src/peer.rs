@@ -34,6 +34,10 @@ use tokio::time::Instant;
 const LOSS_REPORT_SPACING: Duration = Duration::from_secs(1);
 /// How long a closing socket may take to accept the close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closed socket is still read, for the peer's answering close frame, before it is
+/// dropped. Dropping a socket with unread bytes resets the connection, and a reset makes the
+/// peer's kernel discard what it has not read yet: the close frame with its reason.
+const LINGER: Duration = Duration::from_secs(5);
 /// Entries per `LogBatch` while catching a peer up from the store.
 const CATCH_UP_CHUNK: u64 = 4096;
 
@@ -72,6 +76,7 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
         refuse(
             &ctx,
             &mut sink,
+            &mut stream,
             Refusal::new(close::FORBIDDEN_ORIGIN, reason),
         )
         .await;
@@ -91,20 +96,20 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
             close::HELLO_TIMEOUT,
             format!("no Hello within {} s", hello_timeout.as_secs()),
         )),
-        Ok(Ok(Incoming::Closed)) => return,
+        Ok(Ok(Incoming::Closed)) => return answer_close(&mut stream).await,
         Ok(Ok(Incoming::Message(msg))) => check_hello(&ctx, msg),
         Ok(Ok(Incoming::Heard)) => unreachable!("pings are skipped above"),
         Ok(Err(refusal)) => Err(refusal),
     };
     let (resume, from) = match hello {
         Ok(hello) => hello,
-        Err(refusal) => return refuse(&ctx, &mut sink, refusal).await,
+        Err(refusal) => return refuse(&ctx, &mut sink, &mut stream, refusal).await,
     };
     let address = Address::of(remote.ip());
     // Held until the peer leaves: its address's place among the joined peers.
     let _joined_place = match admit(&ctx, address, resume.is_none()) {
         Ok(place) => place,
-        Err(refusal) => return refuse(&ctx, &mut sink, refusal).await,
+        Err(refusal) => return refuse(&ctx, &mut sink, &mut stream, refusal).await,
     };
 
     let (outbox, inbox) = mpsc::channel::<Vec<Bytes>>(ctx.config.peer_queue);
@@ -118,12 +123,12 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
         reply: reply_tx,
     };
     if ctx.sequencer.send(join).await.is_err() {
-        return refuse(&ctx, &mut sink, shutting_down()).await;
+        return refuse(&ctx, &mut sink, &mut stream, shutting_down()).await;
     }
     let joined = match reply.await {
         Ok(Ok(joined)) => joined,
-        Ok(Err(refusal)) => return refuse(&ctx, &mut sink, refusal).await,
-        Err(_) => return refuse(&ctx, &mut sink, shutting_down()).await,
+        Ok(Err(refusal)) => return refuse(&ctx, &mut sink, &mut stream, refusal).await,
+        Err(_) => return refuse(&ctx, &mut sink, &mut stream, shutting_down()).await,
     };
     let peer = joined.peer;
     tracing::info!(%peer, from = %from, head = %joined.live_from, %backend, %address, "peer joined");
@@ -147,8 +152,9 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
         heard_at: now,
         active_at: now,
     };
-    if let Err(refusal) = connection.live(&joined, from).await {
-        refuse(&ctx, &mut connection.sink, refusal).await;
+    match connection.live(&joined, from).await {
+        Err(refusal) => refuse(&ctx, &mut connection.sink, &mut connection.stream, refusal).await,
+        Ok(()) => answer_close(&mut connection.stream).await,
     }
     let leave = Command::Leave {
         peer,
@@ -571,8 +577,10 @@ async fn next_message(ctx: &Context, stream: &mut Stream) -> Result<Incoming, Re
     }
 }
 
-/// Closes the socket with `refusal`'s code and reason.
-async fn refuse(ctx: &Context, sink: &mut Sink, refusal: Refusal) {
+/// Closes the socket with `refusal`'s code and reason, so that the peer reads them: the close
+/// frame is flushed, then the socket is read (and what arrives dropped) until the peer answers
+/// with its own close frame or [`LINGER`] passes, and only then let go.
+async fn refuse(ctx: &Context, sink: &mut Sink, stream: &mut Stream, refusal: Refusal) {
     ctx.stats.refused.fetch_add(1, Relaxed);
     tracing::info!(code = refusal.code, reason = %refusal.reason, "closing a peer socket");
     let frame = CloseFrame {
@@ -580,11 +588,26 @@ async fn refuse(ctx: &Context, sink: &mut Sink, refusal: Refusal) {
         reason: truncate(&refusal.reason, 123).into(),
     };
     // A peer that is not reading may never take the close frame: give it a while, then drop.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = sink.send(WsMessage::Close(Some(frame))).await;
-        let _ = sink.close().await;
+    let sent = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        sink.send(WsMessage::Close(Some(frame))).await.is_ok()
     })
     .await;
+    if sent != Ok(true) {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// After the peer closed: tungstenite sends the answering close frame on the next read.
+async fn answer_close(stream: &mut Stream) {
+    let _ = tokio::time::timeout(LINGER, stream.next()).await;
 }
 
 /// A close reason may hold at most 123 bytes (RFC 6455 §5.5).

@@ -28,11 +28,12 @@ export async function startRelay(store, args = [], listen = '127.0.0.1:0') {
     { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } },
   );
   const lines = createInterface({ input: proc.stdout });
+  // A debug build opening its store on a loaded machine: minutes, not seconds, before giving up.
   const url = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       proc.kill('SIGKILL');
-      reject(new Error('the relay did not listen within 60 s'));
-    }, 60_000);
+      reject(new Error('timed out waiting for the relay to print "listening on" (180 s)'));
+    }, 180_000);
     proc.once('exit', (code) => {
       clearTimeout(timer);
       reject(new Error(`the relay exited (${code}) before listening`));
@@ -62,11 +63,14 @@ export async function startRelay(store, args = [], listen = '127.0.0.1:0') {
     async restart() {
       await relay.kill();
       const listenOn = new URL(url).host;
-      for (let tries = 0; ; tries++) {
+      // Until the port is free again: a deadline, not a count of tries (each try is a process
+      // start, slower on a busy machine).
+      const deadline = Date.now() + 60_000;
+      for (;;) {
         try {
           return await startRelay(store, args, listenOn);
         } catch (error) {
-          if (tries > 50) throw error;
+          if (Date.now() > deadline) throw error;
           await sleep(200);
         }
       }
@@ -77,7 +81,8 @@ export async function startRelay(store, args = [], listen = '127.0.0.1:0') {
 
 /**
  * Runs `onebyte join --relay URL --json ARGS…` (on the CPU unless ARGS name a backend);
- * `result` resolves with its JSON report.
+ * `result` resolves with its JSON report. Await it through `finished`, which gives up after a
+ * deadline and says what the worker printed last.
  */
 export function startWorker(url, args = []) {
   const backend = args.includes('--backend') ? [] : ['--backend', 'cpu'];
@@ -102,11 +107,54 @@ export function startWorker(url, args = []) {
     });
   });
   result.catch(() => {});
-  return { proc, result, kill: () => proc.kill('SIGKILL') };
+  const lastLine = (text) => text.trim().split('\n').pop() || '(nothing)';
+  const worker = {
+    proc,
+    result,
+    kill: () => proc.kill('SIGKILL'),
+    /** Its last line on stdout and on stderr, for a failure message. */
+    lastOutput: () => `stdout: ${lastLine(out)}; stderr: ${lastLine(err)}`,
+    /** `result`, or an error naming `what` and the worker's last output after `timeoutMs`. */
+    finished: (what, timeoutMs = 180_000, seen = async () => worker.lastOutput()) =>
+      within(what, result, seen, timeoutMs),
+  };
+  return worker;
 }
 
 export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Awaits `promise` for at most `timeoutMs`. When it fails or the time is up, the error names
+ * `what` and the last thing `seen()` reports (the page's status, the relay's, a worker's last
+ * line), so a timeout on a busy machine says what it was waiting for.
+ */
+export async function within(what, promise, seen, timeoutMs = 180_000) {
+  let timer;
+  const deadline = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs / 1000} s`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } catch (error) {
+    let last;
+    try {
+      last = await seen();
+    } catch (e) {
+      last = `(could not look: ${e.message})`;
+    }
+    last = typeof last === 'string' ? last : JSON.stringify(last);
+    throw new Error(`waiting for ${what}: ${error.message}; last saw ${last}`, { cause: error });
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The relay's `/api/status` JSON. */
+export async function relayStatus(url) {
+  const response = await fetch(`${url}/api/status`);
+  return response.json();
 }
 
 /**
@@ -132,6 +180,32 @@ export async function launch({ webgpu }) {
     headless: true,
     args,
     viewport: { width: 1200, height: 1400 },
+    // Playwright's 30 s defaults (launch, navigation, actions) are too short on a busy 2-core
+    // machine; what the tests wait for has its own deadline and message.
+    timeout: 180_000,
+  });
+  context.setDefaultTimeout(180_000);
+  // The page's peer worker says more than the page shows: count its state events and keep its
+  // latest progress (contributions in flight), for `pageStatus`. It only listens.
+  await context.addInitScript(() => {
+    const peer = { stateEvents: 0, inFlight: null };
+    window.__onebytePeer = peer;
+    const Base = window.Worker;
+    if (!Base) return;
+    window.Worker = class extends Base {
+      constructor(...args) {
+        super(...args);
+        this.addEventListener('message', ({ data }) => {
+          if (data?.type === 'state') {
+            peer.stateEvents++;
+            // Unknown until a progress event of this state: the worker sends it right after.
+            peer.inFlight = null;
+          } else if (data?.type === 'progress') {
+            peer.inFlight = data.inFlight;
+          }
+        });
+      }
+    };
   });
   const page = context.pages()[0] ?? (await context.newPage());
   const problems = [];
@@ -171,7 +245,11 @@ export async function join(page, url, { backend } = {}) {
   await page.getByRole('button', { name: 'Join' }).click();
 }
 
-/** What the page shows: state, counters, backend, the latest weight hash. */
+/**
+ * What the page shows: state, counters, backend, the latest weight hash; and from its peer
+ * worker's events (see `launch`), how many state events it sent and its contributions in flight
+ * as of a progress event sent in the current state (null before one).
+ */
 export async function pageStatus(page) {
   return page.evaluate(() => {
     const text = (id) => document.getElementById(id).textContent;
@@ -180,9 +258,12 @@ export async function pageStatus(page) {
       detail: text('state-detail'),
       backend: text('backend'),
       accepted: Number(text('accepted')),
+      rejected: Number(text('rejected')),
       version: Number(text('version')),
       hashVersion: Number(text('hash-version')) || 0,
       hash: text('hash'),
+      stateEvents: window.__onebytePeer?.stateEvents ?? 0,
+      inFlight: window.__onebytePeer?.inFlight ?? null,
     };
   });
 }

@@ -129,7 +129,7 @@ impl Relay {
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         let listen = self.addr.to_string();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + WAIT;
         loop {
             match Relay::start_on(&listen, &self.store, self.args.clone()) {
                 Ok(relay) => {
@@ -154,6 +154,24 @@ impl Relay {
     /// `GET /api/status` as JSON.
     pub async fn status(&self) -> Result<serde_json::Value> {
         Ok(serde_json::from_str(&self.get("/api/status").await?)?)
+    }
+
+    /// `GET /api/status`, or the error as a JSON string (for waits, which report what they saw).
+    pub async fn status_or_error(&self) -> serde_json::Value {
+        self.status()
+            .await
+            .unwrap_or_else(|e| serde_json::Value::String(format!("{e:#}")))
+    }
+
+    /// Polls the status until `done` holds for it (and returns it), or fails after `timeout`
+    /// naming `what` it waited for and the last status.
+    pub async fn wait_for_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        wait_for(timeout, what, || self.status_or_error(), done).await
     }
 
     /// `GET /api/admin/peers` with the admin `token`, as JSON.
@@ -201,9 +219,62 @@ impl Drop for Relay {
     }
 }
 
+/// How long a test waits for something that takes a second or two at rest: generous, because
+/// the checks must hold on a machine busy with other work.
+pub const WAIT: Duration = Duration::from_secs(120);
+
 /// A worker process (`onebyte join`).
 pub struct Worker {
     child: Child,
+    /// Its standard output, a line each (the last is its JSON report).
+    stdout: Lines,
+    /// Its latest lines of standard error (also echoed to the test's own).
+    stderr: Lines,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How long a test waits for a worker to finish: far longer than any test needs on a busy
+/// machine, so that a worker that hangs fails the test with its output instead of hanging CI.
+const WORKER_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Lines a process printed, the latest `keep` of them.
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl Lines {
+    /// Reads `from` a line at a time on a thread, keeping the latest `keep` (and echoing each
+    /// to the test's standard error when `echo`).
+    fn collect(
+        from: impl std::io::Read + Send + 'static,
+        keep: usize,
+        echo: bool,
+    ) -> (Lines, std::thread::JoinHandle<()>) {
+        let lines = Lines::default();
+        let kept = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(from).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("{line}");
+                }
+                let mut kept = kept.0.lock().expect("no panics while holding it");
+                if kept.len() == keep {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        });
+        (lines, reader)
+    }
+
+    fn last(&self) -> String {
+        let lines = self.0.lock().expect("no panics while holding it");
+        lines.back().cloned().unwrap_or_default()
+    }
+
+    fn tail(&self) -> String {
+        let lines = self.0.lock().expect("no panics while holding it");
+        lines.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
 }
 
 impl Worker {
@@ -215,42 +286,88 @@ impl Worker {
         } else {
             &["--backend", "cpu"]
         };
-        let child = Command::new(binary("onebyte"))
+        let mut child = Command::new(binary("onebyte"))
             .args(["join", "--relay", relay, "--json"])
             .args(backend)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting onebyte join")?;
-        Ok(Worker { child })
+        let (stdout, out_reader) = Lines::collect(child.stdout.take().expect("piped"), 4, false);
+        let (stderr, err_reader) = Lines::collect(child.stderr.take().expect("piped"), 20, true);
+        Ok(Worker {
+            child,
+            stdout,
+            stderr,
+            readers: vec![out_reader, err_reader],
+        })
     }
 
-    /// Waits for the worker to exit successfully and returns its JSON report.
-    pub fn finish(self) -> Result<serde_json::Value> {
-        let out = self.child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!("worker failed ({}): {stdout}", out.status);
+    /// Waits for the worker to exit successfully and returns its JSON report. A worker that
+    /// fails, or is still running after [`WORKER_DEADLINE`], is an error that shows its last
+    /// lines of output.
+    pub fn finish(mut self) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + WORKER_DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "the worker was still running after {WORKER_DEADLINE:?}; its last output                      line: {:?}; its last errors:\n{}",
+                    self.stdout.last(),
+                    self.stderr.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
         }
-        let last = stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(last).with_context(|| format!("worker's last line: {last}"))
+        let last = self.stdout.last();
+        if !status.success() {
+            bail!(
+                "worker failed ({status}); its last output line: {last:?}; its last errors:\n{}",
+                self.stderr.tail()
+            );
+        }
+        serde_json::from_str(&last).with_context(|| format!("worker's last line: {last}"))
     }
 }
 
-/// Polls `check` every 50 ms until it holds or `timeout` passes.
-pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `look` every 50 ms until `done` holds for what it returns, and returns that; after
+/// `timeout`, an error that names `what` it waited for and the last thing it saw.
+pub async fn wait_for<T, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut look: F,
+    done: impl Fn(&T) -> bool,
+) -> Result<T>
 where
+    T: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: std::future::Future<Output = T>,
 {
     let deadline = Instant::now() + timeout;
-    while !check().await {
+    loop {
+        let seen = look().await;
+        if done(&seen) {
+            return Ok(seen);
+        }
         if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
+            bail!("timed out after {timeout:?} waiting for {what}; last saw {seen}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
 }

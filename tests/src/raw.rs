@@ -107,20 +107,26 @@ pub async fn receive(socket: &mut Socket) -> Received {
     }
 }
 
-/// Reads until the relay closes; returns the close code and reason.
+/// Reads until the relay closes; returns the close code and reason. Fails, naming the
+/// messages it read, if the connection ends without a close frame or none comes within
+/// [`crate::WAIT`].
 pub async fn expect_close(socket: &mut Socket) -> Result<(u16, String)> {
+    let mut seen = Vec::new();
     let wait = async {
         loop {
             match receive(socket).await {
-                Received::Message(_) => continue,
+                Received::Message(msg) => seen.push(msg.kind()),
                 Received::Closed(code, reason) => return Ok((code, reason)),
-                Received::Gone => bail!("the connection ended without a close frame"),
+                Received::Gone => return Err("the connection ended without a close frame"),
             }
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(20), wait)
-        .await
-        .map_err(|_| anyhow!("no close frame within 20 s"))?
+    let closed = tokio::time::timeout(crate::WAIT, wait).await;
+    match closed {
+        Ok(Ok(closed)) => Ok(closed),
+        Ok(Err(why)) => bail!("{why}, after {seen:?}"),
+        Err(_) => bail!("no close frame within {:?}, after {seen:?}", crate::WAIT),
+    }
 }
 
 /// A joined peer that follows the log and can contribute arbitrary bytes.

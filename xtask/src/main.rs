@@ -4,6 +4,7 @@
 
 mod fuzz;
 mod steps;
+mod stress;
 mod web;
 
 use anyhow::Result;
@@ -38,6 +39,15 @@ enum Command {
         #[arg(default_value_t = 60)]
         seconds: u64,
     },
+    /// The end-to-end and browser suites, each RUNS times in a row beside a CPU hog on every
+    /// core (stress-ng): no test may depend on the machine being idle. Not part of `test`.
+    Stress {
+        #[arg(default_value_t = 10)]
+        runs: u32,
+        /// Which suites: e2e, browser or both.
+        #[arg(long, value_enum, default_value_t = stress::Suite::Both)]
+        suite: stress::Suite,
+    },
     /// Build only the page: the wasm client into web/pkg and uPlot into web/vendor (what a
     /// relay's `--web web` serves; the container recipe uses it).
     Web,
@@ -49,6 +59,7 @@ fn main() -> ExitCode {
         Command::Demo { args } => steps::demo(&args),
         Command::Bench => steps::bench(),
         Command::Fuzz { seconds } => fuzz::fuzz(seconds),
+        Command::Stress { runs, suite } => stress::stress(runs, suite),
         Command::Web => web::build_web(),
     };
     match result {

@@ -97,16 +97,10 @@ fn start_workers(
     let began = Instant::now();
     let built = std::fs::File::create(log).and_then(|out| {
         let err = out.try_clone()?;
-        niced(cargo_linted(&[
-            "build",
-            "-p",
-            "onebyte-worker",
-            "--bin",
-            "onebyte",
-        ]))
-        .stdout(out)
-        .stderr(err)
-        .status()
+        niced(cargo_linted(&["build", "--workspace", "--bins"]))
+            .stdout(out)
+            .stderr(err)
+            .status()
     });
     match built {
         Ok(status) if status.success() => {}
@@ -209,12 +203,13 @@ pub fn test() -> Result<()> {
 pub fn demo(args: &[String]) -> Result<()> {
     let start = Instant::now();
     web::build_web()?;
-    // Only the relay before the URL: it needs the engine on the CPU, not the worker's wgpu and
-    // HTTP-client stack, so the page is ready minutes sooner on a fresh machine. The workers
-    // build afterwards, in the background.
+    // Only the relay before the URL; the workers build afterwards, in the background. Both
+    // with the whole workspace's features (`--workspace`), as `cargo xtask test` builds them:
+    // `-p onebyte-relay` alone would resolve other features, and each command would then
+    // rebuild the dependencies the other had built.
     run(
         "building the relay (the native workers follow in the background)",
-        cargo_linted(&["build", "-p", "onebyte-relay", "--bin", "onebyte-relay"]),
+        cargo_linted(&["build", "--workspace", "--bin", "onebyte-relay"]),
     )?;
     let bin = target_dir().join("debug");
     // One store per job file: a store holds one job, and a demo of another job starts fresh.

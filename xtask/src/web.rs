@@ -227,15 +227,21 @@ pub fn browser_bench() -> Result<()> {
     )
 }
 
-/// The page end to end: real relay and workers, the built page in Chromium.
-pub fn browser_tests() -> Result<()> {
-    ensure_chromium()?;
+/// `node --test` over the browser suite, its npm packages installed.
+pub fn browser_test_command() -> Result<Command> {
     npm_install("tests/browser")?;
     let mut test = Command::new("node");
     test.current_dir(root().join("tests/browser"))
         .args(["--test", "--test-concurrency=1"])
         .env("ONEBYTE_BIN_DIR", target_dir().join("debug"))
         .env("ONEBYTE_ARTIFACTS", root().join("artifacts"));
+    Ok(test)
+}
+
+/// The page end to end: real relay and workers, the built page in Chromium.
+pub fn browser_tests() -> Result<()> {
+    ensure_chromium()?;
+    let test = browser_test_command()?;
     eprintln!("    (screenshots go to artifacts/)");
     let what = format!(
         "browser end to end: the page in Chromium, WebGPU and CPU ({})",

@@ -4,7 +4,7 @@
 
 use crate::relay::store;
 use e2e::raw::{self, RawPeer, Received};
-use e2e::{Relay, Worker, wait_for};
+use e2e::{Relay, WAIT, Worker};
 use futures_util::StreamExt;
 use protocol::{HASH_REPORT_INTERVAL, Message, Version, WeightHash, close};
 use std::net::{IpAddr, Ipv4Addr};
@@ -87,21 +87,29 @@ async fn idle_sockets_do_not_lock_out_a_good_peer() {
     // The good peer arrives while the relay is full; it retries until the quiet ones are gone.
     let worker = Worker::start(&relay.ws_url(), &["--contributions", "50"]).unwrap();
 
-    let mut reasons = Vec::new();
-    for mut peer in quiet_readers {
+    // Every quiet reader is read at once, so each answers the relay's pings while it waits.
+    let closes = quiet_readers.into_iter().map(|mut peer| async move {
+        let mut seen = Vec::new();
         let read_until_closed = async {
             loop {
                 match raw::receive(&mut peer.socket).await {
-                    Received::Message(_) => continue,
+                    Received::Message(msg) => seen.push(msg.kind()),
                     Received::Closed(code, reason) => return (code, reason),
-                    Received::Gone => return (0, "gone".to_string()),
+                    Received::Gone => {
+                        return (0, "the connection ended without a close frame".into());
+                    }
                 }
             }
         };
-        let (code, reason) = tokio::time::timeout(Duration::from_secs(20), read_until_closed)
-            .await
-            .expect("a quiet peer is closed within 20 s");
-        assert_eq!(code, close::IDLE, "{reason}");
+        let closed = tokio::time::timeout(WAIT, read_until_closed).await;
+        (closed, seen)
+    });
+    let mut reasons = Vec::new();
+    for (closed, seen) in futures_util::future::join_all(closes).await {
+        let (code, reason) = closed.unwrap_or_else(|_| {
+            panic!("a quiet peer was not closed within {WAIT:?}; it read {seen:?}")
+        });
+        assert_eq!(code, close::IDLE, "{reason} (after reading {seen:?})");
         reasons.push(reason);
     }
     assert!(
@@ -115,7 +123,7 @@ async fn idle_sockets_do_not_lock_out_a_good_peer() {
     );
     // Those that do not read are gone too (their close frame may never have been read).
     for mut peer in quiet_deaf {
-        let gone = tokio::time::timeout(Duration::from_secs(20), async {
+        let gone = tokio::time::timeout(WAIT, async {
             loop {
                 match peer.socket.next().await {
                     None | Some(Err(_)) => return,
@@ -125,12 +133,9 @@ async fn idle_sockets_do_not_lock_out_a_good_peer() {
         });
         assert!(gone.await.is_ok(), "a peer that answers no ping is closed");
     }
-    let mut left_open = 0;
-    for tcp in &mut silent {
-        if !closed_by_relay(tcp, Duration::from_secs(10)).await {
-            left_open += 1;
-        }
-    }
+    let closed = silent.iter_mut().map(|tcp| closed_by_relay(tcp, WAIT));
+    let closed = futures_util::future::join_all(closed).await;
+    let left_open = closed.iter().filter(|closed| !**closed).count();
     assert_eq!(left_open, 0, "every silent connection was closed");
     let status = relay.status().await.unwrap();
     assert!(status["version"].as_u64().unwrap() >= 50, "{status}");
@@ -176,15 +181,12 @@ async fn floods_and_slow_clients_leave_the_relay_bounded_and_serving() {
             .await
             .unwrap();
     }
-    wait_for(
-        Duration::from_secs(20),
-        "the follower to apply the log",
-        || async {
-            relay.status().await.unwrap()["consistency"]["follower_version"].as_u64() >= Some(LOG)
-        },
-    )
-    .await
-    .unwrap();
+    relay
+        .wait_for_status(WAIT, "the follower to apply the log", |status| {
+            status["consistency"]["follower_version"].as_u64() >= Some(LOG)
+        })
+        .await
+        .unwrap();
     let resident_before = relay.resident_bytes().unwrap();
 
     // Slowloris: half the header and then a byte every half second, or nothing at all.
@@ -207,12 +209,14 @@ async fn floods_and_slow_clients_leave_the_relay_bounded_and_serving() {
         }
     };
     dribble.await;
-    for tcp in &mut slow {
-        assert!(
-            closed_by_relay(tcp, Duration::from_secs(5)).await,
-            "a slow client is cut off after the header timeout"
-        );
-    }
+    let closed = slow.iter_mut().map(|tcp| closed_by_relay(tcp, WAIT));
+    let closed = futures_util::future::join_all(closed).await;
+    assert!(
+        closed.iter().all(|closed| *closed),
+        "a slow client is cut off after the header timeout: {} of {} still open after {WAIT:?}",
+        closed.iter().filter(|closed| !**closed).count(),
+        closed.len()
+    );
     assert!(relay.status().await.is_ok(), "others are served meanwhile");
 
     // A crowd asking for the whole log at once and reading none of it.
@@ -240,13 +244,12 @@ async fn floods_and_slow_clients_leave_the_relay_bounded_and_serving() {
         hash: WeightHash([0; 32]),
     };
     raw::send(&mut flooder.socket, &wrong).await.unwrap();
-    wait_for(
-        Duration::from_secs(20),
-        "the wrong hash to be compared",
-        || async { relay.status().await.unwrap()["consistency"]["peers_diverged"] == 1 },
-    )
-    .await
-    .unwrap();
+    relay
+        .wait_for_status(WAIT, "the wrong hash to be compared", |status| {
+            status["consistency"]["peers_diverged"] == 1
+        })
+        .await
+        .unwrap();
     let status = relay.status().await.unwrap();
     let loss = status["last_reported_loss"].as_f64().unwrap();
     assert!(
@@ -263,13 +266,12 @@ async fn floods_and_slow_clients_leave_the_relay_bounded_and_serving() {
     let (code, reason) = raw::expect_close(&mut flooder.socket).await.unwrap();
     assert_eq!(code, close::UNEXPECTED, "{reason}");
     assert!(reason.contains("not a multiple"), "{reason}");
-    wait_for(
-        Duration::from_secs(10),
-        "the diverged peer to be gone",
-        || async { relay.status().await.unwrap()["consistency"]["consistent"] == true },
-    )
-    .await
-    .unwrap();
+    relay
+        .wait_for_status(WAIT, "the diverged peer to be gone", |status| {
+            status["consistency"]["consistent"] == true
+        })
+        .await
+        .unwrap();
 
     // The relay kept its memory, and a newcomer still gets the whole log.
     let resident_after = relay.resident_bytes().unwrap();

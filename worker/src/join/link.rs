@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Where the relay lives, and how to reach it.
@@ -119,6 +120,9 @@ impl Transport for Relay {
     }
 }
 
+/// How long a closing worker waits for the relay to answer its close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
 type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// One websocket to the relay.
@@ -161,8 +165,24 @@ impl Connection for Socket {
         }
     }
 
-    async fn close(&mut self, _reason: &str) {
-        let _ = self.tx.send(WsMessage::Close(None)).await;
+    /// Sends a normal close with `reason`, then reads until the relay answers it (bounded): a
+    /// socket dropped with unread bytes is reset, and the relay could lose what it had not read.
+    async fn close(&mut self, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: reason.to_string().into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            if self.tx.send(WsMessage::Close(Some(frame))).await.is_err() {
+                return;
+            }
+            while let Some(Ok(frame)) = self.rx.next().await {
+                if matches!(frame, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 
