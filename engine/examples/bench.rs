@@ -96,6 +96,89 @@ fn main() {
         step.as_secs_f64() / (2.0 * forward.as_secs_f64()),
     );
     lanes_figures();
+    #[cfg(feature = "pretrain")]
+    pretrain_figures();
+}
+
+/// Pre-training speed (`onebyte pretrain`: backpropagation and AdamW on the CPU) for the tiny
+/// and small transformer presets over bytes, beside PyTorch training the same GPT-2
+/// configuration with Adam on the same cores, where `torch` is installed.
+#[cfg(feature = "pretrain")]
+fn pretrain_figures() {
+    use engine::pretrain::{FirstOrder, Schedule};
+    const BATCH: usize = 16;
+    println!("\npre-training on the CPU (backpropagation + AdamW), batch {BATCH} windows");
+    for (preset, steps) in [("tiny", 12u64), ("small", 3)] {
+        let toml = format!(
+            "[job]\nname = \"bench-{preset}\"\n[model]\nkind = \"transformer\"\n\
+             preset = \"{preset}\"\n[task]\nfeatures = {}\nclasses = 256\ndataset = \"tales\"\n",
+            if preset == "tiny" { 64 } else { 128 }
+        );
+        let job = Arc::new(Job::from_toml(&toml).unwrap());
+        let dims = *job.model.transformer().unwrap();
+        let data = engine::data::for_job(&job, &"tales".parse().unwrap(), None, 1).unwrap();
+        let schedule = Schedule {
+            peak: 1e-3,
+            warmup: 1,
+            steps: steps + 2,
+        };
+        let mut trainer = FirstOrder::new(job.clone(), job.initial_weights(), schedule, 0.01, 1);
+        for _ in 0..2 {
+            trainer.step(&data.train, BATCH).unwrap();
+        }
+        let start = Instant::now();
+        for _ in 0..steps {
+            black_box(trainer.step(&data.train, BATCH).unwrap());
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let tokens = (steps as usize * BATCH * job.model.features()) as f64;
+        let ours = tokens / seconds;
+        let torch = torch_tokens_per_s(&dims, BATCH, job.model.features());
+        let ratio = torch.map_or("(no torch here: not compared)".to_string(), |t| {
+            format!(
+                "PyTorch {t:.0} tokens/s; ours / PyTorch {:.2} (goal ≥ 0.5)",
+                ours / t
+            )
+        });
+        println!(
+            "  {preset:<5} d = {:>9}, T = {:>3}: {ours:>8.0} tokens/s   {ratio}",
+            job.model.layout().d(),
+            job.model.features()
+        );
+    }
+}
+
+/// PyTorch's tokens per second for the same configuration (`tests/reference/pretrain_torch.py`),
+/// or `None` where python3 cannot import torch.
+#[cfg(feature = "pretrain")]
+fn torch_tokens_per_s(
+    dims: &engine::transformer::Dims,
+    batch: usize,
+    context: usize,
+) -> Option<f64> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/reference/pretrain_torch.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--layers", &dims.layers.to_string()])
+        .args(["--width", &dims.width.to_string()])
+        .args(["--heads", &dims.heads.to_string()])
+        .args(["--context", &context.to_string()])
+        .args(["--vocab", &dims.vocab.to_string()])
+        .args(["--batch", &batch.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The models the lane figures use: the demo's spirals MLP, the char LM, the tiny transformer

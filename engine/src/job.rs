@@ -318,19 +318,43 @@ impl Job {
         };
         let bytes = read(&init)?;
         let shown = dir.join(&init).display().to_string();
-        // A transformer reads GPT-2 checkpoints as Hugging Face writes them (our own snapshots
-        // of it are one case of those); other models read exactly their own tensors.
-        let read = if self.model.transformer().is_some() {
-            crate::gpt2::read_gpt2
-        } else {
-            crate::snapshot::read_checkpoint
-        };
-        let theta = read(&bytes, self.model.layout()).map_err(|source| JobError::Checkpoint {
-            path: shown,
-            source,
-        })?;
+        let theta = self
+            .read_checkpoint(&bytes)
+            .map_err(|source| JobError::Checkpoint {
+                path: shown,
+                source,
+            })?;
         self.initial = Some(std::sync::Arc::new(theta));
         Ok(self)
+    }
+
+    /// θ from a checkpoint of this job's model. A transformer reads GPT-2 checkpoints as
+    /// Hugging Face writes them (our own snapshots of it are one case of those); other models
+    /// read exactly their own tensors.
+    pub fn read_checkpoint(
+        &self,
+        bytes: &[u8],
+    ) -> Result<Vec<f32>, crate::snapshot::SnapshotError> {
+        if self.model.transformer().is_some() {
+            crate::gpt2::read_gpt2(bytes, self.model.layout())
+        } else {
+            crate::snapshot::read_checkpoint(bytes, self.model.layout())
+        }
+    }
+
+    /// θ as the checkpoint a job's `init` reads back to the same bits: a transformer as GPT-2
+    /// safetensors ([`crate::gpt2::write_gpt2`]), other models as a snapshot of this job.
+    pub fn checkpoint_bytes(&self, theta: Vec<f32>) -> Vec<u8> {
+        if self.model.transformer().is_some() {
+            crate::gpt2::write_gpt2(&theta, self.model.layout())
+        } else {
+            crate::Snapshot {
+                job: self.id,
+                version: protocol::Version(0),
+                theta,
+            }
+            .to_bytes(self.model.layout())
+        }
     }
 
     /// Takes `task.tokenizer` from the contents of that `tokenizer.json` (a peer gets them from

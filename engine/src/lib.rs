@@ -17,6 +17,8 @@ pub mod hash;
 pub mod job;
 pub mod layout;
 pub mod model;
+#[cfg(feature = "pretrain")]
+pub mod pretrain;
 pub mod privacy;
 pub mod reference;
 pub mod replica;

@@ -2,6 +2,7 @@
 
 mod data;
 mod join;
+mod pretrain;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,9 @@ enum Command {
     /// Join a relay as a peer: train on local data, send one byte per gradient estimate,
     /// follow the shared log. Stops at --contributions or --until-version, or on Ctrl-C.
     Join(join::Args),
+    /// Train a job's model first-order (backpropagation, AdamW) on this machine and write the
+    /// checkpoint a job's `init` reads: the pre-trained model a swarm fine-tunes.
+    Pretrain(pretrain::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Simulate(args) => simulate::run(args),
         Command::Join(args) => join::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
     }
 }

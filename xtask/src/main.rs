@@ -25,7 +25,9 @@ enum Command {
     /// the page in headless Chromium (WebGPU and CPU).
     Test,
     /// Build the page's wasm client, start the relay with the built-in demo job on localhost
-    /// (serving the page), plus two native workers, and print the URL.
+    /// (serving the page), plus two native workers, and print the URL. `--job lm` hosts the
+    /// tiny transformer pre-trained on its corpus (`onebyte pretrain`, once, cached under
+    /// target/demo-lm/); `--job FILE` any job file.
     Demo {
         /// Arguments passed to `onebyte-relay`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -203,6 +203,15 @@ pub fn test() -> Result<()> {
 pub fn demo(args: &[String]) -> Result<()> {
     let start = Instant::now();
     web::build_web()?;
+    // `--job lm`: the tiny transformer, pre-trained first (once) so that the swarm fine-tunes
+    // a model that already writes like its corpus.
+    let mut args = args.to_vec();
+    if let Some(i) = args.iter().position(|a| a == "--job")
+        && args.get(i + 1).is_some_and(|job| job == "lm")
+    {
+        args[i + 1] = pretrained_lm()?.display().to_string();
+    }
+    let args = args.as_slice();
     // Only the relay before the URL; the workers build afterwards, in the background. Both
     // with the whole workspace's features (`--workspace`), as `cargo xtask test` builds them:
     // `-p onebyte-relay` alone would resolve other features, and each command would then
@@ -291,6 +300,61 @@ pub fn demo(args: &[String]) -> Result<()> {
         bail!("the relay exited with {status}");
     }
     Ok(())
+}
+
+/// Steps of `onebyte pretrain` behind `demo --job lm` (about a minute on 2 cores).
+const DEMO_PRETRAIN_STEPS: &str = "1000";
+
+/// The job file of `demo --job lm`: `deploy/jobs/tiny-lm.toml` initialised from a checkpoint
+/// pre-trained on its corpus, both under `target/demo-lm/`. The checkpoint is made on first
+/// use and reused after.
+fn pretrained_lm() -> Result<PathBuf> {
+    run(
+        "building the native binaries (`onebyte pretrain` makes the checkpoint)",
+        cargo_linted(&["build", "--workspace", "--bins"]),
+    )?;
+    let dir = target_dir().join("demo-lm");
+    std::fs::create_dir_all(&dir)?;
+    let model = dir.join("model.safetensors");
+    let job = dir.join("tiny-lm-pretrained.toml");
+    if model.exists() {
+        eprintln!(
+            "\n==> the pre-trained tiny transformer is already there: {} (delete it to train anew)",
+            model.display()
+        );
+    } else {
+        let mut pretrain = Command::new(target_dir().join("debug").join("onebyte"));
+        pretrain
+            .args(["pretrain", "--job"])
+            .arg(root().join("deploy/jobs/tiny-lm.toml"))
+            .args(["--steps", DEMO_PRETRAIN_STEPS, "--out"])
+            .arg(&model);
+        run(
+            "pre-training the tiny transformer on the built-in corpus (once; cached)",
+            pretrain,
+        )?;
+        // A store holds the job it began with: a new checkpoint starts a new one.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(
+                target_dir().join(format!("demo-tiny-lm-pretrained.db{suffix}")),
+            );
+        }
+    }
+    let plain = std::fs::read_to_string(root().join("deploy/jobs/tiny-lm.toml"))?;
+    let named = "name = \"tiny-lm\"";
+    if !plain.contains(named) {
+        bail!("deploy/jobs/tiny-lm.toml no longer says {named}; update the xtask");
+    }
+    let pretrained = plain.replacen(
+        named,
+        "name = \"tiny-lm-pretrained\"\ninit = \"model.safetensors\"   # from `onebyte pretrain`",
+        1,
+    );
+    std::fs::write(
+        &job,
+        format!("# Written by `cargo xtask demo --job lm`.\n{pretrained}"),
+    )?;
+    Ok(job)
 }
 
 pub fn bench() -> Result<()> {

@@ -1,4 +1,5 @@
-//! `onebyte simulate` as a person runs it: a real process, its exit code and its JSON line.
+//! `onebyte simulate` and `onebyte pretrain` as a person runs them: real processes, their exit
+//! codes, their messages and their JSON lines.
 
 use std::process::Command;
 
@@ -184,4 +185,128 @@ fn bad_arguments_get_clear_messages() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+/// A shipped job file.
+fn shipped_job(name: &str) -> String {
+    format!("{}/../deploy/jobs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `onebyte pretrain ARGS…`: its exit status, stdout and stderr.
+fn pretrain(args: &[&str]) -> (bool, String, String) {
+    let out = onebyte()
+        .arg("pretrain")
+        .args(args)
+        .output()
+        .expect("run onebyte");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pretrain_writes_a_gpt2_checkpoint_and_reports_the_held_out_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.safetensors");
+    let job = shipped_job("tiny-lm.toml");
+    let (ok, stdout, stderr) = pretrain(&[
+        "--job",
+        &job,
+        "--steps",
+        "40",
+        "--batch-size",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).expect("last line is JSON");
+    assert_eq!(report["steps"], 40, "{report}");
+    assert_eq!(report["interrupted"], false, "{report}");
+    let (before, after) = (
+        report["held_out_loss_before"].as_f64().unwrap(),
+        report["held_out_loss"].as_f64().unwrap(),
+    );
+    assert!(after < before - 1.0, "{report}");
+    // Hugging Face's GPT-2 names, and the metadata `transformers` looks for.
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        tensors.tensor("h.1.attn.c_attn.weight").unwrap().shape(),
+        [64, 192]
+    );
+    // No partial file is left beside it.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["model.safetensors"]);
+}
+
+#[test]
+fn pretrain_refuses_a_bad_init_or_out_with_a_message_and_keeps_the_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.safetensors");
+    std::fs::write(&out, "precious").unwrap();
+    let out = out.to_str().unwrap();
+    let lm = shipped_job("tiny-lm.toml");
+
+    // A checkpoint of another model (the spirals MLP) as the transformer's --init.
+    let mlp = dir.path().join("mlp.safetensors");
+    let (ok, _, stderr) = pretrain(&[
+        "--job",
+        &shipped_job("private-spirals.toml"),
+        "--steps",
+        "2",
+        "--out",
+        mlp.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = pretrain(&[
+        "--job",
+        &lm,
+        "--init",
+        mlp.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--out",
+        out,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("does not fit"), "{stderr}");
+    // Not a checkpoint at all.
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, "not a checkpoint").unwrap();
+    let (ok, _, stderr) = pretrain(&[
+        "--job",
+        &lm,
+        "--init",
+        junk.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--out",
+        out,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--init"), "{stderr}");
+    // An --out nobody can write: said before any training.
+    let nowhere = dir.path().join("no-such-folder/model.safetensors");
+    let (ok, _, stderr) = pretrain(&[
+        "--job",
+        &lm,
+        "--steps",
+        "2",
+        "--out",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot write --out"), "{stderr}");
+    assert!(!stderr.contains("held-out"), "no training first: {stderr}");
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "precious");
 }
