@@ -170,8 +170,19 @@ pub fn build_web() -> Result<()> {
         gzip,
     )?;
     let brotli = module.with_extension("wasm.br");
-    let _ = std::fs::remove_file(&brotli);
+    // Quality 11 takes half a minute; wasm-bindgen rewrites the module every time (a new mtime),
+    // so whether the .br is current is judged by the module's contents.
+    let stamp = target_dir().join("web-brotli.stamp");
+    let print = fingerprint(&std::fs::read(&module)?);
+    let current = brotli.exists() && std::fs::read_to_string(&stamp).ok() == Some(print.clone());
+    if !current {
+        let _ = std::fs::remove_file(&brotli);
+    }
     match ensure_debs(&["brotli"], "the page's brotli-compressed engine") {
+        Ok(()) if current => eprintln!(
+            "\n==> {}: up to date (compressed from this very module)",
+            brotli.display()
+        ),
         Ok(()) => {
             let mut compress = Command::new("brotli");
             compress
@@ -183,6 +194,7 @@ pub fn build_web() -> Result<()> {
                  brotli (all current ones)",
                 compress,
             )?;
+            std::fs::write(&stamp, print)?;
         }
         Err(e) => eprintln!("    ({e:#}; the page is served gzipped only)"),
     }
@@ -194,6 +206,14 @@ pub fn build_web() -> Result<()> {
         size(&brotli).map_or(String::new(), |b| format!(", {b:.2} MB brotli"))
     );
     Ok(())
+}
+
+/// FNV-1a of `bytes`, in hex: enough to tell one build of the module from another.
+fn fingerprint(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x} {}", bytes.len())
 }
 
 /// The client's wasm tests under Node.js (wasm-bindgen-test-runner).
