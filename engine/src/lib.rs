@@ -20,6 +20,7 @@ pub mod model;
 #[cfg(feature = "pretrain")]
 pub mod pretrain;
 pub mod privacy;
+pub mod prompt;
 pub mod reference;
 pub mod replica;
 pub mod session;
