@@ -11,7 +11,7 @@
 
 use crate::layout::ParamLayout;
 use crate::snapshot::{SnapshotError, check_hash_if_present};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 
 /// The prefix `GPT2LMHeadModel` puts before the transformer's own names.
 const PREFIX: &str = "transformer.";
@@ -76,18 +76,6 @@ pub fn read_gpt2(bytes: &[u8], layout: &ParamLayout) -> Result<Vec<f32>, Snapsho
 /// GPT-2 name (linear weights `[in, out]`, as `Conv1D` keeps them), the metadata `format = pt`
 /// that `transformers` looks for, and `onebyte.hash` so that a job reading it checks the bits.
 pub fn write_gpt2(theta: &[f32], layout: &ParamLayout) -> Vec<u8> {
-    assert_eq!(theta.len(), layout.d(), "θ must match the layout");
-    let bytes: Vec<u8> = theta.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let views: Vec<(String, TensorView<'_>)> = layout
-        .params()
-        .iter()
-        .map(|p| {
-            let data = &bytes[p.offset * 4..(p.offset + p.len()) * 4];
-            let view = TensorView::new(Dtype::F32, p.shape.clone(), data)
-                .expect("shape and byte length agree");
-            (p.name.clone(), view)
-        })
-        .collect();
     let meta = std::collections::HashMap::from([
         ("format".to_string(), "pt".to_string()),
         (
@@ -95,7 +83,7 @@ pub fn write_gpt2(theta: &[f32], layout: &ParamLayout) -> Vec<u8> {
             crate::hash::weight_hash(theta).to_hex(),
         ),
     ]);
-    safetensors::serialize(views, Some(meta)).expect("in-memory serialisation succeeds")
+    crate::snapshot::write_params(theta, layout, meta)
 }
 
 /// Tensors of a GPT-2 checkpoint that hold nothing the layout lacks.
@@ -110,6 +98,7 @@ mod tests {
     use crate::transformer;
     use crate::{block_on, cpu_device};
     use burn::tensor::{Tensor, TensorData};
+    use safetensors::tensor::TensorView;
     use serde::Deserialize;
 
     /// What `tests/reference/gpt2_reference.py` wrote: the sizes, the inputs and numpy's logits.

@@ -147,15 +147,7 @@ impl FirstOrder {
     /// models learn their one label per row, with the forward pass the swarm runs.
     fn loss(&self, theta: &Tensor<1>, batch: &Split) -> Result<Tensor<1>, EngineError> {
         let model = &self.job.model;
-        if batch.is_empty() {
-            return Err(EngineError::EmptyBatch);
-        }
-        if batch.features != model.features() {
-            return Err(EngineError::Features {
-                expected: model.features(),
-                got: batch.features,
-            });
-        }
+        crate::replica::check_batch(model, batch)?;
         let device = theta.device();
         let (rows, t) = (batch.len(), batch.features);
         let x = Tensor::<2>::from_data(TensorData::new(batch.x.clone(), [rows, t]), &device);

@@ -60,6 +60,20 @@ pub struct Proposal {
     pub loss_minus: f32,
 }
 
+/// A batch the model can read: not empty, with the model's number of features.
+pub(crate) fn check_batch(model: &crate::Model, batch: &Split) -> Result<(), EngineError> {
+    if batch.is_empty() {
+        return Err(EngineError::EmptyBatch);
+    }
+    if batch.features != model.features() {
+        return Err(EngineError::Features {
+            expected: model.features(),
+            got: batch.features,
+        });
+    }
+    Ok(())
+}
+
 /// Loss and accuracy of the current weights on a split.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Evaluation {
@@ -477,15 +491,7 @@ impl Replica {
     /// Inputs and one-hot targets on the device.
     fn batch_tensors(&self, batch: &Split) -> Result<(Tensor<2>, Tensor<2>), EngineError> {
         let model = &self.job.model;
-        if batch.is_empty() {
-            return Err(EngineError::EmptyBatch);
-        }
-        if batch.features != model.features() {
-            return Err(EngineError::Features {
-                expected: model.features(),
-                got: batch.features,
-            });
-        }
+        check_batch(model, batch)?;
         let classes = model.classes();
         let mut onehot = vec![0.0f32; batch.len() * classes];
         for (row, &y) in batch.y.iter().enumerate() {

@@ -55,24 +55,12 @@ impl Snapshot {
 
     /// Serialises to safetensors bytes.
     pub fn to_bytes(&self, layout: &ParamLayout) -> Vec<u8> {
-        assert_eq!(self.theta.len(), layout.d(), "θ must match the layout");
-        let bytes: Vec<u8> = self.theta.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let views: Vec<(String, TensorView<'_>)> = layout
-            .params()
-            .iter()
-            .map(|p| {
-                let data = &bytes[p.offset * 4..(p.offset + p.len()) * 4];
-                let view = TensorView::new(Dtype::F32, p.shape.clone(), data)
-                    .expect("shape and byte length agree");
-                (p.name.clone(), view)
-            })
-            .collect();
         let meta = HashMap::from([
             ("onebyte.job".to_string(), self.job.0.to_string()),
             ("onebyte.version".to_string(), self.version.0.to_string()),
             ("onebyte.hash".to_string(), self.hash().to_hex()),
         ]);
-        safetensors::serialize(views, Some(meta)).expect("in-memory serialisation succeeds")
+        write_params(&self.theta, layout, meta)
     }
 
     /// Parses safetensors bytes and checks them against the job and layout.
@@ -115,6 +103,23 @@ impl Snapshot {
         }
         Ok(snapshot)
     }
+}
+
+/// θ as safetensors: one F32 tensor per layout entry, under its name and shape, with `meta`.
+pub fn write_params(theta: &[f32], layout: &ParamLayout, meta: HashMap<String, String>) -> Vec<u8> {
+    assert_eq!(theta.len(), layout.d(), "θ must match the layout");
+    let bytes: Vec<u8> = theta.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views: Vec<(String, TensorView<'_>)> = layout
+        .params()
+        .iter()
+        .map(|p| {
+            let data = &bytes[p.offset * 4..(p.offset + p.len()) * 4];
+            let view = TensorView::new(Dtype::F32, p.shape.clone(), data)
+                .expect("shape and byte length agree");
+            (p.name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize(views, Some(meta)).expect("in-memory serialisation succeeds")
 }
 
 /// A checkpoint's parameters: any safetensors file with the model's tensors (a snapshot of any
