@@ -35,8 +35,9 @@ const LOSS_REPORT_SPACING: Duration = Duration::from_secs(1);
 /// How long a closing socket may take to accept the close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closed socket is still read, for the peer's answering close frame, before it is
-/// dropped. Dropping a socket with unread bytes resets the connection, and a reset makes the
-/// peer's kernel discard what it has not read yet: the close frame with its reason.
+/// dropped. Dropping a socket with unread bytes resets the connection; after a reset the
+/// peer's websocket fails as it answers the pings it has not read yet, before it reaches the
+/// close frame behind them, and the peer never learns the code and reason.
 const LINGER: Duration = Duration::from_secs(5);
 /// Entries per `LogBatch` while catching a peer up from the store.
 const CATCH_UP_CHUNK: u64 = 4096;
