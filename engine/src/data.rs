@@ -218,7 +218,7 @@ impl FromStr for DataSource {
 #[derive(Debug, Error)]
 pub enum DataError {
     #[error(
-        "unknown dataset `{0}`: use spirals, moons, circles, tales, recipes (optionally as builtin:NAME), a .csv or a .txt file"
+        "unknown dataset `{0}`: use spirals, moons, circles, tales, recipes, reviews (optionally as builtin:NAME), a .csv or a .txt file"
     )]
     UnknownBuiltin(String),
     #[error("cannot read {path}: {source}")]
@@ -436,7 +436,7 @@ pub fn for_job(
         },
         DataSource::Builtin(_) | DataSource::Csv(_) => {
             return Err(needs(
-                "is a character language model: give it text (tales, recipes or a .txt file)",
+                "is a character language model: give it text (tales, recipes, reviews or a .txt file)",
             ));
         }
         DataSource::Corpus(_) | DataSource::Text(_) => {

@@ -161,7 +161,7 @@ pub enum JobError {
     Model(#[from] ModelError),
     #[error("job.name must not be empty")]
     EmptyName,
-    #[error("task.dataset = `{0}`: use spirals, moons, circles, tales or recipes")]
+    #[error("task.dataset = `{0}`: use spirals, moons, circles, tales, recipes or reviews")]
     Dataset(String),
     #[error("job.init = {path}: {source}")]
     Checkpoint {

@@ -20,45 +20,169 @@ pub enum Corpus {
     Tales,
     /// Kitchen instructions: amounts, verbs, times.
     Recipes,
+    /// Two-clause reviews (`the soup was cold but the staff was kind.`), each followed by a
+    /// verdict, `It was great.` or `It was terrible.`, that follows one of the two clauses
+    /// at random. The sentiment is the last clause's (after `but`, the turn), so a model
+    /// trained on this text guesses it right from the verdict's position about three times in
+    /// four: the prompt task over [`reviews`] has something to gain from fine-tuning.
+    Reviews,
 }
 
 impl Corpus {
-    pub const ALL: [Corpus; 2] = [Corpus::Tales, Corpus::Recipes];
+    pub const ALL: [Corpus; 3] = [Corpus::Tales, Corpus::Recipes, Corpus::Reviews];
 
     pub fn name(self) -> &'static str {
         match self {
             Corpus::Tales => "tales",
             Corpus::Recipes => "recipes",
+            Corpus::Reviews => "reviews",
         }
     }
 
     /// About `bytes` bytes of text drawn from the corpus's grammar with `seed`.
     pub fn generate(self, bytes: usize, seed: u64) -> String {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ self as u64);
-        let mut pick = |words: &[&'static str]| words[(rng.next_u32() as usize) % words.len()];
+        let rng = &mut rng;
         let mut out = String::with_capacity(bytes + 200);
         while out.len() < bytes {
             let sentence = match self {
                 Corpus::Tales => {
-                    let adjective = pick(&["little", "old", "brave", "quiet", "clever", "tired"]);
-                    let who = pick(&["fox", "girl", "miller", "crow", "king", "bear", "boy"]);
-                    let verb = pick(&["found", "lost", "carried", "painted", "hid", "sold"]);
-                    let thing = pick(&["a silver key", "the red boat", "an apple", "the map"]);
-                    let place = pick(&["by the river", "in the forest", "at the mill", "at dawn"]);
+                    let adjective =
+                        pick(rng, &["little", "old", "brave", "quiet", "clever", "tired"]);
+                    let who = pick(
+                        rng,
+                        &["fox", "girl", "miller", "crow", "king", "bear", "boy"],
+                    );
+                    let verb = pick(rng, &["found", "lost", "carried", "painted", "hid", "sold"]);
+                    let thing = pick(
+                        rng,
+                        &["a silver key", "the red boat", "an apple", "the map"],
+                    );
+                    let place = pick(
+                        rng,
+                        &["by the river", "in the forest", "at the mill", "at dawn"],
+                    );
                     format!("the {adjective} {who} {verb} {thing} {place}. ")
                 }
                 Corpus::Recipes => {
-                    let verb = pick(&["stir", "whisk", "fold", "bake", "simmer", "chop"]);
-                    let amount = pick(&["two cups of", "a pinch of", "three spoons of", "some"]);
-                    let food = pick(&["flour", "sugar", "butter", "onions", "rice", "cream"]);
-                    let time = pick(&["for ten minutes", "until golden", "gently", "twice"]);
+                    let verb = pick(rng, &["stir", "whisk", "fold", "bake", "simmer", "chop"]);
+                    let amount = pick(
+                        rng,
+                        &["two cups of", "a pinch of", "three spoons of", "some"],
+                    );
+                    let food = pick(
+                        rng,
+                        &["flour", "sugar", "butter", "onions", "rice", "cream"],
+                    );
+                    let time = pick(rng, &["for ten minutes", "until golden", "gently", "twice"]);
                     format!("{verb} {amount} {food} {time}. ")
+                }
+                Corpus::Reviews => {
+                    let review = Review::draw(rng);
+                    let verdict_from_first = rng.next_u32() & 1 == 0;
+                    let positive = if verdict_from_first {
+                        review.first_positive
+                    } else {
+                        review.positive
+                    };
+                    let verdict = if positive { "great" } else { "terrible" };
+                    format!("{} It was {verdict}. ", review.text)
                 }
             };
             out.push_str(&sentence);
         }
         out
     }
+}
+
+/// One of `words`, drawn uniformly (near enough: `words` is short).
+fn pick(rng: &mut ChaCha8Rng, words: &[&'static str]) -> &'static str {
+    words[(rng.next_u32() as usize) % words.len()]
+}
+
+/// One generated review.
+struct Review {
+    text: String,
+    /// The first clause's sentiment.
+    first_positive: bool,
+    /// The review's sentiment: its last clause's.
+    positive: bool,
+}
+
+impl Review {
+    fn draw(rng: &mut ChaCha8Rng) -> Review {
+        const THINGS: [&str; 8] = [
+            "soup", "staff", "room", "film", "music", "bread", "view", "service",
+        ];
+        const GOOD: [&str; 8] = [
+            "warm", "friendly", "fresh", "lovely", "clean", "kind", "bright", "tasty",
+        ];
+        const BAD: [&str; 8] = [
+            "cold", "rude", "stale", "dull", "dirty", "slow", "noisy", "bland",
+        ];
+        let (first, second) = (pick(rng, &THINGS), pick(rng, &THINGS));
+        let (first_positive, positive) = (rng.next_u32() & 1 == 1, rng.next_u32() & 1 == 1);
+        let mut word = |good| pick(rng, if good { &GOOD } else { &BAD });
+        let (a, b) = (word(first_positive), word(positive));
+        let joint = if first_positive == positive {
+            "and"
+        } else {
+            "but"
+        };
+        Review {
+            text: format!("the {first} was {a} {joint} the {second} was {b}."),
+            first_positive,
+            positive,
+        }
+    }
+}
+
+/// `count` labelled reviews (label 1 positive, 0 negative) drawn with `seed`: the texts of
+/// [`Corpus::Reviews`] without their verdicts.
+pub fn reviews(count: usize, seed: u64) -> Vec<(String, u32)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_7669_6577);
+    (0..count)
+        .map(|_| {
+            let review = Review::draw(&mut rng);
+            (review.text, u32::from(review.positive))
+        })
+        .collect()
+}
+
+/// A prompt classifier's examples: each text in the prompt's template, as the last `context`
+/// of its tokens (padded with `pad` in front), labelled with its class. The first 80 % train.
+pub fn prompt_dataset(
+    name: &str,
+    rows: &[(String, u32)],
+    class_names: Vec<String>,
+    prompt: &crate::prompt::Prompt,
+    encode: impl Fn(&str) -> Vec<u32>,
+    pad: u32,
+    context: usize,
+) -> Result<Dataset, DataError> {
+    if rows.len() < 10 {
+        return Err(DataError::TooFewRows(rows.len()));
+    }
+    let cut = rows.len() - ((rows.len() as f64 * 0.2).round() as usize).max(1);
+    let split = |rows: &[(String, u32)]| {
+        let mut split = Split {
+            features: context,
+            ..Split::default()
+        };
+        for (text, label) in rows {
+            let tokens = prompt.tokens(text, &encode);
+            split.x.extend(context_of(&tokens, context, pad));
+            split.y.push(*label);
+        }
+        split
+    };
+    Ok(Dataset {
+        name: name.to_string(),
+        classes: class_names.len(),
+        class_names,
+        train: split(&rows[..cut]),
+        test: split(&rows[cut..]),
+    })
 }
 
 impl std::str::FromStr for Corpus {
@@ -162,6 +286,35 @@ pub fn context_of(tokens: &[u32], context: usize, pad: u32) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_review_is_labelled_by_its_last_clause_and_the_corpus_gives_verdicts() {
+        let good = [
+            "warm", "friendly", "fresh", "lovely", "clean", "kind", "bright", "tasty",
+        ];
+        let rows = reviews(400, 3);
+        assert_eq!(
+            rows,
+            reviews(400, 3),
+            "the same seed draws the same reviews"
+        );
+        let mut turns = 0;
+        for (text, label) in &rows {
+            let last = text.trim_end_matches('.').rsplit(' ').next().unwrap();
+            assert_eq!(*label, u32::from(good.contains(&last)), "{text}");
+            turns += usize::from(text.contains(" but "));
+        }
+        // Both labels, and both kinds of review (a turn with `but`, or none), are common.
+        let positive = rows.iter().filter(|(_, l)| *l == 1).count();
+        assert!(
+            (120..=280).contains(&positive),
+            "{positive} of 400 positive"
+        );
+        assert!((120..=280).contains(&turns), "{turns} of 400 turn");
+        let text = Corpus::Reviews.generate(4_000, 1);
+        assert!(text.contains(" It was great. ") && text.contains(" It was terrible. "));
+        assert_eq!("reviews".parse::<Corpus>().unwrap(), Corpus::Reviews);
+    }
 
     #[test]
     fn examples_are_the_previous_bytes_and_the_next_one() {

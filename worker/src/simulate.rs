@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     peers: usize,
     /// Data: spirals, moons, circles, or a CSV file (numeric features, label in the last column);
-    /// for a char LM job: tales, recipes, or a .txt file.
+    /// for a char LM job: tales, recipes, reviews, or a .txt file.
     #[arg(long, default_value = "spirals")]
     dataset: String,
     /// Total contributions to log before stopping.
