@@ -288,6 +288,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_prompt_dataset_puts_each_text_in_the_template_and_keeps_its_label() {
+        let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<u32>>();
+        let spec = crate::prompt::PromptSpec {
+            template: "{text} It was".into(),
+            labels: vec![" terrible".into(), " great".into()],
+        };
+        let prompt = crate::prompt::Prompt::new(&spec, bytes).unwrap();
+        let rows = reviews(50, 1);
+        let names = vec!["negative".to_string(), "positive".to_string()];
+        let d = prompt_dataset("reviews", &rows, names, &prompt, bytes, 0, 64).unwrap();
+        assert_eq!((d.train.len(), d.test.len(), d.classes), (40, 10, 2));
+        let (text, label) = &rows[3];
+        let row = &d.train.x[3 * 64..4 * 64];
+        let expected = context_of(&bytes(&format!("{text} It was ")), 64, 0);
+        assert_eq!(row, expected.as_slice());
+        assert_eq!(d.train.y[3], *label);
+        assert_eq!(d.test.y[0], rows[40].1);
+        assert!(matches!(
+            prompt_dataset("few", &rows[..5], vec![], &prompt, bytes, 0, 64),
+            Err(DataError::TooFewRows(5))
+        ));
+    }
+
+    #[test]
     fn a_review_is_labelled_by_its_last_clause_and_the_corpus_gives_verdicts() {
         let good = [
             "warm", "friendly", "fresh", "lovely", "clean", "kind", "bright", "tasty",
