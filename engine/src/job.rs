@@ -383,6 +383,16 @@ impl Job {
         self.tokenizer.as_ref().map(|(t, _)| t.as_ref())
     }
 
+    /// What one of a language model's tokens is called in its bits-per figures: a "token" of
+    /// its tokenizer, or a "character" (a byte).
+    pub fn token_unit(&self) -> &'static str {
+        if self.tokenizer.is_some() {
+            "token"
+        } else {
+            "character"
+        }
+    }
+
     /// The `tokenizer.json` the tokenizer was read from, as the relay serves it.
     pub fn tokenizer_json(&self) -> Option<&[u8]> {
         self.tokenizer.as_ref().map(|(_, json)| json.as_slice())

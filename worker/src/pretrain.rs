@@ -305,18 +305,12 @@ impl Drop for Output {
     }
 }
 
-/// How a loss reads: bits per token for a language model, nats otherwise.
+/// How a loss reads: bits per token (or character) for a language model, nats otherwise.
 struct LossUnit(Option<&'static str>);
 
 impl LossUnit {
     fn of(job: &Job) -> LossUnit {
-        LossUnit(job.model.is_language_model().then(|| {
-            if job.tokenizer().is_some() {
-                "token"
-            } else {
-                "byte"
-            }
-        }))
+        LossUnit(job.model.is_language_model().then(|| job.token_unit()))
     }
 
     fn show(&self, loss: f32) -> String {

@@ -157,11 +157,7 @@ pub fn run(args: Args) -> Result<()> {
     if job.model.is_language_model() {
         println!(
             "held-out bits per {} {:.3}",
-            if job.tokenizer().is_some() {
-                "token"
-            } else {
-                "character"
-            },
+            job.token_unit(),
             eval.loss / std::f32::consts::LN_2
         );
     }

@@ -221,17 +221,11 @@ pub fn demo(args: &[String]) -> Result<()> {
         cargo_linted(&["build", "--workspace", "--bin", "onebyte-relay"]),
     )?;
     let bin = target_dir().join("debug");
-    // One store per job file: a store holds one job, and a demo of another job starts fresh.
     let job = args
         .iter()
         .position(|a| a == "--job")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|path| std::path::Path::new(path).file_stem())
-        .map(|stem| stem.to_string_lossy().into_owned());
-    let store = match job {
-        Some(stem) => target_dir().join(format!("demo-{stem}.db")),
-        None => target_dir().join("demo-relay.db"),
-    };
+        .and_then(|i| args.get(i + 1));
+    let store = demo_store(job.map(std::path::Path::new));
     let mut relay = Command::new(bin.join("onebyte-relay"));
     relay.arg("--store").arg(&store).args(args);
     if !args.iter().any(|a| a == "--web") {
@@ -302,6 +296,15 @@ pub fn demo(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The demo's store for `job` (a job file; `None`: the built-in demo job). One store per job
+/// file: a store holds one job, and a demo of another job starts fresh.
+fn demo_store(job: Option<&std::path::Path>) -> PathBuf {
+    match job.and_then(std::path::Path::file_stem) {
+        Some(stem) => target_dir().join(format!("demo-{}.db", stem.to_string_lossy())),
+        None => target_dir().join("demo-relay.db"),
+    }
+}
+
 /// Steps of `onebyte pretrain` behind `demo --job lm` (about a minute on 2 cores).
 const DEMO_PRETRAIN_STEPS: &str = "1000";
 
@@ -334,10 +337,11 @@ fn pretrained_lm() -> Result<PathBuf> {
             pretrain,
         )?;
         // A store holds the job it began with: a new checkpoint starts a new one.
+        let store = demo_store(Some(&job));
         for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(
-                target_dir().join(format!("demo-tiny-lm-pretrained.db{suffix}")),
-            );
+            let mut path = store.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
         }
     }
     let plain = std::fs::read_to_string(root().join("deploy/jobs/tiny-lm.toml"))?;
