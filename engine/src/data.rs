@@ -246,6 +246,11 @@ pub enum DataError {
     TooFewRows(usize),
     #[error("CSV labels have only one class (`{0}`); a classifier needs at least two")]
     OneClass(String),
+    #[error(
+        "a CSV of texts for a prompt classifier begins with the header `text,label`; this one \
+         begins with `{0}`"
+    )]
+    TextHeader(String),
     #[error("CSV has {0} classes; at most 256 are supported")]
     TooManyClasses(usize),
     #[error(
@@ -320,30 +325,8 @@ pub fn load_csv(name: &str, text: &str, seed: u64) -> Result<Dataset, DataError>
         return Err(DataError::TooFewRows(rows.len()));
     }
     let features = width.unwrap_or(0) - 1;
-
-    let mut class_names: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
-    class_names.sort();
-    class_names.dedup();
-    if class_names.iter().all(|l| l.parse::<f64>().is_ok()) {
-        class_names.sort_by(|a, b| {
-            a.parse::<f64>()
-                .unwrap()
-                .total_cmp(&b.parse::<f64>().unwrap())
-        });
-    }
-    if class_names.len() < 2 {
-        return Err(DataError::OneClass(class_names.remove(0)));
-    }
-    if class_names.len() > 256 {
-        return Err(DataError::TooManyClasses(class_names.len()));
-    }
-
-    // Seeded Fisher-Yates, then split.
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for i in (1..rows.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        rows.swap(i, j);
-    }
+    let class_names = class_names(rows.iter().map(|r| r.1.as_str()))?;
+    shuffle(&mut rows, seed);
     let test_rows = ((rows.len() as f64 * TEST_FRACTION).round() as usize).max(1);
     let train_rows = rows.len() - test_rows;
 
@@ -394,6 +377,36 @@ pub fn load_csv(name: &str, text: &str, seed: u64) -> Result<Dataset, DataError>
     })
 }
 
+/// A CSV's distinct labels in class order: sorted, numerically when every label is a number.
+fn class_names<'a>(labels: impl Iterator<Item = &'a str>) -> Result<Vec<String>, DataError> {
+    let mut names: Vec<String> = labels.map(str::to_string).collect();
+    names.sort();
+    names.dedup();
+    if names.iter().all(|l| l.parse::<f64>().is_ok()) {
+        names.sort_by(|a, b| {
+            a.parse::<f64>()
+                .unwrap()
+                .total_cmp(&b.parse::<f64>().unwrap())
+        });
+    }
+    if names.len() < 2 {
+        return Err(DataError::OneClass(names.remove(0)));
+    }
+    if names.len() > 256 {
+        return Err(DataError::TooManyClasses(names.len()));
+    }
+    Ok(names)
+}
+
+/// A seeded Fisher–Yates shuffle: every platform orders the rows alike.
+fn shuffle<T>(rows: &mut [T], seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for i in (1..rows.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        rows.swap(i, j);
+    }
+}
+
 /// The data a peer of `job` trains on. `contents` is the text of the file `source` names (a CSV
 /// or a `.txt`), read by the caller: from disk natively, from a file picker in a browser.
 pub fn for_job(
@@ -405,6 +418,9 @@ pub fn for_job(
     let language = job.model.is_language_model();
     let needs =
         |what: &str| DataError::WrongKind(format!("the job `{}` {what}", job.config.job.name));
+    if job.config.task.prompt.is_some() {
+        return prompt_data(job, source, contents, seed);
+    }
     let contents = |name: &str| {
         contents.ok_or_else(|| DataError::WrongKind(format!("{name}: no contents given")))
     };
@@ -458,6 +474,128 @@ pub fn for_job(
         )));
     }
     Ok(data)
+}
+
+/// Labelled reviews drawn for a prompt classifier, per peer (4 000 train, 1 000 test).
+const REVIEWS: usize = 5_000;
+
+/// A prompt classifier's data: the built-in reviews, or a CSV of `text,label`.
+fn prompt_data(
+    job: &crate::Job,
+    source: &DataSource,
+    contents: Option<&str>,
+    seed: u64,
+) -> Result<Dataset, DataError> {
+    let name = &job.config.job.name;
+    let Some(prompt) = job.prompt() else {
+        return Err(DataError::WrongKind(format!(
+            "the job `{name}` reads text through a tokenizer that is not loaded here"
+        )));
+    };
+    let (label, texts) = match source {
+        DataSource::Corpus(crate::text::Corpus::Reviews) => (
+            "reviews".to_string(),
+            LabelledTexts {
+                rows: crate::text::reviews(REVIEWS, seed),
+                class_names: vec!["negative".into(), "positive".into()],
+            },
+        ),
+        DataSource::Csv(path) => {
+            let text = contents
+                .ok_or_else(|| DataError::WrongKind(format!("{path}: no contents given")))?;
+            (path.clone(), load_labelled_texts(text, seed)?)
+        }
+        _ => {
+            return Err(DataError::WrongKind(format!(
+                "the job `{name}` classifies texts by prompt: give it reviews or a CSV of \
+                 text,label"
+            )));
+        }
+    };
+    let words = prompt.readout().len();
+    if texts.class_names.len() != words {
+        return Err(DataError::WrongKind(format!(
+            "{label} has {} classes ({}); the job `{name}` has {words} label words, one per \
+             class in sorted order",
+            texts.class_names.len(),
+            texts.class_names.join(", ")
+        )));
+    }
+    crate::text::prompt_dataset(
+        &label,
+        &texts.rows,
+        texts.class_names,
+        prompt,
+        |text| job.encode(text),
+        job.pad_token(),
+        job.model.features(),
+    )
+}
+
+/// Texts with their classes, as [`load_labelled_texts`] reads them.
+#[derive(Debug, Clone)]
+pub struct LabelledTexts {
+    /// Each text with its class index.
+    pub rows: Vec<(String, u32)>,
+    /// The label each class index stands for.
+    pub class_names: Vec<String>,
+}
+
+/// Parses a CSV whose first row is the header `text,label` and whose other rows are a text and
+/// its label, shuffled with `seed`. Classes are numbered in sorted order of their labels
+/// (numerically when every label is a number), as [`load_csv`] numbers them.
+pub fn load_labelled_texts(text: &str, seed: u64) -> Result<LabelledTexts, DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut header = false;
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| DataError::Csv {
+            line: e.position().map_or(i as u64 + 1, |p| p.line()),
+            message: e.to_string(),
+        })?;
+        let line = record.position().map_or(i as u64 + 1, |p| p.line());
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        if !header {
+            let names: Vec<String> = record.iter().map(str::to_ascii_lowercase).collect();
+            if names != ["text", "label"] {
+                return Err(DataError::TextHeader(
+                    record.iter().collect::<Vec<_>>().join(","),
+                ));
+            }
+            header = true;
+            continue;
+        }
+        if record.len() != 2 {
+            return Err(DataError::Ragged {
+                line,
+                expected: 2,
+                got: record.len(),
+            });
+        }
+        rows.push((record[0].to_string(), record[1].to_string()));
+    }
+    if rows.len() < 10 {
+        return Err(DataError::TooFewRows(rows.len()));
+    }
+    let class_names = class_names(rows.iter().map(|r| r.1.as_str()))?;
+    shuffle(&mut rows, seed);
+    let rows = rows
+        .into_iter()
+        .map(|(text, label)| {
+            let class = class_names
+                .iter()
+                .position(|c| *c == label)
+                .expect("listed");
+            (text, class as u32)
+        })
+        .collect();
+    Ok(LabelledTexts { rows, class_names })
 }
 
 /// Reads and parses a CSV file (see [`load_csv`]).

@@ -83,6 +83,11 @@ pub struct TaskSpec {
     /// keeps it in its store and serves it to peers (`/api/tokenizer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
+    /// Prompt-based classification: the language model classifies each text by the label word
+    /// it would write after the template ([`crate::prompt`]); the data are labelled texts (the
+    /// built-in `reviews`, or a CSV of `text,label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<crate::prompt::PromptSpec>,
 }
 
 fn default_dataset() -> String {
@@ -96,6 +101,7 @@ impl Default for TaskSpec {
             classes: 2,
             dataset: default_dataset(),
             tokenizer: None,
+            prompt: None,
         }
     }
 }
@@ -183,6 +189,13 @@ pub enum JobError {
     },
     #[error("task.tokenizer is for a language model's text; this job's model classifies points")]
     TokenizerNeedsText,
+    #[error("{0}")]
+    Prompt(#[from] crate::prompt::PromptError),
+    #[error(
+        "task.prompt classifies with a language model's next token: the model must be a \
+         transformer or a char_lm"
+    )]
+    PromptNeedsLanguageModel,
 }
 
 impl HyperParams {
@@ -247,6 +260,9 @@ pub struct Job {
         std::sync::Arc<crate::bpe::Tokenizer>,
         std::sync::Arc<Vec<u8>>,
     )>,
+    /// `task.prompt` under the job's tokens, once they are known (bytes at once; a BPE
+    /// tokenizer's once it is loaded).
+    prompt: Option<std::sync::Arc<crate::prompt::Prompt>>,
 }
 
 impl Job {
@@ -265,8 +281,14 @@ impl Job {
             return Err(JobError::CommitteeSize(committee.size));
         }
         let model = Model::new(&config.model, config.task.features, config.task.classes)?;
-        if config.task.tokenizer.is_some() && !model.is_language_model() {
+        if config.task.tokenizer.is_some() && !model.reads_tokens() {
             return Err(JobError::TokenizerNeedsText);
+        }
+        if let Some(prompt) = &config.task.prompt {
+            prompt.validate()?;
+            if !model.reads_tokens() {
+                return Err(JobError::PromptNeedsLanguageModel);
+            }
         }
         match config.task.dataset.parse::<DataSource>() {
             Ok(DataSource::Builtin(_) | DataSource::Corpus(_)) => {}
@@ -276,13 +298,53 @@ impl Job {
             let digest = Sha256::digest(config.job.name.as_bytes());
             JobId(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
         });
-        Ok(Job {
+        let mut job = Job {
             config,
             id,
             model,
             initial: None,
             tokenizer: None,
-        })
+            prompt: None,
+        };
+        if job.config.task.tokenizer.is_none() {
+            job.make_prompt(|text| text.bytes().map(u32::from).collect(), false)?;
+        }
+        Ok(job)
+    }
+
+    /// Makes `task.prompt` concrete under the job's tokens, and the model a classifier over its
+    /// label words.
+    fn make_prompt(
+        &mut self,
+        encode: impl Fn(&str) -> Vec<u32>,
+        whole_tokens: bool,
+    ) -> Result<(), JobError> {
+        if let Some(spec) = &self.config.task.prompt {
+            let prompt = crate::prompt::Prompt::new(spec, encode, whole_tokens)?;
+            self.model.read_out(prompt.readout().to_vec());
+            self.prompt = Some(std::sync::Arc::new(prompt));
+        }
+        Ok(())
+    }
+
+    /// The job's prompt, for a prompt classifier whose tokens are known.
+    pub fn prompt(&self) -> Option<&crate::prompt::Prompt> {
+        self.prompt.as_deref()
+    }
+
+    /// The job's text as token ids: its tokenizer's, or bytes.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        match self.tokenizer() {
+            Some(tokenizer) => tokenizer.encode(text),
+            None => text.bytes().map(u32::from).collect(),
+        }
+    }
+
+    /// The token a prompt is padded with in front: the tokenizer's end of text, or byte 0.
+    pub fn pad_token(&self) -> u32 {
+        self.tokenizer()
+            .and_then(crate::bpe::Tokenizer::end_of_text)
+            .unwrap_or(0)
     }
 
     /// Parses and validates TOML.
@@ -373,7 +435,9 @@ impl Job {
                 classes: self.config.task.classes,
             });
         }
-        self.tokenizer = Some((std::sync::Arc::new(tokenizer), std::sync::Arc::new(json)));
+        let tokenizer = std::sync::Arc::new(tokenizer);
+        self.make_prompt(|text| tokenizer.encode(text), true)?;
+        self.tokenizer = Some((tokenizer, std::sync::Arc::new(json)));
         Ok(self)
     }
 
@@ -460,6 +524,7 @@ impl Job {
                 classes: 256,
                 dataset: crate::text::Corpus::Tales.name().into(),
                 tokenizer: None,
+                prompt: None,
             },
             hyper: HyperParams {
                 learning_rate: 2e-4,
@@ -606,6 +671,132 @@ mod tests {
             missing.to_string().contains("bpe-tokenizer.json"),
             "{missing}"
         );
+    }
+
+    /// The shipped sentiment job, without loading its checkpoint.
+    fn sentiment_job() -> Job {
+        Job::from_toml(include_str!("../../deploy/jobs/reviews-sentiment.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_prompt_job_scores_its_classes_by_the_label_words_logits() {
+        use burn::tensor::{Tensor, TensorData};
+        let job = sentiment_job();
+        assert_eq!(job.model.classes(), 2);
+        assert!(!job.model.is_language_model());
+        let reviews = DataSource::Corpus(crate::Corpus::Reviews);
+        let data = crate::data::for_job(&job, &reviews, None, 1).unwrap();
+        assert_eq!(data.class_names, ["negative", "positive"]);
+        assert_eq!((data.features(), data.classes), (64, 2));
+        let row: Vec<u8> = data.test.x[..64].iter().map(|&v| v as u8).collect();
+        assert!(
+            row.ends_with(b". It was "),
+            "{:?}",
+            String::from_utf8_lossy(&row)
+        );
+
+        // The same transformer read as a language model: its logits for `t` and `g` are the
+        // classifier's two classes.
+        let mut config = job.config.clone();
+        config.task.prompt = None;
+        let lm = Job::new(config).unwrap();
+        let theta = lm.model.init([3; 32]);
+        let device = crate::cpu_device();
+        let theta =
+            Tensor::<1>::from_data(TensorData::new(theta, [job.model.layout().d()]), &device);
+        let rows = data.test.rows(0..4);
+        let x = || Tensor::<2>::from_data(TensorData::new(rows.x.clone(), [4, 64]), &device);
+        let classes = job
+            .model
+            .forward(&theta, x())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let vocabulary = lm
+            .model
+            .forward(&theta, x())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        // Within rounding: the product over two rows of the embedding sums in another order.
+        for (scores, logits) in classes.chunks(2).zip(vocabulary.chunks(256)) {
+            let words = [logits[usize::from(b't')], logits[usize::from(b'g')]];
+            for (score, logit) in scores.iter().zip(words) {
+                assert!((score - logit).abs() < 1e-5, "{scores:?} against {words:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_task_that_cannot_classify_is_refused_with_its_reason() {
+        let shipped = include_str!("../../deploy/jobs/reviews-sentiment.toml");
+        let refused = |text: String| Job::from_toml(&text).unwrap_err().to_string();
+        let no_text = refused(shipped.replace("{text} It was", "It was"));
+        assert!(no_text.contains("must contain `{text}`"), "{no_text}");
+        let one_word = refused(shipped.replace("[\" terrible\", \" great\"]", "[\" ok\"]"));
+        assert!(one_word.contains("2 to 256 label words"), "{one_word}");
+        let points = refused(
+            "[job]\nname = \"p\"\n[task]\nfeatures = 2\nclasses = 2\n\
+             [task.prompt]\ntemplate = \"{text}\"\nlabels = [\"a\", \"b\"]\n"
+                .to_string(),
+        );
+        assert!(
+            points.contains("must be a transformer or a char_lm"),
+            "{points}"
+        );
+
+        // Under a BPE tokenizer a label word must be one token.
+        let bpe = format!(
+            "{BPE_JOB}[task.prompt]\ntemplate = \"{{text}} It was\"\n\
+             labels = [\" terrible\", \" superb\"]\n"
+        );
+        let json = include_bytes!("../tests/reference/bpe-tokenizer.json").to_vec();
+        let words = Job::from_toml(&bpe)
+            .unwrap()
+            .with_tokenizer_json(json)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            words.contains("\" superb\" is") && words.contains("one token"),
+            "{words}"
+        );
+
+        // Labelled texts must fit the job's label words.
+        let job = sentiment_job();
+        let csv = |text: &str| {
+            crate::data::for_job(&job, &DataSource::Csv("mine.csv".into()), Some(text), 1)
+                .unwrap_err()
+                .to_string()
+        };
+        let rows = |labels: &[&str]| {
+            (0..12)
+                .map(|i| format!("review {i},{}\n", labels[i % labels.len()]))
+                .collect::<String>()
+        };
+        let header = csv(&format!("review,sentiment\n{}", rows(&["bad", "good"])));
+        assert!(header.contains("`text,label`"), "{header}");
+        let three = csv(&format!("text,label\n{}", rows(&["bad", "good", "meh"])));
+        assert!(three.contains("3 classes (bad, good, meh)"), "{three}");
+        let points =
+            crate::data::for_job(&job, &DataSource::Builtin(crate::Builtin::Spirals), None, 1)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            points.contains("reviews or a CSV of text,label"),
+            "{points}"
+        );
+        let two = crate::data::for_job(
+            &job,
+            &DataSource::Csv("mine.csv".into()),
+            Some(&format!(
+                "Text,Label\n\"so, so good\",good\n{}",
+                rows(&["bad", "good"])
+            )),
+            1,
+        )
+        .unwrap();
+        assert_eq!(two.class_names, ["bad", "good"]);
+        assert_eq!(two.train.len() + two.test.len(), 13);
     }
 
     #[test]

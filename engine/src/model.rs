@@ -6,7 +6,7 @@
 
 use crate::layout::ParamLayout;
 use crate::transformer::{Dims, Preset};
-use burn::tensor::{Tensor, activation};
+use burn::tensor::{Int, Tensor, TensorData, activation};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -103,6 +103,9 @@ pub struct Model {
     features: usize,
     /// The transformer's sizes, for a transformer (then `widths` and `embedding` are unused).
     transformer: Option<Dims>,
+    /// For a language model that classifies by prompt: per class, the vocabulary token whose
+    /// logit is its score ([`crate::prompt`]).
+    readout: Option<Vec<u32>>,
     layout: ParamLayout,
 }
 
@@ -117,6 +120,7 @@ impl Model {
                 embedding: None,
                 features,
                 transformer: Some(dims),
+                readout: None,
                 layout: dims.layout(),
             });
         }
@@ -162,13 +166,47 @@ impl Model {
             embedding,
             features,
             transformer: None,
+            readout: None,
             layout,
         })
     }
 
     /// Whether this is a language model (inputs are token codes, the label the next token).
     pub fn is_language_model(&self) -> bool {
+        self.reads_tokens() && self.readout.is_none()
+    }
+
+    /// Whether the inputs are token codes: a language model, or one that classifies prompts.
+    pub fn reads_tokens(&self) -> bool {
         self.embedding.is_some() || self.transformer.is_some()
+    }
+
+    /// Makes a language model a prompt classifier: its classes become `tokens`' logits at the
+    /// last position, in that order.
+    pub fn read_out(&mut self, tokens: Vec<u32>) {
+        assert!(
+            self.reads_tokens(),
+            "only a language model reads out tokens"
+        );
+        let vocabulary = self.vocabulary();
+        assert!(
+            tokens.iter().all(|&t| (t as usize) < vocabulary),
+            "read-out tokens are in the vocabulary"
+        );
+        self.readout = Some(tokens);
+    }
+
+    /// The vocabulary tokens whose logits are the classes, for a prompt classifier.
+    pub fn readout(&self) -> Option<&[u32]> {
+        self.readout.as_deref()
+    }
+
+    /// Tokens in a language model's vocabulary (the width of its output layer).
+    pub fn vocabulary(&self) -> usize {
+        match &self.transformer {
+            Some(dims) => dims.vocab,
+            None => *self.widths.last().expect("widths has input and output"),
+        }
     }
 
     /// The transformer's sizes, for a transformer.
@@ -193,9 +231,13 @@ impl Model {
         &self.spec
     }
 
-    /// Number of output classes.
+    /// Number of output classes: a prompt classifier's label words, else the output layer's
+    /// width (a language model's vocabulary).
     pub fn classes(&self) -> usize {
-        *self.widths.last().expect("widths has input and output")
+        match &self.readout {
+            Some(tokens) => tokens.len(),
+            None => *self.widths.last().expect("widths has input and output"),
+        }
     }
 
     /// Number of input features (for a char LM, the context length in bytes).
@@ -251,9 +293,14 @@ impl Model {
     /// Logits `[lanes, batch, classes]` for inputs `x: [batch, features]` under `lanes` weight
     /// vectors `thetas: [lanes, d]` at once: every layer is one batched matmul over the lanes,
     /// so `K` perturbed copies cost one pass, not `K`.
+    /// A prompt classifier's logits are its label words' logits at the last position.
     pub fn forward_lanes(&self, thetas: &Tensor<2>, x: Tensor<2>) -> Tensor<3> {
+        let readout = self.readout.as_ref().map(|tokens| {
+            let ids = tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>();
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &thetas.device())
+        });
         if let Some(dims) = &self.transformer {
-            return crate::transformer::last_logits(dims, &self.layout, thetas, x);
+            return crate::transformer::last_logits(dims, &self.layout, thetas, x, readout);
         }
         let [lanes, _] = thetas.dims();
         let [batch, features] = x.dims();
@@ -286,7 +333,10 @@ impl Model {
                 };
             }
         }
-        h
+        match readout {
+            Some(ids) => h.select(2, ids),
+            None => h,
+        }
     }
 }
 

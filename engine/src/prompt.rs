@@ -3,10 +3,11 @@
 //!
 //! The model is unchanged; only its read-out is: of the vocabulary's logits at the prompt's last
 //! position, the logits of the label words' tokens are the class scores, and the loss is the
-//! cross-entropy over them. A label word of several tokens is read by the first token where the
-//! words differ; the tokens the words share in front (GPT-2's leading space, in bytes) become
-//! the end of every prompt, so `" terrible"` and `" great"` are scored as `t` and `g` after
-//! `"… It was "` in a byte-level model and as single tokens under GPT-2's tokenizer.
+//! cross-entropy over them. Under a BPE tokenizer each label word must be one token, as MeZO's
+//! label words are. Over bytes a word is read by the first byte where the words differ; the
+//! bytes the words share in front (GPT-2's leading space) become the end of every prompt, so
+//! `" terrible"` and `" great"` are scored as `t` and `g` after `"… It was "` in a byte-level
+//! model and as single tokens under GPT-2's tokenizer.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -35,6 +36,11 @@ pub enum PromptError {
     Ambiguous { first: String, second: String },
     #[error("task.prompt.labels: {0:?} has no tokens of its own after the words' common start")]
     Prefix(String),
+    #[error(
+        "task.prompt.labels: {word:?} is {tokens} tokens under the job's tokenizer; a label word \
+         must be one token (try it with or without a leading space)"
+    )]
+    NotOneToken { word: String, tokens: usize },
 }
 
 impl PromptSpec {
@@ -62,10 +68,23 @@ pub struct Prompt {
 }
 
 impl Prompt {
-    /// The prompt under `encode` (bytes, or a BPE tokenizer's ids).
-    pub fn new(spec: &PromptSpec, encode: impl Fn(&str) -> Vec<u32>) -> Result<Self, PromptError> {
+    /// The prompt under `encode`: a BPE tokenizer's ids (`whole_tokens`: every label word must
+    /// be one token), or bytes (read at the first byte where the words differ).
+    pub fn new(
+        spec: &PromptSpec,
+        encode: impl Fn(&str) -> Vec<u32>,
+        whole_tokens: bool,
+    ) -> Result<Self, PromptError> {
         spec.validate()?;
         let words: Vec<Vec<u32>> = spec.labels.iter().map(|w| encode(w)).collect();
+        if whole_tokens
+            && let Some((word, tokens)) = spec.labels.iter().zip(&words).find(|(_, t)| t.len() != 1)
+        {
+            return Err(PromptError::NotOneToken {
+                word: word.clone(),
+                tokens: tokens.len(),
+            });
+        }
         let shared_len = (0..)
             .take_while(|&i| {
                 words
@@ -124,17 +143,22 @@ mod tests {
 
     #[test]
     fn label_words_are_read_at_their_first_distinct_token() {
-        let prompt = Prompt::new(&spec("{text} It was", &[" terrible", " great"]), bytes).unwrap();
+        let prompt = Prompt::new(
+            &spec("{text} It was", &[" terrible", " great"]),
+            bytes,
+            false,
+        )
+        .unwrap();
         assert_eq!(prompt.readout(), [u32::from(b't'), u32::from(b'g')]);
         assert_eq!(prompt.tokens("nice.", bytes), bytes("nice. It was "));
         // Words without a common start read their first tokens after the bare template.
-        let plain = Prompt::new(&spec("{text}:", &["no", "yes"]), bytes).unwrap();
+        let plain = Prompt::new(&spec("{text}:", &["no", "yes"]), bytes, false).unwrap();
         assert_eq!(plain.tokens("ok", bytes), bytes("ok:"));
     }
 
     #[test]
     fn prompts_that_cannot_classify_are_named() {
-        let err = |s: PromptSpec| Prompt::new(&s, bytes).unwrap_err();
+        let err = |s: PromptSpec| Prompt::new(&s, bytes, false).unwrap_err();
         assert!(matches!(
             err(spec("It was", &["a", "b"])),
             PromptError::Template(_)
@@ -151,5 +175,15 @@ mod tests {
             err(spec("{text}", &[" ok", " ok!"])),
             PromptError::Prefix(" ok".into())
         );
+        // Under a tokenizer, each word must be one token ("tokens" of two bytes here).
+        let pairs = |s: &str| s.as_bytes().chunks(2).map(|c| u32::from(c[0])).collect();
+        assert_eq!(
+            Prompt::new(&spec("{text}", &["ab", "cde"]), pairs, true).unwrap_err(),
+            PromptError::NotOneToken {
+                word: "cde".into(),
+                tokens: 2
+            }
+        );
+        assert!(Prompt::new(&spec("{text}", &["ab", "cd"]), pairs, true).is_ok());
     }
 }

@@ -294,7 +294,7 @@ mod tests {
             template: "{text} It was".into(),
             labels: vec![" terrible".into(), " great".into()],
         };
-        let prompt = crate::prompt::Prompt::new(&spec, bytes).unwrap();
+        let prompt = crate::prompt::Prompt::new(&spec, bytes, false).unwrap();
         let rows = reviews(50, 1);
         let names = vec!["negative".to_string(), "positive".to_string()];
         let d = prompt_dataset("reviews", &rows, names, &prompt, bytes, 0, 64).unwrap();

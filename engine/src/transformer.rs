@@ -10,7 +10,7 @@
 //! batched matmul over the lanes, so the `2K` perturbed copies of a step cost one pass.
 
 use crate::layout::ParamLayout;
-use burn::tensor::{Tensor, TensorData, activation};
+use burn::tensor::{Int, Tensor, TensorData, activation};
 use serde::{Deserialize, Serialize};
 
 /// GPT-2's LayerNorm epsilon.
@@ -102,12 +102,15 @@ impl Dims {
 }
 
 /// Logits `[lanes, batch, vocab]` at the last position of each row of `tokens: [batch, T]`
-/// (token ids as floats, `T ≤ context`) under `thetas: [lanes, d]`.
+/// (token ids as floats, `T ≤ context`) under `thetas: [lanes, d]`; with `readout`, only those
+/// tokens' logits, `[lanes, batch, readout]` (a prompt classifier's label words: the product
+/// with the embedding is taken over their rows alone).
 pub fn last_logits(
     dims: &Dims,
     layout: &ParamLayout,
     thetas: &Tensor<2>,
     tokens: Tensor<2>,
+    readout: Option<Tensor<1, Int>>,
 ) -> Tensor<3> {
     let [lanes, _] = thetas.dims();
     let [batch, t] = tokens.dims();
@@ -116,7 +119,7 @@ pub fn last_logits(
         .reshape([lanes, batch, t, dims.width])
         .narrow(2, t - 1, 1)
         .reshape([lanes, batch, dims.width]);
-    tied_output(dims, layout, thetas, last)
+    tied_output(dims, layout, thetas, last, readout)
 }
 
 /// Logits `[lanes, batch·T, vocab]` at every position (row-major over batch then position).
@@ -127,12 +130,18 @@ pub fn all_logits(
     tokens: Tensor<2>,
 ) -> Tensor<3> {
     let h = hidden(dims, layout, thetas, tokens);
-    tied_output(dims, layout, thetas, h)
+    tied_output(dims, layout, thetas, h, None)
 }
 
 /// Final LayerNorm, then the product with the token embedding: `[lanes, n, width] → [lanes, n,
-/// vocab]`.
-fn tied_output(dims: &Dims, layout: &ParamLayout, thetas: &Tensor<2>, h: Tensor<3>) -> Tensor<3> {
+/// vocab]`, or with the `readout` tokens' rows of it only.
+fn tied_output(
+    dims: &Dims,
+    layout: &ParamLayout,
+    thetas: &Tensor<2>,
+    h: Tensor<3>,
+    readout: Option<Tensor<1, Int>>,
+) -> Tensor<3> {
     let params = Params { layout, thetas };
     let w = dims.width;
     let h = layer_norm(
@@ -140,7 +149,10 @@ fn tied_output(dims: &Dims, layout: &ParamLayout, thetas: &Tensor<2>, h: Tensor<
         params.vector("ln_f.weight", w),
         params.vector("ln_f.bias", w),
     );
-    let wte = params.matrix("wte.weight", dims.vocab, w);
+    let mut wte = params.matrix("wte.weight", dims.vocab, w);
+    if let Some(rows) = readout {
+        wte = wte.select(1, rows);
+    }
     h.matmul(wte.swap_dims(1, 2))
 }
 

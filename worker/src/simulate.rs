@@ -15,9 +15,10 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     peers: usize,
     /// Data: spirals, moons, circles, or a CSV file (numeric features, label in the last column);
-    /// for a char LM job: tales, recipes, reviews, or a .txt file.
-    #[arg(long, default_value = "spirals")]
-    dataset: String,
+    /// for a char LM job: tales, recipes, reviews, or a .txt file; for a prompt classifier:
+    /// reviews, or a CSV of `text,label`. Default: the job's dataset (spirals without a job).
+    #[arg(long)]
+    dataset: Option<String>,
     /// Total contributions to log before stopping.
     #[arg(long, default_value_t = 16_000)]
     contributions: u64,
@@ -89,10 +90,11 @@ pub fn run(args: Args) -> Result<()> {
     let (job, data) = match &args.job {
         Some(path) => {
             let job = Job::from_file(path)?;
-            let data = load_data(&args.dataset, &job, args.seed)?;
+            let dataset = args.dataset.as_ref().unwrap_or(&job.config.task.dataset);
+            let data = load_data(dataset, &job, args.seed)?;
             (job, data)
         }
-        None => job_for_data(&args.dataset, args.seed)?,
+        None => job_for_data(args.dataset.as_deref().unwrap_or("spirals"), args.seed)?,
     };
     let job = Arc::new(job);
     let exchange = match args.exchange {
