@@ -21,7 +21,7 @@ const STATE_LABELS = {
 };
 
 const settings = loadSettings();
-const charts = new Charts($('loss-chart'), $('rate-chart'));
+const charts = new Charts($('loss-chart'), $('rate-chart'), $('accuracy-chart'));
 const playground = new Playground($('playground'));
 
 let worker = null;
@@ -158,6 +158,7 @@ function onEvent(event) {
         : `Training on ${event.name}: ${event.train} train and ${event.test} test examples, ` +
           `${event.features} features, ${event.classes} classes.`;
       $('samples-card').hidden = !event.language;
+      $('accuracy-chart').hidden = event.language;
       $('bpc-stat').hidden = !event.language;
       $('playground-card').hidden = event.language || event.features !== 2;
       playground.setData(event.points, event.labels);
@@ -173,6 +174,8 @@ function onEvent(event) {
       $('accuracy').textContent = `${(event.accuracy * 100).toFixed(1)} %`;
       if (event.bitsPerChar != null) $('bpc').textContent = event.bitsPerChar.toFixed(3);
       if (event.sample != null) $('sample').textContent = `the ${event.sample}`;
+      if (!$('accuracy-chart').hidden) charts.addAccuracy(event.accuracy);
+      showExamples(event.examples);
       playground.setModel(event);
       break;
     case 'ended':
@@ -181,6 +184,30 @@ function onEvent(event) {
       finish();
       break;
   }
+}
+
+// A prompt classifier's held-out examples: the prompt, the word the model would write next and
+// how sure it is, marked right or wrong.
+function showExamples(examples) {
+  $('examples-card').hidden = !examples?.length;
+  if (!examples?.length) return;
+  $('examples').replaceChildren(
+    ...examples.map((e) => {
+      const item = document.createElement('li');
+      const right = e.predicted === e.truth;
+      item.className = right ? 'right' : 'wrong';
+      const prompt = document.createElement('span');
+      prompt.className = 'prompt';
+      prompt.textContent = e.text;
+      const answer = document.createElement('strong');
+      answer.textContent = `${e.predicted} (${(e.probability * 100).toFixed(0)} %)`;
+      const verdict = document.createElement('span');
+      verdict.className = 'verdict';
+      verdict.textContent = right ? ' ✓' : ` ✗ (labelled ${e.truth})`;
+      item.append(prompt, answer, verdict);
+      return item;
+    }),
+  );
 }
 
 function onProgress(p) {

@@ -1,4 +1,5 @@
-// Live charts with uPlot: loss (this tab, the swarm) and activity (contributions/s, peers).
+// Live charts with uPlot: loss (this tab, the swarm), activity (contributions/s, peers) and, for a
+// classifier, this tab's test accuracy.
 import uPlot from './vendor/uPlot.esm.js';
 
 const WINDOW_S = 600;
@@ -38,7 +39,7 @@ class Series {
 }
 
 export class Charts {
-  constructor(lossTarget, rateTarget) {
+  constructor(lossTarget, rateTarget, accuracyTarget) {
     this.loss = new Series(
       chart(lossTarget, 'Loss', [
         { label: 'this tab', stroke: '#e6781e', width: 2 },
@@ -59,6 +60,19 @@ export class Charts {
       ),
       3,
     );
+    this.accuracy = new Series(
+      chart(
+        accuracyTarget,
+        'Test accuracy',
+        [{ label: 'this tab (%)', stroke: '#e6781e', width: 2 }],
+        [{}, { values: (_, ticks) => ticks.map((t) => `${t} %`) }],
+      ),
+      1,
+    );
+  }
+
+  addAccuracy(accuracy) {
+    this.accuracy.push(Date.now() / 1000, [accuracy * 100]);
   }
 
   addLoss(local, swarm) {

@@ -107,7 +107,23 @@ pub enum Event {
         /// Class probabilities, row-major over the grid (`size·size·classes`), first row at
         /// `y_max`.
         probs: Vec<f32>,
+        /// For a prompt classifier: a few held-out examples as the current model classifies
+        /// them.
+        examples: Vec<Classified>,
     },
+}
+
+/// One held-out example of a prompt classifier, classified by the current model.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Classified {
+    /// The prompt the model reads (the example in the job's template).
+    pub text: String,
+    /// The label word of the example's class.
+    pub truth: String,
+    /// The label word the model finds likeliest, and its probability.
+    pub predicted: String,
+    pub probability: f32,
 }
 
 /// The page's callback.

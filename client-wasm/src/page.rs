@@ -5,7 +5,7 @@
 use crate::Controls;
 use crate::backend::Backend;
 use crate::clock::now_ms;
-use crate::events::{Emitter, Event, State};
+use crate::events::{Classified, Emitter, Event, State};
 use crate::grid::{extent_of, grid_points};
 use crate::options::Options;
 use engine::driver::{Activity, Event as DriverEvent, Host, View};
@@ -21,6 +21,9 @@ const MODEL_SHARE: f64 = 0.2;
 /// Most input values (rows × features) of the test split the page evaluates on: all of a
 /// point set's, 4 096 windows of an 8-byte char LM's, 1 024 of the tiny transformer's.
 const EVAL_VALUES: usize = 32_768;
+
+/// Held-out examples a prompt classifier's page shows classified.
+const EXAMPLES: usize = 4;
 
 /// The page, as the driver's host.
 pub struct Page<'a> {
@@ -111,6 +114,10 @@ impl<'a> Page<'a> {
         } else {
             ([0.0; 4], Vec::new())
         };
+        let examples = match self.classified(replica).await {
+            Ok(examples) => examples,
+            Err(e) => return crate::console::error(&format!("classifying examples: {e}")),
+        };
         self.modelled_version = Some(version);
         self.emitter.emit(&Event::Model {
             version,
@@ -122,7 +129,39 @@ impl<'a> Page<'a> {
             size,
             classes: self.job.model.classes(),
             probs,
+            examples,
         });
+    }
+
+    /// For a prompt classifier: the first few held-out examples, each with the label word the
+    /// current model finds likeliest.
+    async fn classified(&self, replica: &Replica) -> Result<Vec<Classified>, engine::EngineError> {
+        let Some(spec) = &self.job.config.task.prompt else {
+            return Ok(Vec::new());
+        };
+        let rows = self.data.test.rows(0..EXAMPLES.min(self.data.test.len()));
+        let probs = replica.predict(&rows.x).await?;
+        let word = |class: usize| spec.labels[class].trim().to_string();
+        let classes = self.job.model.classes();
+        Ok(rows
+            .x
+            .chunks_exact(rows.features)
+            .zip(&rows.y)
+            .zip(probs.chunks_exact(classes))
+            .map(|((row, &truth), probs)| {
+                let (predicted, &probability) = probs
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .expect("two classes or more");
+                Classified {
+                    text: self.job.prompt_text(row),
+                    truth: word(truth as usize),
+                    predicted: word(predicted),
+                    probability,
+                }
+            })
+            .collect())
     }
 
     /// The page's state and its detail line for what the driver says the peer does.

@@ -340,6 +340,26 @@ impl Job {
         }
     }
 
+    /// Token ids as text: the tokenizer's decoding, or bytes (invalid UTF-8 replaced).
+    pub fn decode(&self, tokens: &[u32]) -> String {
+        match self.tokenizer() {
+            Some(tokenizer) => tokenizer.decode(tokens),
+            None => {
+                let bytes: Vec<u8> = tokens.iter().map(|&t| t as u8).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        }
+    }
+
+    /// The text one example row of a prompt classifier reads (token ids as floats), without
+    /// the padding in front.
+    pub fn prompt_text(&self, row: &[f32]) -> String {
+        let pad = self.pad_token() as f32;
+        let start = row.iter().position(|&t| t != pad).unwrap_or(row.len());
+        let tokens: Vec<u32> = row[start..].iter().map(|&t| t as u32).collect();
+        self.decode(&tokens)
+    }
+
     /// The token a prompt is padded with in front: the tokenizer's end of text, or byte 0.
     pub fn pad_token(&self) -> u32 {
         self.tokenizer()
@@ -688,11 +708,10 @@ mod tests {
         let data = crate::data::for_job(&job, &reviews, None, 1).unwrap();
         assert_eq!(data.class_names, ["negative", "positive"]);
         assert_eq!((data.features(), data.classes), (64, 2));
-        let row: Vec<u8> = data.test.x[..64].iter().map(|&v| v as u8).collect();
+        let text = job.prompt_text(&data.test.x[..64]);
         assert!(
-            row.ends_with(b". It was "),
-            "{:?}",
-            String::from_utf8_lossy(&row)
+            text.starts_with("the ") && text.ends_with(". It was "),
+            "{text:?}"
         );
 
         // The same transformer read as a language model: its logits for `t` and `g` are the

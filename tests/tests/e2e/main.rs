@@ -1,6 +1,7 @@
 //! End-to-end tests, one binary: real relay and worker processes on 127.0.0.1.
 
 mod abuse;
+mod classify;
 mod committee;
 mod language;
 mod privacy;

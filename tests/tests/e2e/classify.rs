@@ -1,0 +1,101 @@
+//! The paper's experiment in small, end to end: a transformer pre-trained first-order on review
+//! text classifies reviews by prompt, and two workers fine-tune it through a real relay.
+
+use e2e::{Relay, Worker, binary};
+use std::path::Path;
+
+/// The tiny transformer over bytes; `task` is the rest of the job after its model.
+fn tiny_job(name: &str, init: Option<&str>, task: &str, learning_rate: &str) -> String {
+    let init = init.map_or(String::new(), |i| format!("init = \"{i}\"\n"));
+    format!(
+        "[job]\nname = \"{name}\"\n{init}\n[model]\nkind = \"transformer\"\npreset = \"tiny\"\n\n\
+         [task]\nfeatures = 64\nclasses = 256\ndataset = \"reviews\"\n{task}\n[hyper]\n\
+         learning_rate = {learning_rate}\nepsilon = 0.001\nbatch_size = 32\nstaleness_bound = 64\n"
+    )
+}
+
+const PROMPT: &str = "\n[task.prompt]\ntemplate = \"{text} It was\"\n\
+                      labels = [\" terrible\", \" great\"]\n";
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A worker's report at exactly `version`, trained by `seeds` (none: a follower).
+fn workers_until(relay: &Relay, version: u64, seeds: &[&str]) -> Vec<serde_json::Value> {
+    let v = version.to_string();
+    let follower = ["--contributions", "0", "--seed", "1"];
+    let workers: Vec<Worker> = match seeds {
+        [] => vec![
+            Worker::start(
+                &relay.url(),
+                &[&["--until-version", &v], &follower[..]].concat(),
+            )
+            .unwrap(),
+        ],
+        seeds => seeds
+            .iter()
+            .map(|seed| {
+                Worker::start(&relay.url(), &["--until-version", &v, "--seed", seed]).unwrap()
+            })
+            .collect(),
+    };
+    workers.into_iter().map(|w| w.finish().unwrap()).collect()
+}
+
+#[test]
+fn zo_fine_tuning_beats_zero_shot() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pre-train first-order on the reviews with their verdicts: zero-shot, the model guesses a
+    // review's verdict from either clause.
+    let lm = write(
+        dir.path(),
+        "lm.toml",
+        &tiny_job("reviews-lm", None, "", "2e-4"),
+    );
+    let out = std::process::Command::new(binary("onebyte"))
+        .args([
+            "pretrain",
+            "--job",
+            lm.to_str().unwrap(),
+            "--steps",
+            "400",
+            "--out",
+        ])
+        .arg(dir.path().join("lm.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let job = write(
+        dir.path(),
+        "sentiment.toml",
+        &tiny_job("reviews-sentiment", Some("lm.safetensors"), PROMPT, "1e-3"),
+    );
+    let relay = Relay::start(
+        &dir.path().join("relay.db"),
+        &["--job", job.to_str().unwrap()],
+    )
+    .unwrap();
+    let zero_shot = workers_until(&relay, 0, &[])[0]["accuracy"]
+        .as_f64()
+        .unwrap();
+    let reports = workers_until(&relay, 800, &["1", "2"]);
+    assert_eq!(reports[0]["hash"], reports[1]["hash"], "{reports:?}");
+    // Worker 1 evaluates on the same held-out reviews as the follower (seed 1).
+    let tuned = reports[0]["accuracy"].as_f64().unwrap();
+    eprintln!(
+        "test accuracy: zero-shot {zero_shot:.3}, after 800 one-byte contributions {tuned:.3}"
+    );
+    // Measured: 0.662 -> 0.828 (0.66 -> 0.81 and 1.0 at 800 in `onebyte simulate` runs).
+    assert!(
+        tuned >= zero_shot + 0.08,
+        "test accuracy went from {zero_shot:.3} to {tuned:.3}"
+    );
+}
