@@ -111,6 +111,12 @@ mod tests {
         vocab: usize,
         tokens: Vec<Vec<u32>>,
         logits: Vec<Vec<Vec<f64>>>,
+        /// Rows a prompt classifier reads, its label words' tokens, each row's class, and the
+        /// mean cross-entropy over the label words' logits at the last position.
+        prompts: Vec<Vec<u32>>,
+        readout: Vec<u32>,
+        labels: Vec<u32>,
+        label_word_loss: f64,
     }
 
     const CHECKPOINT: &[u8] = include_bytes!("../tests/reference/gpt2-random.safetensors");
@@ -128,6 +134,37 @@ mod tests {
         };
         let model = Model::new(&spec, r.tokens[0].len(), r.vocab).unwrap();
         (r, model)
+    }
+
+    #[test]
+    fn label_word_loss_matches_reference() {
+        let (r, mut model) = reference_model();
+        model.read_out(r.readout.clone());
+        assert_eq!(model.classes(), r.readout.len());
+        let theta = read_gpt2(CHECKPOINT, model.layout()).unwrap();
+        let device = cpu_device();
+        let d = theta.len();
+        let thetas = Tensor::<2>::from_data(TensorData::new(theta, [1, d]), &device);
+        let (rows, t) = (r.prompts.len(), r.prompts[0].len());
+        let tokens: Vec<f32> = r.prompts.iter().flatten().map(|&c| c as f32).collect();
+        let tokens = Tensor::<2>::from_data(TensorData::new(tokens, [rows, t]), &device);
+        let mut one_hot = vec![0.0f32; rows * model.classes()];
+        for (row, &label) in r.labels.iter().enumerate() {
+            one_hot[row * model.classes() + label as usize] = 1.0;
+        }
+        let targets =
+            Tensor::<2>::from_data(TensorData::new(one_hot, [rows, model.classes()]), &device);
+        // The loss every replica computes for its two perturbed passes.
+        let loss = crate::model::lane_losses(model.forward_lanes(&thetas, tokens), &targets);
+        let loss = block_on(loss.into_data_async())
+            .unwrap()
+            .try_to_vec::<f32>()
+            .unwrap()[0];
+        assert!(
+            (f64::from(loss) - r.label_word_loss).abs() < 1e-5,
+            "label-word loss {loss}, reference {}",
+            r.label_word_loss
+        );
     }
 
     #[test]

@@ -26,8 +26,9 @@ enum Command {
     Test,
     /// Build the page's wasm client, start the relay with the built-in demo job on localhost
     /// (serving the page), plus two native workers, and print the URL. `--job lm` hosts the
-    /// tiny transformer pre-trained on its corpus (`onebyte pretrain`, once, cached under
-    /// target/demo-lm/); `--job FILE` any job file.
+    /// tiny transformer pre-trained on its corpus, `--job sentiment` the same pre-trained on
+    /// reviews and fine-tuned to classify them by prompt (`onebyte pretrain`, once, cached
+    /// under target/demo-NAME/); `--job FILE` any job file.
     Demo {
         /// Arguments passed to `onebyte-relay`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -203,13 +203,13 @@ pub fn test() -> Result<()> {
 pub fn demo(args: &[String]) -> Result<()> {
     let start = Instant::now();
     web::build_web()?;
-    // `--job lm`: the tiny transformer, pre-trained first (once) so that the swarm fine-tunes
-    // a model that already writes like its corpus.
+    // `--job lm` and `--job sentiment`: the tiny transformer, pre-trained first (once) so that
+    // the swarm fine-tunes a model that already writes like its corpus.
     let mut args = args.to_vec();
     if let Some(i) = args.iter().position(|a| a == "--job")
-        && args.get(i + 1).is_some_and(|job| job == "lm")
+        && let Some(demo) = args.get(i + 1).and_then(|job| PretrainedDemo::named(job))
     {
-        args[i + 1] = pretrained_lm()?.display().to_string();
+        args[i + 1] = demo.prepare()?.display().to_string();
     }
     let args = args.as_slice();
     // Only the relay before the URL; the workers build afterwards, in the background. Both
@@ -305,60 +305,120 @@ fn demo_store(job: Option<&std::path::Path>) -> PathBuf {
     }
 }
 
-/// Steps of `onebyte pretrain` behind `demo --job lm` (about a minute on 2 cores).
-const DEMO_PRETRAIN_STEPS: &str = "1000";
+/// A demo job hosted from a checkpoint that `onebyte pretrain` makes on first use (about a
+/// minute on 2 cores), cached under `target/demo-NAME/` and reused after.
+struct PretrainedDemo {
+    /// `--job NAME`.
+    name: &'static str,
+    /// What is pre-trained, for the progress line.
+    what: &'static str,
+    /// The job pre-trained on its corpus, in `deploy/jobs/`.
+    pretrain: &'static str,
+    /// The job hosted from the checkpoint, in `deploy/jobs/`.
+    hosted: &'static str,
+    /// The checkpoint's file name beside the hosted job (its `init`).
+    checkpoint: &'static str,
+    /// `(said, says)`: the hosted job's text with this replaced (`None`: as it is).
+    rewrite: Option<(&'static str, &'static str)>,
+    steps: &'static str,
+}
 
-/// The job file of `demo --job lm`: `deploy/jobs/tiny-lm.toml` initialised from a checkpoint
-/// pre-trained on its corpus, both under `target/demo-lm/`. The checkpoint is made on first
-/// use and reused after.
-fn pretrained_lm() -> Result<PathBuf> {
-    run(
-        "building the native binaries (`onebyte pretrain` makes the checkpoint)",
-        cargo_linted(&["build", "--workspace", "--bins"]),
-    )?;
-    let dir = target_dir().join("demo-lm");
-    std::fs::create_dir_all(&dir)?;
-    let model = dir.join("model.safetensors");
-    let job = dir.join("tiny-lm-pretrained.toml");
-    if model.exists() {
-        eprintln!(
-            "\n==> the pre-trained tiny transformer is already there: {} (delete it to train anew)",
-            model.display()
-        );
-    } else {
-        let mut pretrain = Command::new(target_dir().join("debug").join("onebyte"));
-        pretrain
-            .args(["pretrain", "--job"])
-            .arg(root().join("deploy/jobs/tiny-lm.toml"))
-            .args(["--steps", DEMO_PRETRAIN_STEPS, "--out"])
-            .arg(&model);
+impl PretrainedDemo {
+    const ALL: [PretrainedDemo; 2] = [
+        PretrainedDemo {
+            name: "lm",
+            what: "the tiny transformer on the built-in corpus",
+            pretrain: "tiny-lm.toml",
+            hosted: "tiny-lm.toml",
+            checkpoint: "model.safetensors",
+            rewrite: Some((
+                "name = \"tiny-lm\"",
+                "name = \"tiny-lm-pretrained\"\ninit = \"model.safetensors\"   # from `onebyte pretrain`",
+            )),
+            steps: "1000",
+        },
+        PretrainedDemo {
+            name: "sentiment",
+            what: "the tiny transformer on the built-in reviews",
+            pretrain: "reviews-lm.toml",
+            hosted: "reviews-sentiment.toml",
+            checkpoint: "reviews-lm.safetensors",
+            rewrite: None,
+            steps: "1500",
+        },
+    ];
+
+    fn named(name: &str) -> Option<&'static PretrainedDemo> {
+        PretrainedDemo::ALL.iter().find(|demo| demo.name == name)
+    }
+
+    /// The hosted job's file under `target/demo-NAME/`, beside its checkpoint, which is
+    /// pre-trained here unless it is already there.
+    fn prepare(&self) -> Result<PathBuf> {
         run(
-            "pre-training the tiny transformer on the built-in corpus (once; cached)",
-            pretrain,
+            "building the native binaries (`onebyte pretrain` makes the checkpoint)",
+            cargo_linted(&["build", "--workspace", "--bins"]),
         )?;
-        // A store holds the job it began with: a new checkpoint starts a new one.
-        let store = demo_store(Some(&job));
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = store.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
+        let jobs = root().join("deploy/jobs");
+        let dir = target_dir().join(format!("demo-{}", self.name));
+        std::fs::create_dir_all(&dir)?;
+        let model = dir.join(self.checkpoint);
+        let hosted = std::fs::read_to_string(jobs.join(self.hosted))?;
+        let hosted = match self.rewrite {
+            None => hosted,
+            Some((said, says)) => {
+                if !hosted.contains(said) {
+                    bail!(
+                        "deploy/jobs/{} no longer says {said}; update the xtask",
+                        self.hosted
+                    );
+                }
+                hosted.replacen(said, says, 1)
+            }
+        };
+        if !hosted.contains(&format!("init = \"{}\"", self.checkpoint)) {
+            bail!(
+                "the demo job does not start from {}; update the xtask",
+                self.checkpoint
+            );
         }
+        let job = dir.join(match self.rewrite {
+            None => self.hosted.to_string(),
+            Some(_) => self.hosted.replace(".toml", "-pretrained.toml"),
+        });
+        if model.exists() {
+            eprintln!(
+                "\n==> the pre-trained model is already there: {} (delete it to train anew)",
+                model.display()
+            );
+        } else {
+            let mut pretrain = Command::new(target_dir().join("debug").join("onebyte"));
+            pretrain
+                .args(["pretrain", "--job"])
+                .arg(jobs.join(self.pretrain))
+                .args(["--steps", self.steps, "--out"])
+                .arg(&model);
+            run(
+                &format!("pre-training {} (once; cached)", self.what),
+                pretrain,
+            )?;
+            // A store holds the job it began with: a new checkpoint starts a new one.
+            let store = demo_store(Some(&job));
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = store.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        std::fs::write(
+            &job,
+            format!(
+                "# Written by `cargo xtask demo --job {}`.\n{hosted}",
+                self.name
+            ),
+        )?;
+        Ok(job)
     }
-    let plain = std::fs::read_to_string(root().join("deploy/jobs/tiny-lm.toml"))?;
-    let named = "name = \"tiny-lm\"";
-    if !plain.contains(named) {
-        bail!("deploy/jobs/tiny-lm.toml no longer says {named}; update the xtask");
-    }
-    let pretrained = plain.replacen(
-        named,
-        "name = \"tiny-lm-pretrained\"\ninit = \"model.safetensors\"   # from `onebyte pretrain`",
-        1,
-    );
-    std::fs::write(
-        &job,
-        format!("# Written by `cargo xtask demo --job lm`.\n{pretrained}"),
-    )?;
-    Ok(job)
 }
 
 pub fn bench() -> Result<()> {

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Writes a small GPT-2-format checkpoint with random weights and the logits of an independent
-forward pass over it, for the engine's `gpt2_checkpoint_matches_reference_logits` test.
+forward pass over it, for the engine's `gpt2_checkpoint_matches_reference_logits` test, and a
+prompt classifier's loss over it for `label_word_loss_matches_reference`: the cross-entropy over
+a few label words' logits at each row's last position (not over the whole vocabulary).
 
 The forward pass below is written from GPT-2's definition with numpy in float64 and shares no
 code with the engine. The checkpoint is laid out as Hugging Face's `GPT2LMHeadModel` saves it:
@@ -18,6 +20,7 @@ import numpy as np
 
 LAYERS, WIDTH, HEADS, CONTEXT, VOCAB = 2, 32, 4, 24, 96
 SEQUENCES, LENGTH = 2, 16
+PROMPTS, LABEL_WORDS = 6, 3
 HERE = pathlib.Path(__file__).parent
 
 
@@ -85,6 +88,16 @@ def forward(w, tokens):
     return x @ w["wte.weight"].T
 
 
+def label_word_loss(w, prompts, readout, labels):
+    """Mean cross-entropy of each row's label among the label words' logits at its last position."""
+    total = 0.0
+    for row, label in zip(prompts, labels):
+        scores = forward(w, row)[-1][readout]
+        scores = scores - scores.max()
+        total -= scores[label] - np.log(np.exp(scores).sum())
+    return round(float(total / len(prompts)), 9)
+
+
 def write_safetensors(path, tensors, metadata):
     """The safetensors format: u64 header length, a JSON header, then the raw little-endian data."""
     header, blobs, offset = {"__metadata__": metadata}, [], 0
@@ -112,10 +125,18 @@ def main():
 
     tokens = rng.integers(0, VOCAB, size=(SEQUENCES, LENGTH))
     logits = np.stack([forward(weights, row) for row in tokens])
+    # Drawn after the logits' tokens, so that those stay as they were.
+    prompts = rng.integers(0, VOCAB, size=(PROMPTS, LENGTH))
+    readout = rng.choice(VOCAB, size=LABEL_WORDS, replace=False)
+    labels = rng.integers(0, LABEL_WORDS, size=PROMPTS)
     reference = {
         "layers": LAYERS, "width": WIDTH, "heads": HEADS, "context": CONTEXT, "vocab": VOCAB,
         "tokens": tokens.tolist(),
         "logits": [[[round(float(v), 7) for v in position] for position in row] for row in logits],
+        "prompts": prompts.tolist(),
+        "readout": readout.tolist(),
+        "labels": labels.tolist(),
+        "label_word_loss": label_word_loss(weights, prompts, readout, labels),
     }
     (HERE / "gpt2-random-logits.json").write_text(json.dumps(reference) + "\n")
 
