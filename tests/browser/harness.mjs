@@ -1,6 +1,6 @@
 // Real processes for the browser tests: the relay and native workers from target/debug, and
 // Debian's Chromium driven by playwright-core. Everything talks over 127.0.0.1.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createReadStream, mkdtempSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -77,6 +77,15 @@ export async function startRelay(store, args = [], listen = '127.0.0.1:0') {
     },
   };
   return relay;
+}
+
+/** Runs `onebyte ARGS` to its end (a test's setup: `pretrain`, `simulate`); throws with its stderr. */
+export function runOnebyte(args) {
+  return execFileSync(path.join(BIN, 'onebyte'), args, {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_BACKTRACE: '0', RUST_LIB_BACKTRACE: '0' },
+  });
 }
 
 /**

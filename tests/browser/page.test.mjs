@@ -1,6 +1,7 @@
 // The page in a real browser against a real relay: join in one click, train on WebGPU (or the
 // CPU when WebGPU is off), and hold exactly the weights a native CPU replica computes.
 import assert from 'node:assert/strict';
+import { copyFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
@@ -9,6 +10,7 @@ import {
   launch,
   pageStatus,
   relayStatus,
+  runOnebyte,
   scratch,
   screenshot,
   startRelay,
@@ -207,6 +209,62 @@ test('on the tiny transformer job the page shows samples, bits per character, an
     assert.ok(shown.samplesVisible && shown.playgroundHidden, JSON.stringify(shown));
     assert.ok(shown.bpc < 9, `bits per character ${shown.bpc}`);
     await screenshot(page, 'page-transformer.png');
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+});
+
+test('on a classification job the page shows accuracy, classified examples, and the native weights', async () => {
+  const tmp = scratch();
+  // The job file that ships, from a checkpoint pre-trained here for a few steps: what the page
+  // shows is under test, not how well the model classifies.
+  runOnebyte([
+    'pretrain',
+    '--job',
+    path.join(ROOT, 'deploy/jobs/reviews-lm.toml'),
+    '--steps',
+    '20',
+    '--out',
+    path.join(tmp.dir, 'reviews-lm.safetensors'),
+  ]);
+  const job = path.join(tmp.dir, 'reviews-sentiment.toml');
+  copyFileSync(path.join(ROOT, 'deploy/jobs/reviews-sentiment.toml'), job);
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), ['--job', job]);
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page, problems } = browser;
+    await join(page, relay.url);
+    const status = await waitFor(
+      '20 accepted and a weight hash',
+      () => pageStatus(page),
+      (s) => (s.accepted >= 20 && s.hashVersion > 0) || s.state === 'failed' || s.state === 'refused',
+      300_000,
+    );
+    assert.ok(status.accepted >= 20 && status.hashVersion > 0, JSON.stringify(status));
+    const expected = await nativeHashAt(relay.url, status.hashVersion);
+    assert.equal(status.hash, expected, `weights differ at version ${status.hashVersion}`);
+    const shown = await waitFor(
+      'test accuracy and classified examples',
+      () =>
+        page.evaluate(() => ({
+          accuracy: document.getElementById('accuracy').textContent,
+          chartVisible: !document.getElementById('accuracy-chart').hidden,
+          samplesHidden: document.getElementById('samples-card').hidden,
+          examplesVisible: !document.getElementById('examples-card').hidden,
+          examples: [...document.querySelectorAll('#examples li')].map((li) => li.textContent),
+        })),
+      (s) => s.examples.length > 0 && /%/.test(s.accuracy),
+    );
+    assert.ok(shown.chartVisible && shown.samplesHidden && shown.examplesVisible, JSON.stringify(shown));
+    assert.equal(shown.examples.length, 4, JSON.stringify(shown));
+    // Each: a review in the job's template, the label word the model finds likeliest, how sure.
+    for (const example of shown.examples) {
+      assert.match(example, /^the .+\. It was (terrible|great) \(\d+ %\) (✓|✗ \(labelled (terrible|great)\))$/);
+    }
+    await screenshot(page, 'page-classifier.png');
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
