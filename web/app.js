@@ -160,6 +160,7 @@ function onEvent(event) {
       $('samples-card').hidden = !event.language;
       $('accuracy-chart').hidden = event.language;
       $('bpc-stat').hidden = !event.language;
+      $('bpc-label').textContent = `Bits per ${event.tokenUnit}`;
       $('playground-card').hidden = event.language || event.features !== 2;
       playground.setData(event.points, event.labels);
       break;

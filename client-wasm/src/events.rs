@@ -43,14 +43,17 @@ pub enum Event {
         measured: String,
     },
     /// The local data, once loaded (a sample of training points for the playground).
+    #[serde(rename_all = "camelCase")]
     Data {
         name: String,
         train: usize,
         test: usize,
         classes: usize,
         features: usize,
-        /// A character language model's text, not points.
+        /// A language model's text, not points.
         language: bool,
+        /// What a language model's bits are counted per: "character" (bytes) or "token".
+        token_unit: &'static str,
         /// Up to 600 training points, `x, y` interleaved (2-feature data only).
         points: Vec<f32>,
         labels: Vec<u32>,
@@ -96,7 +99,7 @@ pub enum Event {
         version: u64,
         accuracy: f32,
         test_loss: f32,
-        /// For a char LM: the held-out loss in bits per character.
+        /// For a language model: the held-out loss in bits per token (per character over bytes).
         bits_per_char: Option<f32>,
         /// For a char LM: text the current model writes after "the ".
         sample: Option<String>,

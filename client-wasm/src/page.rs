@@ -288,7 +288,7 @@ impl Host for Page<'_> {
                 loss: peer.last_loss,
                 bytes_sent: tally.bytes_sent,
                 bytes_received: tally.bytes_received,
-                fp32_bytes: peer.accepted * 8 * d as u64,
+                fp32_bytes: engine::driver::fp32_allreduce_bytes(peer.accepted, d),
                 params: d,
                 step_ms: tally.step_ms,
                 busy_share: tally.busy_share_lately(now),

@@ -50,7 +50,7 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         options.file_name.as_deref(),
         seed,
     )?;
-    emit_data(emitter, &data, job.model.is_language_model());
+    emit_data(emitter, &data, &job);
 
     emitter.state(State::Loading, "starting the backend");
     let choice = backend::choose(&options.backend).await;
@@ -133,7 +133,8 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
     }
 }
 
-fn emit_data(emitter: &Emitter, data: &Dataset, language: bool) {
+fn emit_data(emitter: &Emitter, data: &Dataset, job: &Job) {
+    let language = job.model.is_language_model();
     let two_d = data.features() == 2 && !language;
     let shown = if two_d { data.train.len().min(600) } else { 0 };
     emitter.emit(&Event::Data {
@@ -143,6 +144,7 @@ fn emit_data(emitter: &Emitter, data: &Dataset, language: bool) {
         classes: data.classes,
         features: data.features(),
         language,
+        token_unit: job.token_unit(),
         points: data.train.x[..shown * data.features()].to_vec(),
         labels: data.train.y[..shown].to_vec(),
     });

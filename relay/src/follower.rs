@@ -5,10 +5,10 @@
 //! compares peers' hash reports with its own. A peer that disagrees is told to resync. It runs
 //! on its own thread: replaying is CPU work that must not hold up the sockets.
 
-use crate::stats::Stats;
+use crate::stats::{HeldOut, Stats};
 use crate::store::Store;
 use bytes::Bytes;
-use engine::{Job, Replica};
+use engine::{Job, Replica, Split};
 use protocol::{HASH_REPORT_INTERVAL, LogEntry, Message, PeerId, Version, WeightHash};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -37,9 +37,21 @@ const HASHES_KEPT: usize = 1024;
 /// oldest are then dropped unanswered rather than held without bound.
 const REPORTS_WAITING: usize = 4096;
 
+/// The seed of the relay's own draw of the job's built-in data (peers draw theirs from their
+/// own seeds, 1 and up by default).
+const HELD_OUT_SEED: u64 = 0x00de_ad10_0fed;
+/// Most input values (rows × features) of held-out data the follower evaluates on: 256
+/// examples of the tiny transformer's 64 tokens.
+const HELD_OUT_VALUES: usize = 16_384;
+/// The follower evaluates at most this often, at hash boundaries.
+const EVALUATE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The relay's replica.
 pub struct Follower {
     replica: Replica,
+    /// Held-out examples of the job's built-in data, and when they were last evaluated.
+    held_out: Option<Split>,
+    evaluated: Option<std::time::Instant>,
     store: Store,
     snapshot_every: u64,
     stats: Arc<Stats>,
@@ -63,8 +75,11 @@ impl Follower {
             Some((_, bytes)) => Replica::from_snapshot(job, device, bytes)?,
             None => Replica::new(job, device),
         };
+        let held_out = held_out(replica.job());
         let mut follower = Follower {
             replica,
+            held_out,
+            evaluated: None,
             store,
             snapshot_every: snapshot_every.max(1),
             stats,
@@ -82,8 +97,31 @@ impl Follower {
             follower.apply(&entries)?;
             at = to;
         }
+        follower.evaluate()?;
         follower.publish();
         Ok(follower)
+    }
+
+    /// Evaluates the replica on the held-out examples and publishes the figures.
+    fn evaluate(&mut self) -> anyhow::Result<()> {
+        let Some(split) = &self.held_out else {
+            return Ok(());
+        };
+        let eval = engine::block_on(self.replica.evaluate(split))?;
+        let language = self.replica.job().model.is_language_model();
+        *self
+            .stats
+            .held_out
+            .lock()
+            .expect("no panics while holding it") = Some(HeldOut {
+            version: self.replica.version().0,
+            examples: split.len(),
+            accuracy: eval.accuracy,
+            loss: eval.loss,
+            bits_per_token: language.then(|| eval.loss / std::f32::consts::LN_2),
+        });
+        self.evaluated = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// The follower's version.
@@ -135,6 +173,12 @@ impl Follower {
                 self.hashes.insert(Version(v), hash);
                 while self.hashes.len() > HASHES_KEPT {
                     self.hashes.pop_first();
+                }
+                if self
+                    .evaluated
+                    .is_none_or(|at| at.elapsed() >= EVALUATE_EVERY)
+                {
+                    self.evaluate()?;
                 }
             }
             if v.is_multiple_of(self.snapshot_every) {
@@ -197,6 +241,30 @@ impl Follower {
                 };
                 let _ = outbox.try_send(vec![Bytes::from(resync.encode())]);
             }
+        }
+    }
+}
+
+/// A bounded slice of the test split of the job's built-in data, drawn with the relay's own
+/// seed; `None` when the data cannot be made here (it is logged, and the relay runs on).
+fn held_out(job: &Job) -> Option<Split> {
+    let source = match job.config.task.dataset.parse() {
+        Ok(source) => source,
+        Err(e) => {
+            tracing::warn!("no held-out evaluation: {e}");
+            return None;
+        }
+    };
+    match engine::data::for_job(job, &source, None, HELD_OUT_SEED) {
+        Ok(data) => {
+            let rows = (HELD_OUT_VALUES / data.features().max(1))
+                .max(1)
+                .min(data.test.len());
+            (rows > 0).then(|| data.test.rows(0..rows))
+        }
+        Err(e) => {
+            tracing::warn!("no held-out evaluation: {e}");
+            None
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Stats {
     pub hashes_checked: AtomicU64,
     pub hashes_diverged: AtomicU64,
     rate: Mutex<RateWindow>,
+    /// The follower's latest evaluation on held-out data.
+    pub held_out: Mutex<Option<HeldOut>>,
     /// Each peer's figures, for the host's dashboard.
     pub board: crate::board::PeerBoard,
 }
@@ -125,6 +127,11 @@ impl Stats {
             rejected: self.rejected.load(Relaxed),
             paused: self.paused.load(Relaxed),
             last_reported_loss: self.board.median_loss(),
+            held_out: self
+                .held_out
+                .lock()
+                .expect("no panics while holding it")
+                .clone(),
             influence: Influence {
                 clip_bound: self.clip_bound(),
                 clipped: self.clipped.load(Relaxed),
@@ -153,8 +160,24 @@ pub struct Status {
     pub paused: bool,
     /// The median of the connected peers' latest loss reports.
     pub last_reported_loss: Option<f32>,
+    /// The relay's own replica on held-out examples of the job's built-in data.
+    pub held_out: Option<HeldOut>,
     pub influence: Influence,
     pub consistency: Consistency,
+}
+
+/// The relay's replica evaluated on held-out examples of the job's built-in data (its own draw,
+/// which no peer trains on).
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOut {
+    pub version: u64,
+    pub examples: usize,
+    /// Share of examples whose likeliest class (a language model's: next token) is right.
+    pub accuracy: f32,
+    /// Mean cross-entropy, nats.
+    pub loss: f32,
+    /// For a language model: the loss in bits per token of its vocabulary.
+    pub bits_per_token: Option<f32>,
 }
 
 /// How far any one peer can move the weights.

@@ -24,7 +24,7 @@ pub mod scripted;
 mod tally;
 
 pub use io::{Clock, Connection, Incoming, Transport};
-pub use tally::Tally;
+pub use tally::{Tally, fp32_allreduce_bytes};
 
 use crate::data::Split;
 use crate::replica::Replica;

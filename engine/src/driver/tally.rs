@@ -5,6 +5,13 @@ use std::collections::VecDeque;
 /// Rates and shares are over this trailing window (ms).
 const WINDOW_MS: f64 = 5_000.0;
 
+/// What a ring all-reduce of fp32 gradients would send (and receive) for one peer's
+/// `contributions` steps of a `d`-parameter model: 2·(n−1)/n·4·d bytes each way a step, taken at
+/// its bound 8·d. What one byte per contribution is measured against.
+pub fn fp32_allreduce_bytes(contributions: u64, d: usize) -> u64 {
+    contributions * 8 * d as u64
+}
+
 /// Traffic, steps and time, kept by the driver across connections.
 #[derive(Debug, Default)]
 pub struct Tally {

@@ -87,10 +87,18 @@ struct Report {
     reconnects: u64,
     /// The version of the first snapshot this peer loaded.
     started_from: u64,
+    /// Websocket bytes this peer sent and received, framing included.
+    bytes_sent: u64,
+    bytes_received: u64,
+    /// What an fp32 all-reduce of this peer's accepted contributions would have sent, and
+    /// received ([`engine::driver::fp32_allreduce_bytes`]).
+    fp32_allreduce_bytes: u64,
     accuracy: Option<f32>,
     test_loss: Option<f32>,
-    /// For a char LM: the held-out loss in bits per character.
+    /// For a byte-level language model: the held-out loss in bits per character.
     bits_per_char: Option<f32>,
+    /// For a language model over a BPE tokenizer: the held-out loss in bits per token.
+    bits_per_token: Option<f32>,
     /// Share of the time since this peer first caught up spent proposing or applying the log.
     busy_share: Option<f64>,
     /// In a private job: what this peer's contributions have cost its data.
@@ -322,7 +330,12 @@ async fn run_async(mut args: Args) -> Result<()> {
     };
     let mut driver = Driver::new(&mut peer, relay, TokioClock::new(), config);
     let ran = driver.run(&mut state).await;
-    let reconnects = driver.tally().reconnects;
+    let tally = driver.tally();
+    let traffic = Traffic {
+        reconnects: tally.reconnects,
+        sent: tally.bytes_sent,
+        received: tally.bytes_received,
+    };
     drop(driver);
     match ran {
         Ok(()) => peer.bar.finish_and_clear(),
@@ -331,10 +344,18 @@ async fn run_async(mut args: Args) -> Result<()> {
             return Err(stop.into());
         }
     }
-    report(&peer, &state, reconnects, started_from).await
+    report(&peer, &state, traffic, started_from).await
 }
 
-async fn report(peer: &Peer, state: &PeerState, reconnects: u64, started_from: u64) -> Result<()> {
+/// What a peer's connections carried, as its driver counted.
+struct Traffic {
+    reconnects: u64,
+    /// Websocket bytes, framing included.
+    sent: u64,
+    received: u64,
+}
+
+async fn report(peer: &Peer, state: &PeerState, traffic: Traffic, started_from: u64) -> Result<()> {
     let hash = state.replica.weight_hash().await?.to_hex();
     let eval = if peer.data.test.is_empty() {
         None
@@ -347,7 +368,14 @@ async fn report(peer: &Peer, state: &PeerState, reconnects: u64, started_from: u
         state.replica.version(),
         state.accepted,
         state.rejected,
-        reconnects
+        traffic.reconnects
+    );
+    let fp32_allreduce =
+        engine::driver::fp32_allreduce_bytes(state.accepted, peer.job.model.layout().d());
+    println!(
+        "sent {} bytes, received {} (websocket framing included); an fp32 all-reduce of the same \
+         contributions: {} each way",
+        traffic.sent, traffic.received, fp32_allreduce
     );
     if let Some(e) = eval {
         println!(
@@ -355,6 +383,12 @@ async fn report(peer: &Peer, state: &PeerState, reconnects: u64, started_from: u
             e.accuracy * 100.0,
             e.loss
         );
+    }
+    let bits = eval
+        .filter(|_| peer.job.model.is_language_model())
+        .map(|e| e.loss / std::f32::consts::LN_2);
+    if let Some(bits) = bits {
+        println!("held-out bits per {} {bits:.3}", peer.job.token_unit());
     }
     if let Some(share) = peer.busy_share {
         println!(
@@ -378,13 +412,15 @@ async fn report(peer: &Peer, state: &PeerState, reconnects: u64, started_from: u
             hash,
             accepted: state.accepted,
             rejected: state.rejected,
-            reconnects,
+            reconnects: traffic.reconnects,
             started_from,
+            bytes_sent: traffic.sent,
+            bytes_received: traffic.received,
+            fp32_allreduce_bytes: fp32_allreduce,
             accuracy: eval.map(|e| e.accuracy),
             test_loss: eval.map(|e| e.loss),
-            bits_per_char: eval
-                .filter(|_| peer.job.model.is_language_model())
-                .map(|e| e.loss / std::f32::consts::LN_2),
+            bits_per_char: bits.filter(|_| peer.job.tokenizer().is_none()),
+            bits_per_token: bits.filter(|_| peer.job.tokenizer().is_some()),
             busy_share: peer.busy_share,
             privacy: PrivacyReport::of(state),
         };
