@@ -203,3 +203,34 @@ fn gpu_step_reads_back_only_losses() {
         );
     }
 }
+
+#[test]
+fn a_prompt_classifier_perturbs_alike_on_both_backends_with_lanes() {
+    // The shipped sentiment job over random weights: its classes are two label words' logits.
+    let job = Job::from_toml(include_str!("../../../deploy/jobs/reviews-sentiment.toml")).unwrap();
+    let mut config = job.config.clone();
+    config.job.init = None;
+    let job = Arc::new(Job::new(config).unwrap());
+    let data = engine::data::for_job(&job, &"reviews".parse().unwrap(), None, 1).unwrap();
+    let batch = data.train.rows(0..16);
+    let mut cpu = Replica::new(job.clone(), cpu_device());
+    let mut gpu = Replica::new_gpu(job, gpu());
+    let counters: Vec<Counter> = (0..4).map(Counter).collect();
+    let a = block_on(cpu.propose_lanes(PeerId(2), &counters, &batch)).unwrap();
+    let b = block_on(gpu.propose_lanes(PeerId(2), &counters, &batch)).unwrap();
+    assert_eq!(a.len(), 4);
+    for (a, b) in a.iter().zip(&b) {
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
+            "loss {} vs {}",
+            a.loss,
+            b.loss
+        );
+        assert!(
+            (a.g - b.g).abs() <= 2e-2 + 1e-2 * a.g.abs(),
+            "g {} vs {}",
+            a.g,
+            b.g
+        );
+    }
+}
