@@ -155,8 +155,12 @@ function onEvent(event) {
       // What this tab trains on, so a person sees that their file was read (and how).
       $('data-summary').textContent = event.language
         ? `Training on ${event.name}: ${event.train} train and ${event.test} held-out windows.`
-        : `Training on ${event.name}: ${event.train} train and ${event.test} test examples, ` +
-          `${event.features} features, ${event.classes} classes.`;
+        : event.labelWords.length
+          ? `Training on ${event.name}: ${event.train} train and ${event.test} test examples, each ` +
+            `read in the job's prompt and classified by the word the model would write next: ` +
+            `${event.labelWords.join(' or ')}.`
+          : `Training on ${event.name}: ${event.train} train and ${event.test} test examples, ` +
+            `${event.features} features, ${event.classes} classes.`;
       $('samples-card').hidden = !event.language;
       $('accuracy-chart').hidden = event.language;
       $('bpc-stat').hidden = !event.language;

@@ -54,6 +54,8 @@ pub enum Event {
         language: bool,
         /// What a language model's bits are counted per: "character" (bytes) or "token".
         token_unit: &'static str,
+        /// A prompt classifier's label words, one per class (empty for other jobs).
+        label_words: Vec<String>,
         /// Up to 600 training points, `x, y` interleaved (2-feature data only).
         points: Vec<f32>,
         labels: Vec<u32>,

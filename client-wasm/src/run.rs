@@ -145,6 +145,9 @@ fn emit_data(emitter: &Emitter, data: &Dataset, job: &Job) {
         features: data.features(),
         language,
         token_unit: job.token_unit(),
+        label_words: job.config.task.prompt.as_ref().map_or_else(Vec::new, |p| {
+            p.labels.iter().map(|w| w.trim().to_string()).collect()
+        }),
         points: data.train.x[..shown * data.features()].to_vec(),
         labels: data.train.y[..shown].to_vec(),
     });
