@@ -100,14 +100,20 @@ fn main() {
     pretrain_figures();
 }
 
-/// Pre-training speed (`onebyte pretrain`: backpropagation and AdamW on the CPU) for the tiny
-/// and small transformer presets over bytes, beside PyTorch training the same GPT-2
-/// configuration with Adam on the same cores, where `torch` is installed.
+/// Pre-training speed (`onebyte pretrain`: backpropagation and AdamW) for the tiny and small
+/// transformer presets over bytes, on the CPU and on wgpu (lavapipe here, a GPU elsewhere),
+/// beside PyTorch training the same GPT-2 configuration with Adam on the same cores, where
+/// `torch` is installed.
 #[cfg(feature = "pretrain")]
 fn pretrain_figures() {
-    use engine::pretrain::{FirstOrder, Schedule};
     const BATCH: usize = 16;
-    println!("\npre-training on the CPU (backpropagation + AdamW), batch {BATCH} windows");
+    println!("\npre-training (backpropagation + AdamW), batch {BATCH} windows");
+    let mut devices = vec![("cpu", cpu_device())];
+    #[cfg(feature = "wgpu")]
+    {
+        let gpu = block_on(engine::gpu::GpuContext::init()).expect("a wgpu adapter");
+        devices.push(("wgpu", gpu.device));
+    }
     for (preset, steps) in [("tiny", 12u64), ("small", 3)] {
         let toml = format!(
             "[job]\nname = \"bench-{preset}\"\n[model]\nkind = \"transformer\"\n\
@@ -117,35 +123,56 @@ fn pretrain_figures() {
         let job = Arc::new(Job::from_toml(&toml).unwrap());
         let dims = *job.model.transformer().unwrap();
         let data = engine::data::for_job(&job, &"tales".parse().unwrap(), None, 1).unwrap();
-        let schedule = Schedule {
-            peak: 1e-3,
-            warmup: 1,
-            steps: steps + 2,
-        };
-        let mut trainer = FirstOrder::new(job.clone(), job.initial_weights(), schedule, 0.01, 1);
-        for _ in 0..2 {
-            trainer.step(&data.train, BATCH).unwrap();
-        }
-        let start = Instant::now();
-        for _ in 0..steps {
-            black_box(trainer.step(&data.train, BATCH).unwrap());
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        let tokens = (steps as usize * BATCH * job.model.features()) as f64;
-        let ours = tokens / seconds;
         let torch = torch_tokens_per_s(&dims, BATCH, job.model.features());
-        let ratio = torch.map_or("(no torch here: not compared)".to_string(), |t| {
-            format!(
-                "PyTorch {t:.0} tokens/s; ours / PyTorch {:.2} (goal ≥ 0.5)",
-                ours / t
-            )
-        });
-        println!(
-            "  {preset:<5} d = {:>9}, T = {:>3}: {ours:>8.0} tokens/s   {ratio}",
-            job.model.layout().d(),
-            job.model.features()
-        );
+        for (backend, device) in &devices {
+            let ours = pretrain_tokens_per_s(&job, &data, device, BATCH, steps);
+            let ratio = torch.map_or("(no torch here: not compared)".to_string(), |t| {
+                format!(
+                    "PyTorch (CPU) {t:.0} tokens/s; ours / PyTorch {:.2} (goal ≥ 0.5)",
+                    ours / t
+                )
+            });
+            println!(
+                "  {preset:<5} {backend:<4} d = {:>9}, T = {:>3}: {ours:>8.0} tokens/s   {ratio}",
+                job.model.layout().d(),
+                job.model.features()
+            );
+        }
     }
+}
+
+/// Tokens per second of `steps` first-order steps (after two to warm up) on `device`.
+#[cfg(feature = "pretrain")]
+fn pretrain_tokens_per_s(
+    job: &Arc<Job>,
+    data: &engine::Dataset,
+    device: &burn::tensor::Device,
+    batch: usize,
+    steps: u64,
+) -> f64 {
+    use engine::pretrain::{FirstOrder, Schedule};
+    let schedule = Schedule {
+        peak: 1e-3,
+        warmup: 1,
+        steps: steps + 2,
+    };
+    let mut trainer = FirstOrder::new(
+        job.clone(),
+        job.initial_weights(),
+        device,
+        schedule,
+        0.01,
+        1,
+    );
+    for _ in 0..2 {
+        trainer.step(&data.train, batch).unwrap();
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        black_box(trainer.step(&data.train, batch).unwrap());
+    }
+    let tokens = (steps as usize * batch * job.model.features()) as f64;
+    tokens / start.elapsed().as_secs_f64()
 }
 
 /// PyTorch's tokens per second for the same configuration (`tests/reference/pretrain_torch.py`),

@@ -10,7 +10,7 @@
 use crate::data::{BatchSampler, Split};
 use crate::{EngineError, Job};
 use burn::optim::{AdamW, AdamWConfig, Optimizer};
-use burn::tensor::{Int, Tensor, TensorData, activation};
+use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use std::sync::Arc;
 
 /// AdamW's state for the one flat tensor.
@@ -41,7 +41,7 @@ impl Schedule {
 /// θ and AdamW's moments, stepped on batches of a job's data.
 pub struct FirstOrder {
     job: Arc<Job>,
-    /// θ on burn's CPU device, without autodiff (each step tracks a copy of it).
+    /// θ on the trainer's device, without autodiff (each step tracks a copy of it).
     theta: Tensor<1>,
     optimizer: AdamW,
     state: Option<AdamWState>,
@@ -51,21 +51,22 @@ pub struct FirstOrder {
 }
 
 impl FirstOrder {
-    /// Starts from `theta` (the job's initial weights, or a checkpoint's), with AdamW
-    /// (decoupled `weight_decay`) on `schedule`; batches are drawn with `seed`.
+    /// Starts from `theta` (the job's initial weights, or a checkpoint's) on `device` (burn's
+    /// CPU backend, or its wgpu runtime), with AdamW (decoupled `weight_decay`) on `schedule`;
+    /// batches are drawn with `seed`.
     pub fn new(
         job: Arc<Job>,
         theta: Vec<f32>,
+        device: &Device,
         schedule: Schedule,
         weight_decay: f32,
         seed: u64,
     ) -> Self {
-        let device = crate::cpu_device();
         let d = theta.len();
         assert_eq!(d, job.model.layout().d(), "θ fits the job's model");
         FirstOrder {
             job,
-            theta: Tensor::from_data(TensorData::new(theta, [d]), &device),
+            theta: Tensor::from_data(TensorData::new(theta, [d]), device),
             optimizer: AdamWConfig::new()
                 .with_weight_decay(weight_decay)
                 .with_epsilon(1e-8)
@@ -203,7 +204,15 @@ mod tests {
             warmup: 20,
             steps: 200,
         };
-        let mut trainer = FirstOrder::new(job.clone(), job.initial_weights(), schedule, 0.01, 7);
+        let device = crate::cpu_device();
+        let mut trainer = FirstOrder::new(
+            job.clone(),
+            job.initial_weights(),
+            &device,
+            schedule,
+            0.01,
+            7,
+        );
         let before = trainer.loss_on(&held_out).unwrap();
         for _ in 0..schedule.steps {
             trainer.step(&data.train, 16).unwrap();
@@ -220,6 +229,7 @@ mod tests {
     fn pretrained_checkpoint_round_trips() {
         let dir = std::env::temp_dir().join(format!("onebyte-pretrain-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let device = crate::cpu_device();
         for job in [Job::tiny_lm(), Job::demo()] {
             let job = Arc::new(job);
             let data = match job.model.is_language_model() {
@@ -231,8 +241,14 @@ mod tests {
                 warmup: 1,
                 steps: 3,
             };
-            let mut trainer =
-                FirstOrder::new(job.clone(), job.initial_weights(), schedule, 0.01, 1);
+            let mut trainer = FirstOrder::new(
+                job.clone(),
+                job.initial_weights(),
+                &device,
+                schedule,
+                0.01,
+                1,
+            );
             for _ in 0..3 {
                 trainer.step(&data.train, 8).unwrap();
             }

@@ -2,7 +2,7 @@
 //! machine, written as the checkpoint a job's `init` reads: the pre-trained model a swarm then
 //! fine-tunes with one byte per step.
 
-use crate::data::load_data;
+use crate::data::{BackendArg, load_data};
 use anyhow::{Context as _, Result, bail};
 use engine::pretrain::{FirstOrder, Schedule};
 use engine::{Job, Replica, Snapshot, block_on, cpu_device};
@@ -53,6 +53,9 @@ pub struct Args {
     /// Seed of the data and of the batch draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Where θ and the passes live: burn's CPU backend, or its wgpu runtime (a GPU).
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
     /// Print one JSON object with the final figures as the last line of standard output.
     #[arg(long)]
     json: bool,
@@ -113,7 +116,28 @@ pub fn run(args: Args) -> Result<()> {
         warmup: args.warmup.unwrap_or((args.steps / 10).min(100)),
         steps: args.steps,
     };
-    let mut trainer = FirstOrder::new(job.clone(), theta, schedule, args.weight_decay, args.seed);
+    let device = match args.backend {
+        BackendArg::Auto => bail!("pretrain takes --backend cpu or wgpu"),
+        BackendArg::Cpu => cpu_device(),
+        #[cfg(not(feature = "wgpu"))]
+        BackendArg::Wgpu => {
+            bail!("this onebyte was built without wgpu; rebuild it with `--features wgpu`")
+        }
+        #[cfg(feature = "wgpu")]
+        BackendArg::Wgpu => {
+            let gpu = block_on(engine::gpu::GpuContext::init())?;
+            eprintln!("wgpu adapter: {}", gpu.adapter);
+            gpu.device
+        }
+    };
+    let mut trainer = FirstOrder::new(
+        job.clone(),
+        theta,
+        &device,
+        schedule,
+        args.weight_decay,
+        args.seed,
+    );
     let unit = LossUnit::of(&job);
     let before = trainer.loss_on(&held_out)?;
     eprintln!(

@@ -234,3 +234,39 @@ fn a_prompt_classifier_perturbs_alike_on_both_backends_with_lanes() {
         );
     }
 }
+
+#[cfg(feature = "pretrain")]
+#[test]
+fn first_order_steps_on_wgpu_follow_the_cpu() {
+    use engine::pretrain::{FirstOrder, Schedule};
+    // The same steps on the same batches: the losses agree within rounding, and fall.
+    let job = Arc::new(Job::tiny_lm());
+    let data = engine::text::corpus_dataset(engine::Corpus::Tales, 32, 1);
+    let schedule = Schedule {
+        peak: 3e-3,
+        warmup: 2,
+        steps: 12,
+    };
+    let losses = |device: &burn::tensor::Device| -> Vec<f32> {
+        let mut trainer = FirstOrder::new(
+            job.clone(),
+            job.initial_weights(),
+            device,
+            schedule,
+            0.01,
+            3,
+        );
+        (0..schedule.steps)
+            .map(|_| trainer.step(&data.train, 8).unwrap())
+            .collect()
+    };
+    let cpu = losses(&cpu_device());
+    let gpu = losses(&gpu().device);
+    for (step, (a, b)) in cpu.iter().zip(&gpu).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs().max(1.0),
+            "step {step}: {a} vs {b}"
+        );
+    }
+    assert!(gpu[11] < gpu[0] - 0.5, "{gpu:?}");
+}
