@@ -198,6 +198,15 @@ pub enum JobError {
     PromptNeedsLanguageModel,
 }
 
+impl JobConfig {
+    /// `job.name` of a job file's TOML, if it parses that far (for messages about a file that
+    /// may not be valid as a whole).
+    pub fn parse_name(text: &str) -> Option<String> {
+        let table: toml::Table = toml::from_str(text).ok()?;
+        Some(table.get("job")?.get("name")?.as_str()?.to_string())
+    }
+}
+
 impl HyperParams {
     /// Checks every value, naming the first bad one.
     pub fn validate(&self) -> Result<(), JobError> {
@@ -816,6 +825,18 @@ mod tests {
         .unwrap();
         assert_eq!(two.class_names, ["bad", "good"]);
         assert_eq!(two.train.len() + two.test.len(), 13);
+    }
+
+    #[test]
+    fn a_job_files_name_is_read_as_toml() {
+        let name = |text: &str| JobConfig::parse_name(text);
+        assert_eq!(name("[job]\nname = \"a = b\"  # c\n"), Some("a = b".into()));
+        assert_eq!(
+            name("[model]\nname = \"no\"\n[job]\nname = 'yes'\n"),
+            Some("yes".into())
+        );
+        assert_eq!(name("[job]\nid = 3\n"), None);
+        assert_eq!(name("not toml ["), None);
     }
 
     #[test]

@@ -143,8 +143,8 @@ impl Store {
             (Some(stored), Some(given)) if stored.trim() != given.trim() => {
                 return Err(StoreError::JobMismatch {
                     path: path.to_path_buf(),
-                    stored: first_line_name(&stored),
-                    given: first_line_name(given),
+                    stored: job_name(&stored),
+                    given: job_name(given),
                 });
             }
             (Some(stored), _) => stored,
@@ -643,12 +643,9 @@ fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
 }
 
 /// The `name = "…"` of a job TOML, for error messages.
-fn first_line_name(toml: &str) -> String {
-    toml.lines()
-        .find_map(|l| l.trim().strip_prefix("name").map(|r| r.trim()))
-        .and_then(|r| r.strip_prefix('='))
-        .map(|r| r.trim().trim_matches('"').to_string())
-        .unwrap_or_else(|| "unnamed".into())
+/// The job's name (`job.name`) in a job file, for messages.
+fn job_name(toml: &str) -> String {
+    engine::JobConfig::parse_name(toml).unwrap_or_else(|| "unnamed".into())
 }
 
 #[cfg(test)]
@@ -695,7 +692,10 @@ mod tests {
         assert!(!store.resumable(PeerId(1), &[2; 32]).unwrap());
         assert!(!store.resumable(PeerId(2), &[1; 32]).unwrap());
         let other = Store::open(&path, Some("[job]\nname = \"b\"\n")).unwrap_err();
-        assert!(other.to_string().contains("holds job `a`"), "{other}");
+        assert!(
+            other.to_string().contains("holds job `a`") && other.to_string().contains("(`b`)"),
+            "{other}"
+        );
     }
 
     #[test]

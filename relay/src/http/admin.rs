@@ -4,38 +4,46 @@
 use super::errors::{internal, shutting_down};
 use crate::sequencer::Command;
 use crate::server::Context;
+use axum::extract::Request;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use protocol::PeerId;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-pub async fn pause(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
-    pause_or_resume(&ctx, &headers, true).await
+pub async fn pause(State(ctx): State<Arc<Context>>) -> Response {
+    pause_or_resume(&ctx, true).await
 }
 
-pub async fn resume(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
-    pause_or_resume(&ctx, &headers, false).await
+pub async fn resume(State(ctx): State<Arc<Context>>) -> Response {
+    pause_or_resume(&ctx, false).await
 }
 
-/// The refusal for a request without the admin token (`Authorization: Bearer …`), if it is.
-fn refusal_unless_admin(ctx: &Context, headers: &HeaderMap) -> Option<Response> {
+/// The admin API's gate, one layer in front of every `/api/admin/*` route: a request without
+/// the admin token (`Authorization: Bearer …`) is refused before it reaches a handler.
+pub async fn require_admin(
+    State(ctx): State<Arc<Context>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(expected) = &ctx.config.admin_token else {
-        return Some(
-            (
-                StatusCode::NOT_FOUND,
-                "administration is off: start the relay with --admin-token",
-            )
-                .into_response(),
-        );
+        return (
+            StatusCode::NOT_FOUND,
+            "administration is off: start the relay with --admin-token",
+        )
+            .into_response();
     };
-    let given = headers
+    let given = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let admitted = given.is_some_and(|given| crate::secret::tokens_match(given, expected));
-    (!admitted).then(|| (StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response())
+    if !given.is_some_and(|given| crate::secret::tokens_match(given, expected)) {
+        return (StatusCode::UNAUTHORIZED, "wrong or missing admin token").into_response();
+    }
+    next.run(request).await
 }
 
 /// Sends the sequencer the command `make` builds around a reply channel and waits for its
@@ -46,10 +54,7 @@ async fn ask<T>(ctx: &Context, make: impl FnOnce(oneshot::Sender<T>) -> Command)
     answer.await.ok()
 }
 
-async fn pause_or_resume(ctx: &Context, headers: &HeaderMap, paused: bool) -> Response {
-    if let Some(refusal) = refusal_unless_admin(ctx, headers) {
-        return refusal;
-    }
+async fn pause_or_resume(ctx: &Context, paused: bool) -> Response {
     match ask(ctx, |reply| Command::Pause { paused, reply }).await {
         Some(Ok(())) => {
             let word = if paused { "paused" } else { "resumed" };
@@ -61,23 +66,13 @@ async fn pause_or_resume(ctx: &Context, headers: &HeaderMap, paused: bool) -> Re
 }
 
 /// `GET /api/admin/peers`: every peer seen in the last minutes, connected first.
-pub async fn peers(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
-        return refusal;
-    }
+pub async fn peers(State(ctx): State<Arc<Context>>) -> Response {
     axum::Json(serde_json::json!({ "peers": ctx.stats.board.view() })).into_response()
 }
 
 /// `POST /api/admin/peers/{peer}/drop`: closes that peer's socket with `DROPPED` (it does not
 /// reconnect on its own).
-pub async fn drop_peer(
-    State(ctx): State<Arc<Context>>,
-    headers: HeaderMap,
-    Path(peer): Path<u32>,
-) -> Response {
-    if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
-        return refusal;
-    }
+pub async fn drop_peer(State(ctx): State<Arc<Context>>, Path(peer): Path<u32>) -> Response {
     let drop = |reply| Command::Drop {
         peer: PeerId(peer),
         reply,
@@ -95,14 +90,7 @@ pub async fn drop_peer(
 
 /// `POST /api/admin/peers/{peer}/release`: lifts that peer's quarantine; its record starts
 /// clean (so it is quarantined again only by as many clipped contributions).
-pub async fn release_peer(
-    State(ctx): State<Arc<Context>>,
-    headers: HeaderMap,
-    Path(peer): Path<u32>,
-) -> Response {
-    if let Some(refusal) = refusal_unless_admin(&ctx, &headers) {
-        return refusal;
-    }
+pub async fn release_peer(State(ctx): State<Arc<Context>>, Path(peer): Path<u32>) -> Response {
     let release = |reply| Command::Release {
         peer: PeerId(peer),
         reply,

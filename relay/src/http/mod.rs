@@ -40,12 +40,19 @@ pub fn router(ctx: Arc<Context>) -> Router {
         Some(cors) => reads.layer(cors),
         None => reads,
     };
-    let api = reads
+    // Every admin route behind one gate: the token is checked before any handler runs.
+    let admin = Router::new()
         .route("/api/admin/pause", post(admin::pause))
         .route("/api/admin/resume", post(admin::resume))
         .route("/api/admin/peers", get(admin::peers))
         .route("/api/admin/peers/{peer}/drop", post(admin::drop_peer))
         .route("/api/admin/peers/{peer}/release", post(admin::release_peer))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            admin::require_admin,
+        ));
+    let api = reads
+        .merge(admin)
         .route("/admin", get(admin::dashboard))
         .route("/metrics", get(reads::metrics))
         .route("/ws", get(socket::websocket));

@@ -295,6 +295,17 @@ async fn bad_frames_get_close_codes_and_the_relay_keeps_serving() {
     let pause = format!("{}/api/admin/pause", relay.url());
     let denied = http.post(&pause).bearer_auth("guess").send().await.unwrap();
     assert_eq!(denied.status(), 401);
+    // Every admin route is behind the same gate.
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/admin/peers"),
+        (reqwest::Method::POST, "/api/admin/resume"),
+        (reqwest::Method::POST, "/api/admin/peers/1/drop"),
+        (reqwest::Method::POST, "/api/admin/peers/1/release"),
+    ] {
+        let url = format!("{}{path}", relay.url());
+        let denied = http.request(method, &url).send().await.unwrap();
+        assert_eq!(denied.status(), 401, "{path} without a token");
+    }
     let ok = http.post(&pause).bearer_auth("root").send().await.unwrap();
     assert_eq!(ok.status(), 200);
     good.contribute(1).await.unwrap();
