@@ -36,6 +36,11 @@ pub enum StoreError {
          tokenizer cannot change: use another --store"
     )]
     TokenizerMismatch { path: PathBuf },
+    #[error(
+        "store {path} has schema version {version}, newer than this relay's ({SCHEMA_VERSION}): \
+         a newer onebyte-relay wrote it"
+    )]
+    NewerSchema { path: PathBuf, version: i64 },
     #[error("store {path}: log entry at version {version} is not valid: {what}")]
     Corrupt {
         path: PathBuf,
@@ -43,6 +48,10 @@ pub enum StoreError {
         what: &'static str,
     },
 }
+
+/// The schema this relay writes, recorded in the file's `user_version`. Raise it with each
+/// change to [`SCHEMA`], and teach [`Store::migrate`] the step from the one before.
+const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,8 +64,11 @@ CREATE TABLE IF NOT EXISTS log (
 CREATE TABLE IF NOT EXISTS peers (
     id INTEGER PRIMARY KEY,
     joined_at INTEGER NOT NULL,
-    secret BLOB
+    secret BLOB,
+    left_at INTEGER,
+    quarantined_at INTEGER
 );
+CREATE INDEX IF NOT EXISTS peers_by_leaving ON peers (left_at);
 CREATE TABLE IF NOT EXISTS counter_checkpoints (
     version INTEGER PRIMARY KEY,
     counters BLOB NOT NULL
@@ -97,6 +109,49 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Brings the file's schema to [`SCHEMA_VERSION`], recorded in SQLite's `user_version`: a
+    /// new file gets [`SCHEMA`] whole; a file from before versions were recorded (0, with
+    /// tables) gets the columns it lacks. A file from a newer relay is refused, not guessed at.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                version,
+            });
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let legacy_peers = self.conn.prepare("SELECT id FROM peers LIMIT 0").is_ok();
+        if legacy_peers {
+            // Stores from before resume secrets: their peers get the column, empty, and so can
+            // only join afresh. Stores from before ids were reused: every peer counts as having
+            // left.
+            for (column, kind) in [
+                ("secret", "BLOB"),
+                ("left_at", "INTEGER"),
+                ("quarantined_at", "INTEGER"),
+            ] {
+                let present = self
+                    .conn
+                    .prepare(&format!("SELECT {column} FROM peers LIMIT 0"))
+                    .is_ok();
+                if !present {
+                    self.conn
+                        .execute_batch(&format!("ALTER TABLE peers ADD COLUMN {column} {kind}"))
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        self.conn
+            .execute_batch(&format!("{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};"))
+            .map_err(|e| self.err(e))
+    }
+
     /// Opens (creating if needed) the store at `path` for the job `job_toml`. With `None`, the
     /// job already in the store is used. Returns the store and the job's TOML.
     pub fn open(path: &Path, job_toml: Option<&str>) -> Result<(Store, String), StoreError> {
@@ -111,29 +166,7 @@ impl Store {
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;",
             )
             .map_err(|e| store.err(e))?;
-        store.conn.execute_batch(SCHEMA).map_err(|e| store.err(e))?;
-        // Stores from before resume secrets: their peers get the column, empty, and so can only
-        // join afresh. Stores from before ids were reused: every peer counts as having left.
-        for (column, kind) in [
-            ("secret", "BLOB"),
-            ("left_at", "INTEGER"),
-            ("quarantined_at", "INTEGER"),
-        ] {
-            let present = store
-                .conn
-                .prepare(&format!("SELECT {column} FROM peers LIMIT 0"))
-                .is_ok();
-            if !present {
-                store
-                    .conn
-                    .execute_batch(&format!("ALTER TABLE peers ADD COLUMN {column} {kind}"))
-                    .map_err(|e| store.err(e))?;
-            }
-        }
-        store
-            .conn
-            .execute_batch("CREATE INDEX IF NOT EXISTS peers_by_leaving ON peers (left_at)")
-            .map_err(|e| store.err(e))?;
+        store.migrate()?;
         let stored: Option<String> = store
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'job'", [], |r| r.get(0))
@@ -695,6 +728,50 @@ mod tests {
         assert!(
             other.to_string().contains("holds job `a`") && other.to_string().contains("(`b`)"),
             "{other}"
+        );
+    }
+
+    #[test]
+    fn schema_versions_upgrade_old_stores_and_refuse_newer_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = "[job]\nname = \"a\"\n";
+        let version = |path: &Path| -> i64 {
+            Connection::open(path)
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        // A store from before versions were recorded: peers without secrets or leave times.
+        let old = dir.path().join("old.db");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE peers (id INTEGER PRIMARY KEY, joined_at INTEGER NOT NULL);\
+                 INSERT INTO peers (id, joined_at) VALUES (1, 0);",
+            )
+            .unwrap();
+        let (store, _) = Store::open(&old, Some(job)).unwrap();
+        assert!(
+            !store.resumable(PeerId(1), &[1; 32]).unwrap(),
+            "no secret: join afresh"
+        );
+        drop(store);
+        assert_eq!(version(&old), SCHEMA_VERSION);
+        Store::open(&old, Some(job)).unwrap();
+
+        let fresh = dir.path().join("fresh.db");
+        drop(Store::open(&fresh, Some(job)).unwrap());
+        assert_eq!(version(&fresh), SCHEMA_VERSION);
+
+        let newer = dir.path().join("newer.db");
+        Connection::open(&newer)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99;")
+            .unwrap();
+        let refused = Store::open(&newer, Some(job)).unwrap_err();
+        assert!(
+            matches!(refused, StoreError::NewerSchema { version: 99, .. }),
+            "{refused}"
         );
     }
 
