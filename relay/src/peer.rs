@@ -159,7 +159,7 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
     }
     let leave = Command::Leave {
         peer,
-        session: joined.session,
+        socket: joined.socket,
     };
     let _ = ctx.sequencer.send(leave).await;
     ctx.stats.board.left(peer);

@@ -53,8 +53,8 @@ pub struct Joined {
     pub secret: ResumeSecret,
     /// Whether the peer resumed its id (else the id is new to it).
     pub resumed: bool,
-    /// Names this session of the peer in its `Leave`.
-    pub session: u64,
+    /// Names this socket of the peer in its `Leave`.
+    pub socket: u64,
     /// The peer resumed an id that is quarantined.
     pub quarantined: bool,
 }
@@ -78,9 +78,9 @@ pub enum Command {
         floor: Version,
         byte: u8,
     },
-    /// A socket ended. `session` is its [`Joined::session`]: a peer that already resumed on
+    /// A socket ended. `socket` is its [`Joined::socket`]: a peer that already resumed on
     /// another socket stays.
-    Leave { peer: PeerId, session: u64 },
+    Leave { peer: PeerId, socket: u64 },
     /// The host pauses or resumes the job; the reply comes once that is durable.
     Pause {
         paused: bool,
@@ -114,7 +114,8 @@ pub struct SequencerConfig {
     pub round_timeout: Duration,
 }
 
-struct Session {
+/// The sequencer's handle on a joined peer's socket: where its frames go, and how to close it.
+struct PeerSocket {
     id: u64,
     outbox: mpsc::Sender<Vec<Bytes>>,
     kick: Option<oneshot::Sender<Refusal>>,
@@ -150,9 +151,9 @@ struct Pending {
 pub struct Sequencer {
     store: Store,
     cursor: LogCursor,
-    sessions: HashMap<PeerId, Session>,
-    /// The next [`Joined::session`].
-    next_session: u64,
+    sockets: HashMap<PeerId, PeerSocket>,
+    /// The next [`Joined::socket`].
+    next_socket: u64,
     pending: Vec<Pending>,
     /// The clipping bound and the quarantined peers.
     influence: Influence,
@@ -196,8 +197,8 @@ impl Sequencer {
         Ok(Sequencer {
             store,
             cursor: LogCursor::new(version, table),
-            sessions: HashMap::new(),
-            next_session: 0,
+            sockets: HashMap::new(),
+            next_socket: 0,
             pending: Vec::new(),
             influence,
             committees,
@@ -255,15 +256,15 @@ impl Sequencer {
                 let answer = self.join(resume, from)?;
                 let mut assign = None;
                 if let Ok(joined) = &answer {
-                    self.sessions.insert(
+                    self.sockets.insert(
                         joined.peer,
-                        Session {
-                            id: joined.session,
+                        PeerSocket {
+                            id: joined.socket,
                             outbox,
                             kick: Some(kick),
                         },
                     );
-                    self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+                    self.stats.peers.store(self.sockets.len() as u64, Relaxed);
                     if !joined.quarantined {
                         assign = Some(joined.peer);
                     }
@@ -284,7 +285,7 @@ impl Sequencer {
                 floor,
                 byte,
             } => {
-                if self.sessions.contains_key(&peer) {
+                if self.sockets.contains_key(&peer) {
                     self.pending.push(Pending {
                         peer,
                         proposed,
@@ -294,16 +295,16 @@ impl Sequencer {
                     });
                 }
             }
-            Command::Leave { peer, session } => {
-                let ours = self.sessions.get(&peer).is_none_or(|s| s.id == session);
+            Command::Leave { peer, socket } => {
+                let ours = self.sockets.get(&peer).is_none_or(|s| s.id == socket);
                 if ours {
-                    self.sessions.remove(&peer);
+                    self.sockets.remove(&peer);
                     // Unacknowledged, and its id may go to a newcomer before this tick ends.
                     self.pending.retain(|p| p.peer != peer);
                     if let Some(committees) = &mut self.committees {
                         committees.leave(peer);
                     }
-                    self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+                    self.stats.peers.store(self.sockets.len() as u64, Relaxed);
                     let contributed = self.cursor.last_counter(peer).is_some();
                     tokio::task::block_in_place(|| self.store.left(peer, contributed))?;
                 }
@@ -318,7 +319,7 @@ impl Sequencer {
                 written?;
             }
             Command::Drop { peer, reply } => {
-                let kick = self.sessions.get_mut(&peer).and_then(|s| s.kick.take());
+                let kick = self.sockets.get_mut(&peer).and_then(|s| s.kick.take());
                 let dropped = kick.is_some_and(|kick| {
                     kick.send(Refusal::new(close::DROPPED, "dropped by the relay's host"))
                         .is_ok()
@@ -336,9 +337,9 @@ impl Sequencer {
                     tracing::info!(%peer, "released from quarantine by the host");
                     self.stats.board.quarantined(peer, false);
                     self.stats.publish_influence(&self.influence);
-                    // Its session stopped proposing when it was quarantined; a new one (it
+                    // Its socket stopped proposing when it was quarantined; a new one (it
                     // reconnects on its own, resuming its id) contributes again.
-                    if let Some(kick) = self.sessions.get_mut(&peer).and_then(|s| s.kick.take()) {
+                    if let Some(kick) = self.sockets.get_mut(&peer).and_then(|s| s.kick.take()) {
                         let _ = kick.send(Refusal::new(
                             close::GOING_AWAY,
                             "released from quarantine: reconnect to contribute again",
@@ -357,7 +358,7 @@ impl Sequencer {
         resume: Option<Resume>,
         from: Version,
     ) -> Result<Result<Joined, Refusal>, StoreError> {
-        if self.sessions.len() >= self.config.max_peers {
+        if self.sockets.len() >= self.config.max_peers {
             return Ok(Err(Refusal::new(
                 close::FULL,
                 format!(
@@ -386,7 +387,7 @@ impl Sequencer {
                         ),
                     )));
                 }
-                if self.sessions.contains_key(&peer) {
+                if self.sockets.contains_key(&peer) {
                     return Ok(Err(Refusal::new(
                         close::PEER_UNAVAILABLE,
                         format!("peer {peer} is connected on another socket"),
@@ -413,14 +414,14 @@ impl Sequencer {
             .cursor
             .last_counter(peer)
             .map_or(Counter(0), |c| Counter(c.0 + 1));
-        self.next_session += 1;
+        self.next_socket += 1;
         Ok(Ok(Joined {
             peer,
             next_counter,
             live_from: head,
             secret,
             resumed: resume.is_some(),
-            session: self.next_session,
+            socket: self.next_socket,
             quarantined: self.influence.is_quarantined(peer),
         }))
     }
@@ -437,7 +438,7 @@ impl Sequencer {
         let now = Instant::now();
         let mut frames = Vec::new();
         for peer in peers {
-            if !self.sessions.contains_key(&peer) || self.influence.is_quarantined(peer) {
+            if !self.sockets.contains_key(&peer) || self.influence.is_quarantined(peer) {
                 continue;
             }
             let rounds = committees.top_up(peer, now);
@@ -640,7 +641,7 @@ impl Sequencer {
                 .encode(),
             );
             let _ = self.follower.send(FollowerInput::Entries(entries));
-            for peer in self.sessions.keys() {
+            for peer in self.sockets.keys() {
                 outgoing.entry(*peer).or_default().push(batch.clone());
             }
         }
@@ -681,25 +682,25 @@ impl Sequencer {
 
     /// Queues one tick's frames for a peer; drops the peer if its queue is full.
     fn send(&mut self, peer: PeerId, frames: Vec<Bytes>) {
-        let Some(session) = self.sessions.get_mut(&peer) else {
+        let Some(socket) = self.sockets.get_mut(&peer) else {
             return;
         };
-        match session.outbox.try_send(frames) {
+        match socket.outbox.try_send(frames) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if let Some(kick) = session.kick.take() {
+                if let Some(kick) = socket.kick.take() {
                     let _ = kick.send(Refusal::new(
                         close::SLOW_CONSUMER,
                         "dropped: the peer did not read the log fast enough and its queue filled",
                     ));
                 }
-                self.sessions.remove(&peer);
+                self.sockets.remove(&peer);
                 self.stats.slow_consumers_dropped.fetch_add(1, Relaxed);
-                self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+                self.stats.peers.store(self.sockets.len() as u64, Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.sessions.remove(&peer);
-                self.stats.peers.store(self.sessions.len() as u64, Relaxed);
+                self.sockets.remove(&peer);
+                self.stats.peers.store(self.sockets.len() as u64, Relaxed);
             }
         }
     }
