@@ -139,6 +139,10 @@ pub struct Session {
     /// How many versions late the latest answered contribution was, when it was turned down as
     /// stale; `None` once one is accepted.
     behind: Option<u64>,
+    /// The version a stale rejection proves the log had reached (its base plus the staleness
+    /// bound, and one): a step on a replica short of it would be turned down too, so none is
+    /// computed until the replica gets there, and the time goes to applying the log instead.
+    resume_at: Version,
     /// The relay quarantined this peer (its contributions are rejected): it follows the log
     /// and proposes nothing on this connection.
     quarantined: bool,
@@ -181,6 +185,7 @@ impl Session {
             window: window.max(peer.lanes).max(1),
             sent: 0,
             behind: None,
+            resume_at: from,
             quarantined: false,
             committee: peer.replica.job().committee().is_some(),
             assigned: VecDeque::new(),
@@ -246,6 +251,7 @@ impl Session {
     pub fn ready_to_contribute(&self, peer: &PeerState) -> bool {
         !self.catching_up(peer)
             && !self.quarantined
+            && peer.replica.version() >= self.resume_at
             && self.in_flight.len() < self.window
             && (!self.committee || !self.assigned.is_empty())
     }
@@ -344,6 +350,10 @@ impl Session {
                 if reason == RejectReason::Stale {
                     let now = peer.replica.version().0;
                     self.behind = Some(base.map_or(0, |b| now.saturating_sub(b.0)));
+                    if let Some(base) = base {
+                        let bound = peer.replica.job().hyper().staleness_bound;
+                        self.resume_at = self.resume_at.max(Version(base.0 + bound + 1));
+                    }
                 }
                 if reason == RejectReason::Quarantined {
                     self.quarantined = true;
@@ -602,6 +612,20 @@ mod tests {
         block_on(session.receive(&mut peer, stale)).unwrap();
         assert_eq!(session.behind(), Some(100));
         assert_eq!(session.in_flight(), 3);
+        // The relay's log had passed base 0 plus the staleness bound: no step is computed on a
+        // replica short of that, and once the log is applied that far steps resume.
+        let bound = peer.replica.job().hyper().staleness_bound;
+        assert!(
+            !session.ready_to_contribute(&peer),
+            "a step now would be stale too"
+        );
+        block_on(session.receive(
+            &mut peer,
+            cursor.pack(&synthetic_log(bound as usize + 1 - 100, 3)),
+        ))
+        .unwrap();
+        assert_eq!(peer.replica.version(), Version(bound + 1));
+        assert!(session.ready_to_contribute(&peer));
         let accepted = Message::Accepted {
             counter: Counter(12),
             version: Version(100),
