@@ -97,17 +97,22 @@ impl Follower {
             follower.apply(&entries)?;
             at = to;
         }
-        follower.evaluate()?;
+        follower.evaluate();
         follower.publish();
         Ok(follower)
     }
 
-    /// Evaluates the replica on the held-out examples and publishes the figures.
-    fn evaluate(&mut self) -> anyhow::Result<()> {
+    /// Evaluates the replica on the held-out examples and publishes the figures. A figure that
+    /// cannot be made is logged: it only reports, and the follower's work goes on.
+    fn evaluate(&mut self) {
         let Some(split) = &self.held_out else {
-            return Ok(());
+            return;
         };
-        let eval = engine::block_on(self.replica.evaluate(split))?;
+        self.evaluated = Some(std::time::Instant::now());
+        let eval = match engine::block_on(self.replica.evaluate(split)) {
+            Ok(eval) => eval,
+            Err(e) => return tracing::warn!("held-out evaluation failed: {e}"),
+        };
         let language = self.replica.job().model.is_language_model();
         *self
             .stats
@@ -120,8 +125,6 @@ impl Follower {
             loss: eval.loss,
             bits_per_token: language.then(|| eval.loss / std::f32::consts::LN_2),
         });
-        self.evaluated = Some(std::time::Instant::now());
-        Ok(())
     }
 
     /// The follower's version.
@@ -178,7 +181,7 @@ impl Follower {
                     .evaluated
                     .is_none_or(|at| at.elapsed() >= EVALUATE_EVERY)
                 {
-                    self.evaluate()?;
+                    self.evaluate();
                 }
             }
             if v.is_multiple_of(self.snapshot_every) {
