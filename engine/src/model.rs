@@ -71,6 +71,16 @@ pub enum Activation {
     Relu,
 }
 
+impl Activation {
+    /// The gain its weights are initialised with (LeCun-uniform scaled by it).
+    fn gain(self) -> f64 {
+        match self {
+            Activation::Tanh => 5.0 / 3.0,
+            Activation::Relu => std::f64::consts::SQRT_2,
+        }
+    }
+}
+
 /// A model spec that cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ModelError {
@@ -95,39 +105,67 @@ pub enum ModelError {
 #[derive(Debug, Clone)]
 pub struct Model {
     spec: ModelSpec,
-    /// Widths of the MLP from its input to the output.
-    widths: Vec<usize>,
-    /// `(vocabulary, width)` of the embedding table in front of the MLP, for a char LM.
-    embedding: Option<(usize, usize)>,
-    /// Input features (for a char LM: context bytes).
+    /// What kind of network it is, with that kind's sizes: one place per kind, so a new kind
+    /// is a new variant the compiler follows everywhere.
+    architecture: Architecture,
+    /// Input features (for a language model: tokens of context).
     features: usize,
-    /// The transformer's sizes, for a transformer (then `widths` and `embedding` are unused).
-    transformer: Option<Dims>,
     /// For a language model that classifies by prompt: per class, the vocabulary token whose
     /// logit is its score ([`crate::prompt`]).
     readout: Option<Vec<u32>>,
     layout: ParamLayout,
 }
 
+/// The kinds of network a job can name.
+#[derive(Debug, Clone)]
+enum Architecture {
+    /// An MLP over the input features: `widths` from its input to its output.
+    Mlp {
+        widths: Vec<usize>,
+        activation: Activation,
+    },
+    /// An MLP over the embeddings (`vocabulary × width`) of its input tokens, predicting the
+    /// next token; `widths` from the concatenated embeddings to the vocabulary.
+    CharLm {
+        vocabulary: usize,
+        width: usize,
+        widths: Vec<usize>,
+        activation: Activation,
+    },
+    /// GPT-2's architecture.
+    Transformer(Dims),
+}
+
 impl Model {
     /// Builds the model for `features` inputs and `classes` outputs.
     pub fn new(spec: &ModelSpec, features: usize, classes: usize) -> Result<Self, ModelError> {
-        if let ModelSpec::Transformer { .. } = spec {
-            let dims = transformer_dims(spec, features, classes)?;
-            return Ok(Model {
-                spec: spec.clone(),
-                widths: vec![features, classes],
-                embedding: None,
-                features,
-                transformer: Some(dims),
-                readout: None,
-                layout: dims.layout(),
-            });
-        }
-        let (hidden, embedding) = match spec {
-            ModelSpec::Mlp { hidden, .. } => (hidden, None),
+        let (architecture, layout) = match spec {
+            ModelSpec::Transformer {
+                preset,
+                layers,
+                width,
+                heads,
+                context,
+            } => {
+                let sizes = TransformerSizes {
+                    preset: *preset,
+                    layers: *layers,
+                    width: *width,
+                    heads: *heads,
+                    context: *context,
+                };
+                let dims = transformer_dims(sizes, features, classes)?;
+                (Architecture::Transformer(dims), dims.layout())
+            }
+            ModelSpec::Mlp { hidden, activation } => {
+                let (widths, layout) = mlp_layers(None, features, hidden, classes)?;
+                let activation = *activation;
+                (Architecture::Mlp { widths, activation }, layout)
+            }
             ModelSpec::CharLm {
-                embedding, hidden, ..
+                embedding,
+                hidden,
+                activation,
             } => {
                 if !(2..=4096).contains(&classes) {
                     return Err(ModelError::Vocabulary(classes));
@@ -138,34 +176,21 @@ impl Model {
                 if *embedding == 0 || *embedding > 4096 {
                     return Err(ModelError::Width(*embedding));
                 }
-                (hidden, Some((classes, *embedding)))
+                let table = (classes, *embedding);
+                let (widths, layout) = mlp_layers(Some(table), features, hidden, classes)?;
+                let architecture = Architecture::CharLm {
+                    vocabulary: classes,
+                    width: *embedding,
+                    widths,
+                    activation: *activation,
+                };
+                (architecture, layout)
             }
-            ModelSpec::Transformer { .. } => unreachable!("built above"),
         };
-        if hidden.is_empty() {
-            return Err(ModelError::NoHiddenLayers);
-        }
-        let input = embedding.map_or(features, |(_, e)| features * e);
-        let mut widths = vec![input];
-        widths.extend(hidden);
-        widths.push(classes);
-        if let Some(&w) = widths.iter().find(|&&w| w == 0 || w > 4096) {
-            return Err(ModelError::Width(w));
-        }
-        let mut layout = ParamLayout::default();
-        if let Some((vocabulary, width)) = embedding {
-            layout.push("embedding".to_string(), &[vocabulary, width]);
-        }
-        for (l, w) in widths.windows(2).enumerate() {
-            layout.push(format!("layer{l}.weight"), &[w[0], w[1]]);
-            layout.push(format!("layer{l}.bias"), &[w[1]]);
-        }
         Ok(Model {
             spec: spec.clone(),
-            widths,
-            embedding,
+            architecture,
             features,
-            transformer: None,
             readout: None,
             layout,
         })
@@ -178,7 +203,10 @@ impl Model {
 
     /// Whether the inputs are token codes: a language model, or one that classifies prompts.
     pub fn reads_tokens(&self) -> bool {
-        self.embedding.is_some() || self.transformer.is_some()
+        match self.architecture {
+            Architecture::Mlp { .. } => false,
+            Architecture::CharLm { .. } | Architecture::Transformer(_) => true,
+        }
     }
 
     /// Makes a language model a prompt classifier: its classes become `tokens`' logits at the
@@ -203,21 +231,24 @@ impl Model {
 
     /// Tokens in a language model's vocabulary (the width of its output layer).
     pub fn vocabulary(&self) -> usize {
-        match &self.transformer {
-            Some(dims) => dims.vocab,
-            None => *self.widths.last().expect("widths has input and output"),
+        self.outputs()
+    }
+
+    /// Width of the output layer: a classifier's classes, a language model's vocabulary.
+    fn outputs(&self) -> usize {
+        match &self.architecture {
+            Architecture::Mlp { widths, .. } | Architecture::CharLm { widths, .. } => {
+                *widths.last().expect("widths has input and output")
+            }
+            Architecture::Transformer(dims) => dims.vocab,
         }
     }
 
     /// The transformer's sizes, for a transformer.
     pub fn transformer(&self) -> Option<&Dims> {
-        self.transformer.as_ref()
-    }
-
-    fn activation(&self) -> Activation {
-        match &self.spec {
-            ModelSpec::Mlp { activation, .. } | ModelSpec::CharLm { activation, .. } => *activation,
-            ModelSpec::Transformer { .. } => Activation::Tanh,
+        match &self.architecture {
+            Architecture::Transformer(dims) => Some(dims),
+            Architecture::Mlp { .. } | Architecture::CharLm { .. } => None,
         }
     }
 
@@ -236,7 +267,7 @@ impl Model {
     pub fn classes(&self) -> usize {
         match &self.readout {
             Some(tokens) => tokens.len(),
-            None => *self.widths.last().expect("widths has input and output"),
+            None => self.outputs(),
         }
     }
 
@@ -251,21 +282,18 @@ impl Model {
     /// gains at 1. Integer arithmetic and single roundings only, so every platform gets the same
     /// bits.
     pub fn init(&self, key: [u8; 32]) -> Vec<f32> {
-        let gain = match self.activation() {
-            Activation::Tanh => 5.0 / 3.0,
-            Activation::Relu => std::f64::consts::SQRT_2,
-        };
         let mut rng = ChaCha8Rng::from_seed(key);
         let mut theta = vec![0.0f32; self.layout.d()];
         for p in self.layout.params() {
-            let bound = match &self.transformer {
-                Some(dims) => {
+            let bound = match &self.architecture {
+                Architecture::Transformer(dims) => {
                     if p.name.contains("ln_") && p.name.ends_with(".weight") {
                         theta[p.range()].fill(1.0);
                     }
                     dims.init_std(&p.name).map(|std| (std * 3f64.sqrt()) as f32)
                 }
-                None => {
+                Architecture::Mlp { activation, .. } | Architecture::CharLm { activation, .. } => {
+                    let gain = activation.gain();
                     (p.shape.len() == 2).then(|| (gain * (3.0 / p.shape[0] as f64).sqrt()) as f32)
                 }
             };
@@ -299,32 +327,59 @@ impl Model {
             let ids = tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>();
             Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &thetas.device())
         });
-        if let Some(dims) = &self.transformer {
-            return crate::transformer::last_logits(dims, &self.layout, thetas, x, readout);
-        }
         let [lanes, _] = thetas.dims();
         let [batch, features] = x.dims();
-        let param = |index: usize, shape: [usize; 3]| -> Tensor<3> {
-            let spec = &self.layout.params()[index];
-            thetas
-                .clone()
-                .narrow(1, spec.offset, spec.len())
-                .reshape(shape)
-        };
-        let layers = self.widths.len() - 1;
-        let (mut h, first) = match self.embedding {
-            None => (x.unsqueeze::<3>().expand([lanes, batch, features]), 0),
-            Some((vocabulary, width)) => {
-                let table = param(0, [lanes, vocabulary, width]);
+        let logits = match &self.architecture {
+            Architecture::Transformer(dims) => {
+                return crate::transformer::last_logits(dims, &self.layout, thetas, x, readout);
+            }
+            Architecture::Mlp { widths, activation } => {
+                let h = x.unsqueeze::<3>().expand([lanes, batch, features]);
+                self.mlp(thetas, h, 0, widths, *activation)
+            }
+            Architecture::CharLm {
+                vocabulary,
+                width,
+                widths,
+                activation,
+            } => {
+                let table = self.param(thetas, 0, [lanes, *vocabulary, *width]);
                 let codes = x.reshape([batch * features]).int();
                 let rows = table.select(1, codes);
-                (rows.reshape([lanes, batch, features * width]), 1)
+                let h = rows.reshape([lanes, batch, features * width]);
+                self.mlp(thetas, h, 1, widths, *activation)
             }
         };
-        let activation = self.activation();
-        for (l, w) in self.widths.windows(2).enumerate() {
-            let weight = param(first + 2 * l, [lanes, w[0], w[1]]);
-            let bias = param(first + 2 * l + 1, [lanes, 1, w[1]]);
+        match readout {
+            Some(ids) => logits.select(2, ids),
+            None => logits,
+        }
+    }
+
+    /// Parameter `index` of every lane of `thetas`, shaped `shape` (lanes first).
+    fn param(&self, thetas: &Tensor<2>, index: usize, shape: [usize; 3]) -> Tensor<3> {
+        let spec = &self.layout.params()[index];
+        thetas
+            .clone()
+            .narrow(1, spec.offset, spec.len())
+            .reshape(shape)
+    }
+
+    /// The MLP's layers over `h: [lanes, batch, widths[0]]`, their parameters from index
+    /// `first` on: a product and a bias each, the activation between them.
+    fn mlp(
+        &self,
+        thetas: &Tensor<2>,
+        mut h: Tensor<3>,
+        first: usize,
+        widths: &[usize],
+        activation: Activation,
+    ) -> Tensor<3> {
+        let [lanes, _] = thetas.dims();
+        let layers = widths.len() - 1;
+        for (l, w) in widths.windows(2).enumerate() {
+            let weight = self.param(thetas, first + 2 * l, [lanes, w[0], w[1]]);
+            let bias = self.param(thetas, first + 2 * l + 1, [lanes, 1, w[1]]);
             h = h.matmul(weight) + bias;
             if l + 1 < layers {
                 h = match activation {
@@ -333,25 +388,61 @@ impl Model {
                 };
             }
         }
-        match readout {
-            Some(ids) => h.select(2, ids),
-            None => h,
-        }
+        h
     }
 }
 
+/// An MLP's widths from its input (the features, or their embeddings: `table` is
+/// `(vocabulary, width)`) to `classes`, checked, and its parameters in order.
+fn mlp_layers(
+    table: Option<(usize, usize)>,
+    features: usize,
+    hidden: &[usize],
+    classes: usize,
+) -> Result<(Vec<usize>, ParamLayout), ModelError> {
+    if hidden.is_empty() {
+        return Err(ModelError::NoHiddenLayers);
+    }
+    let input = table.map_or(features, |(_, width)| features * width);
+    let mut widths = vec![input];
+    widths.extend(hidden);
+    widths.push(classes);
+    if let Some(&w) = widths.iter().find(|&&w| w == 0 || w > 4096) {
+        return Err(ModelError::Width(w));
+    }
+    let mut layout = ParamLayout::default();
+    if let Some((vocabulary, width)) = table {
+        layout.push("embedding".to_string(), &[vocabulary, width]);
+    }
+    for (l, w) in widths.windows(2).enumerate() {
+        layout.push(format!("layer{l}.weight"), &[w[0], w[1]]);
+        layout.push(format!("layer{l}.bias"), &[w[1]]);
+    }
+    Ok((widths, layout))
+}
+
+/// A transformer spec's sizes, each explicit or from its preset.
+struct TransformerSizes {
+    preset: Option<Preset>,
+    layers: Option<usize>,
+    width: Option<usize>,
+    heads: Option<usize>,
+    context: Option<usize>,
+}
+
 /// The transformer's sizes from its spec, checked.
-fn transformer_dims(spec: &ModelSpec, features: usize, classes: usize) -> Result<Dims, ModelError> {
-    let ModelSpec::Transformer {
+fn transformer_dims(
+    spec: TransformerSizes,
+    features: usize,
+    classes: usize,
+) -> Result<Dims, ModelError> {
+    let TransformerSizes {
         preset,
         layers,
         width,
         heads,
         context,
-    } = spec
-    else {
-        unreachable!("called for transformers")
-    };
+    } = spec;
     let sizes = preset.map(Preset::sizes);
     let pick = |explicit: Option<usize>, from_preset: Option<usize>, name| {
         explicit
@@ -359,10 +450,10 @@ fn transformer_dims(spec: &ModelSpec, features: usize, classes: usize) -> Result
             .ok_or(ModelError::MissingSize(name))
     };
     let dims = Dims {
-        layers: pick(*layers, sizes.map(|s| s.0), "layers")?,
-        width: pick(*width, sizes.map(|s| s.1), "width")?,
-        heads: pick(*heads, sizes.map(|s| s.2), "heads")?,
-        context: pick(*context, sizes.map(|s| s.3), "context")?,
+        layers: pick(layers, sizes.map(|s| s.0), "layers")?,
+        width: pick(width, sizes.map(|s| s.1), "width")?,
+        heads: pick(heads, sizes.map(|s| s.2), "heads")?,
+        context: pick(context, sizes.map(|s| s.3), "context")?,
         vocab: classes,
     };
     let bad = |why: String| Err(ModelError::TransformerSize(why));
