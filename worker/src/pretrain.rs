@@ -67,6 +67,7 @@ struct Report {
     steps: u64,
     interrupted: bool,
     seconds: f64,
+    /// A language model's tokens per second; a classifier's examples per second.
     tokens_per_s: f64,
     held_out_loss_before: f32,
     held_out_loss: f32,
@@ -161,6 +162,12 @@ pub fn run(args: Args) -> Result<()> {
         .expect("valid template"),
     );
     let tokens_per_step = (args.batch_size * trainer.tokens_per_row()) as f64;
+    // What a step's rows are counted as: a language model's tokens, a classifier's examples.
+    let counted = if job.model.is_language_model() {
+        "tokens"
+    } else {
+        "examples"
+    };
     let began = Instant::now();
     let mut smoothed: Option<f32> = None;
     while trainer.steps_taken() < args.steps {
@@ -173,7 +180,7 @@ pub fn run(args: Args) -> Result<()> {
         let done = trainer.steps_taken();
         let per_s = tokens_per_step * done as f64 / began.elapsed().as_secs_f64();
         bar.set_position(done);
-        bar.set_message(format!("loss {s:.3}  {per_s:.0} tokens/s"));
+        bar.set_message(format!("loss {s:.3}  {per_s:.0} {counted}/s"));
         if done.is_multiple_of(args.eval_every) && done < args.steps {
             let held = trainer.loss_on(&held_out)?;
             let line = format!("step {done}: held-out loss {}", unit.show(held));
@@ -212,7 +219,7 @@ pub fn run(args: Args) -> Result<()> {
     out.write(&job.checkpoint_bytes(theta))?;
     let tokens_per_s = tokens_per_step * steps as f64 / seconds.max(1e-9);
     println!(
-        "{steps} steps in {seconds:.1} s ({tokens_per_s:.0} tokens/s); held-out loss {} (was {})",
+        "{steps} steps in {seconds:.1} s ({tokens_per_s:.0} {counted}/s); held-out loss {} (was {})",
         unit.show(after),
         unit.show(before)
     );
