@@ -103,6 +103,23 @@ fn gpu_replica_restored_from_a_cpu_snapshot_continues_identically() {
     );
 }
 
+/// The same proposal computed on the CPU and on wgpu: equal losses within rounding, and `g`
+/// within what dividing a loss difference by 2ε makes of that rounding.
+fn assert_proposals_agree(a: &engine::Proposal, b: &engine::Proposal) {
+    assert!(
+        (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
+        "loss {} vs {}",
+        a.loss,
+        b.loss
+    );
+    assert!(
+        (a.g - b.g).abs() <= 2e-2 + 1e-2 * a.g.abs(),
+        "g {} vs {}",
+        a.g,
+        b.g
+    );
+}
+
 #[test]
 fn perturbed_losses_match_across_backends() {
     let job = Arc::new(Job::demo());
@@ -117,19 +134,7 @@ fn perturbed_losses_match_across_backends() {
         let batch = data.train.shard(counter as usize % 8, 8);
         let a = block_on(cpu.propose(PeerId(4), Counter(counter), &batch)).unwrap();
         let b = block_on(gpu.propose(PeerId(4), Counter(counter), &batch)).unwrap();
-        assert!(
-            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
-            "loss {} vs {}",
-            a.loss,
-            b.loss
-        );
-        // g divides a loss difference by 2ε, which magnifies rounding differences.
-        assert!(
-            (a.g - b.g).abs() <= 2e-2 + 1e-2 * a.g.abs(),
-            "g {} vs {}",
-            a.g,
-            b.g
-        );
+        assert_proposals_agree(&a, &b);
     }
     assert_eq!(
         block_on(gpu.weight_hash()).unwrap(),
@@ -220,18 +225,7 @@ fn a_prompt_classifier_perturbs_alike_on_both_backends_with_lanes() {
     let b = block_on(gpu.propose_lanes(PeerId(2), &counters, &batch)).unwrap();
     assert_eq!(a.len(), 4);
     for (a, b) in a.iter().zip(&b) {
-        assert!(
-            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
-            "loss {} vs {}",
-            a.loss,
-            b.loss
-        );
-        assert!(
-            (a.g - b.g).abs() <= 2e-2 + 1e-2 * a.g.abs(),
-            "g {} vs {}",
-            a.g,
-            b.g
-        );
+        assert_proposals_agree(a, b);
     }
 }
 
