@@ -25,6 +25,8 @@ fn time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> Duration {
 }
 
 fn main() {
+    // As the worker runs (`onebyte`): freed tensors stay in the process for reuse.
+    engine::host_memory::keep_freed_memory();
     let job = Arc::new(Job::demo());
     let d = job.model.layout().d();
     let batch_size = job.hyper().batch_size;

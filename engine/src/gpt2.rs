@@ -178,7 +178,14 @@ mod tests {
         let tokens: Vec<f32> = r.tokens.iter().flatten().map(|&c| c as f32).collect();
         let tokens = Tensor::<2>::from_data(TensorData::new(tokens, [batch, t]), &device);
         let dims = model.transformer().unwrap();
-        let logits = transformer::all_logits(dims, model.layout(), &thetas, tokens);
+        let logits = transformer::all_logits(
+            dims,
+            &transformer::Weights::Flat {
+                layout: model.layout(),
+                thetas: &thetas,
+            },
+            tokens,
+        );
         let logits: Vec<f32> = block_on(logits.into_data_async())
             .unwrap()
             .try_to_vec::<f32>()

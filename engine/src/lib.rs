@@ -14,6 +14,8 @@ pub mod gpt2;
 #[cfg(feature = "wgpu")]
 pub mod gpu;
 pub mod hash;
+#[cfg(not(target_family = "wasm"))]
+pub mod host_memory;
 pub mod job;
 pub mod layout;
 pub mod model;

@@ -331,7 +331,11 @@ impl Model {
         let [batch, features] = x.dims();
         let logits = match &self.architecture {
             Architecture::Transformer(dims) => {
-                return crate::transformer::last_logits(dims, &self.layout, thetas, x, readout);
+                let weights = crate::transformer::Weights::Flat {
+                    layout: &self.layout,
+                    thetas,
+                };
+                return crate::transformer::last_logits(dims, &weights, x, readout);
             }
             Architecture::Mlp { widths, activation } => {
                 let h = x.unsqueeze::<3>().expand([lanes, batch, features]);

@@ -8,6 +8,7 @@
 //! replicas then agree on.
 
 use crate::data::{BatchSampler, Split};
+use crate::transformer::Weights;
 use crate::{EngineError, Job};
 use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
@@ -86,8 +87,25 @@ impl FirstOrder {
     /// One step on a batch of `batch_size` rows of `train`; the batch's loss before the step.
     pub fn step(&mut self, train: &Split, batch_size: usize) -> Result<f32, EngineError> {
         let batch = self.sampler.sample(train, batch_size);
-        let leaf = self.theta.clone().autodiff().require_grad();
-        let loss = self.loss(&leaf, &batch)?;
+        let model = &self.job.model;
+        let leaves = if model.transformer().is_some() && model.is_language_model() {
+            // Each tensor its own leaf (see `Weights::Split`).
+            let params = model.layout().params().iter();
+            Theta::Split(
+                params
+                    .map(|p| {
+                        let slice = self.theta.clone().narrow(0, p.offset, p.len());
+                        slice.reshape([1, p.len()]).autodiff().require_grad()
+                    })
+                    .collect(),
+            )
+        } else {
+            let d = model.layout().d();
+            Theta::Flat(Box::new(
+                self.theta.clone().reshape([1, d]).autodiff().require_grad(),
+            ))
+        };
+        let loss = self.loss(&leaves, &batch)?;
         let value = read_scalar(&loss)?;
         if !value.is_finite() {
             return Err(EngineError::Device(format!(
@@ -96,9 +114,15 @@ impl FirstOrder {
             )));
         }
         let grads = loss.backward();
-        let grad = leaf
-            .grad(&grads)
-            .expect("θ takes part in the loss, so it has a gradient");
+        let grad_of = |leaf: &Tensor<2>| {
+            leaf.grad(&grads)
+                .expect("every tensor of θ takes part in the loss, so it has a gradient")
+                .reshape([-1])
+        };
+        let grad = match &leaves {
+            Theta::Flat(leaf) => grad_of(leaf),
+            Theta::Split(leaves) => Tensor::cat(leaves.iter().map(grad_of).collect(), 0),
+        };
         let rate = self.schedule.rate(self.step);
         let (theta, state) = self
             .optimizer
@@ -116,9 +140,11 @@ impl FirstOrder {
             return Err(EngineError::EmptyBatch);
         }
         let mut sum = 0.0f64;
+        let d = self.job.model.layout().d();
+        let theta = Theta::Flat(Box::new(self.theta.clone().reshape([1, d])));
         for start in (0..split.len()).step_by(EVAL_ROWS) {
             let part = split.rows(start..(start + EVAL_ROWS).min(split.len()));
-            let loss = read_scalar(&self.loss(&self.theta, &part)?)?;
+            let loss = read_scalar(&self.loss(&theta, &part)?)?;
             sum += f64::from(loss) * part.len() as f64;
         }
         Ok((sum / split.len() as f64) as f32)
@@ -146,13 +172,21 @@ impl FirstOrder {
     /// without autodiff). A transformer language model learns the next token at every position
     /// of each window (the window shifted by one, then the label), as GPT-2 is trained; other
     /// models learn their one label per row, with the forward pass the swarm runs.
-    fn loss(&self, theta: &Tensor<1>, batch: &Split) -> Result<Tensor<1>, EngineError> {
+    fn loss(&self, theta: &Theta, batch: &Split) -> Result<Tensor<1>, EngineError> {
         let model = &self.job.model;
         crate::replica::check_batch(model, batch)?;
-        let device = theta.device();
+        let (weights, device) = match theta {
+            Theta::Flat(thetas) => {
+                let layout = model.layout();
+                (Weights::Flat { layout, thetas }, thetas.device())
+            }
+            Theta::Split(tensors) => {
+                let layout = model.layout();
+                (Weights::Split { layout, tensors }, tensors[0].device())
+            }
+        };
         let (rows, t) = (batch.len(), batch.features);
         let x = Tensor::<2>::from_data(TensorData::new(batch.x.clone(), [rows, t]), &device);
-        let thetas = theta.clone().reshape([1, model.layout().d()]);
         let (logits, labels) = match model.transformer() {
             Some(dims) if model.is_language_model() => {
                 let mut next = Vec::with_capacity(rows * t);
@@ -160,10 +194,12 @@ impl FirstOrder {
                     next.extend(row[1..].iter().map(|&v| v as u32));
                     next.push(y);
                 }
-                let logits = crate::transformer::all_logits(dims, model.layout(), &thetas, x);
-                (logits, next)
+                (crate::transformer::all_logits(dims, &weights, x), next)
             }
-            _ => (model.forward_lanes(&thetas, x), batch.y.clone()),
+            _ => match theta {
+                Theta::Flat(thetas) => (model.forward_lanes(thetas, x), batch.y.clone()),
+                Theta::Split(_) => unreachable!("only a transformer language model is split"),
+            },
         };
         let [_, n, classes] = logits.dims();
         if let Some(&label) = labels.iter().find(|&&y| y as usize >= classes) {
@@ -176,6 +212,13 @@ impl FirstOrder {
         let log_probs = activation::log_softmax(logits.reshape([n, classes]), 1);
         Ok(log_probs.gather(1, labels).mean().neg().reshape([1]))
     }
+}
+
+/// θ as a loss reads it: `[1, d]`, or one `[1, len]` tensor per entry of the layout (a
+/// transformer language model's while it trains, see [`Weights::Split`]).
+enum Theta {
+    Flat(Box<Tensor<2>>),
+    Split(Vec<Tensor<2>>),
 }
 
 /// Rows per evaluation pass (bounded memory for the all-position logits).

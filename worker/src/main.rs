@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    engine::host_memory::keep_freed_memory();
     match Cli::parse().command {
         Command::Simulate(args) => simulate::run(args),
         Command::Join(args) => join::run(args),

@@ -168,6 +168,12 @@ fn ensure_component(name: &str, probe: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// For the test runs: the CPU backend in each process keeps to one thread. Tests already run
+/// many at once (test threads, relays, workers, Chromium, lavapipe) on two cores, and every
+/// process's matrix products spreading over both only adds contention (measured: the engine's
+/// integration tests took 191 s with the CPU backend's threads, 110 s without).
+pub const ONE_CPU_THREAD: (&str, &str) = ("RAYON_NUM_THREADS", "1");
+
 pub fn test() -> Result<()> {
     let start = Instant::now();
     ensure_component("rustfmt", &["fmt", "--version"])?;
@@ -182,10 +188,12 @@ pub fn test() -> Result<()> {
     web::wasm_tests()?;
 
     // Clippy lints these builds as they compile (warnings are errors): no separate check pass.
+    let mut native = cargo_linted(&["test", "--workspace"]);
+    native.env(ONE_CPU_THREAD.0, ONE_CPU_THREAD.1);
     run(
         "native tests (protocol, engine on CPU and lavapipe, relay, workers end to end), \
          linted by clippy",
-        cargo_linted(&["test", "--workspace"]),
+        native,
     )?;
     run(
         "the relay and worker binaries for the browser tests",

@@ -261,7 +261,11 @@ pub fn browser_test_command() -> Result<Command> {
 /// The page end to end: real relay and workers, the built page in Chromium.
 pub fn browser_tests() -> Result<()> {
     ensure_chromium()?;
-    let test = browser_test_command()?;
+    let mut test = browser_test_command()?;
+    test.env(
+        crate::steps::ONE_CPU_THREAD.0,
+        crate::steps::ONE_CPU_THREAD.1,
+    );
     eprintln!("    (screenshots go to artifacts/)");
     let what = format!(
         "browser end to end: the page in Chromium, WebGPU and CPU ({})",
