@@ -26,6 +26,9 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         return Ok(());
     };
     let mut job = Job::from_toml(&job_toml).map_err(|e| format!("the relay's job: {e}"))?;
+    if job.needs_base() {
+        return Err(Job::BASE_NOT_SERVED.to_string());
+    }
     if job.needs_tokenizer() {
         let Some(json) = fetching
             .fetch("fetching the job's tokenizer", || endpoints.tokenizer())

@@ -155,7 +155,10 @@ mod tests {
         let targets =
             Tensor::<2>::from_data(TensorData::new(one_hot, [rows, model.classes()]), &device);
         // The loss every replica computes for its two perturbed passes.
-        let loss = crate::model::lane_losses(model.forward_lanes(&thetas, tokens), &targets);
+        let loss = crate::model::lane_losses(
+            model.forward_lanes(&thetas, &crate::weights::Frozen::none(), tokens),
+            &targets,
+        );
         let loss = block_on(loss.into_data_async())
             .unwrap()
             .try_to_vec::<f32>()
@@ -180,10 +183,7 @@ mod tests {
         let dims = model.transformer().unwrap();
         let logits = transformer::all_logits(
             dims,
-            &transformer::Weights::Flat {
-                layout: model.layout(),
-                thetas: &thetas,
-            },
+            &crate::weights::Weights::flat(model.layout(), &thetas),
             tokens,
         );
         let logits: Vec<f32> = block_on(logits.into_data_async())

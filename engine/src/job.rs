@@ -27,6 +27,10 @@ pub struct JobConfig {
     /// of their bytes, so no minority of peers steers a step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committee: Option<CommitteeSpec>,
+    /// What trains: every parameter (without this section), or a small named part of a frozen
+    /// base model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<crate::trained::TrainSpec>,
 }
 
 /// A job's `[committee]` section.
@@ -196,6 +200,23 @@ pub enum JobError {
          transformer or a char_lm"
     )]
     PromptNeedsLanguageModel,
+    #[error("{0}")]
+    Train(#[from] crate::trained::TrainError),
+    #[error(
+        "job.init = {path} is the frozen base of a job that trains part of its model: pin it \
+         with train.base_sha256 = \"{actual}\" (its SHA-256), so that every peer provably \
+         trains on the same base"
+    )]
+    BaseUnpinned { path: String, actual: String },
+    #[error(
+        "job.init = {path} is not the base this job trains on: its SHA-256 is {actual}, \
+         train.base_sha256 is {expected}"
+    )]
+    BaseMismatch {
+        path: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 impl JobConfig {
@@ -262,7 +283,7 @@ pub struct Job {
     pub config: JobConfig,
     pub id: JobId,
     pub model: Model,
-    /// θ₀ from `job.init`, once loaded.
+    /// The whole model's weights from `job.init`, once loaded (θ₀, or the frozen base).
     initial: Option<std::sync::Arc<Vec<f32>>>,
     /// `task.tokenizer`, once loaded: the tokenizer and the file it was read from.
     tokenizer: Option<(
@@ -289,7 +310,10 @@ impl Job {
         {
             return Err(JobError::CommitteeSize(committee.size));
         }
-        let model = Model::new(&config.model, config.task.features, config.task.classes)?;
+        let mut model = Model::new(&config.model, config.task.features, config.task.classes)?;
+        if let Some(train) = &config.train {
+            model.train(train)?;
+        }
         if config.task.tokenizer.is_some() && !model.reads_tokens() {
             return Err(JobError::TokenizerNeedsText);
         }
@@ -409,6 +433,7 @@ impl Job {
         };
         let bytes = read(&init)?;
         let shown = dir.join(&init).display().to_string();
+        self.check_base(&shown, &bytes)?;
         let theta = self
             .read_checkpoint(&bytes)
             .map_err(|source| JobError::Checkpoint {
@@ -419,7 +444,35 @@ impl Job {
         Ok(self)
     }
 
-    /// θ from a checkpoint of this job's model. A transformer reads GPT-2 checkpoints as
+    /// Where part of the model is frozen, `bytes` (the checkpoint at `path`) must be the base
+    /// the job pins.
+    pub fn check_base(&self, path: &str, bytes: &[u8]) -> Result<(), JobError> {
+        if !self.model.plan().freezes() {
+            return Ok(());
+        }
+        let actual = hex::encode(Sha256::digest(bytes));
+        let pinned = self
+            .config
+            .train
+            .as_ref()
+            .and_then(|t| t.base_sha256.clone());
+        match pinned {
+            None => Err(JobError::BaseUnpinned {
+                path: path.to_string(),
+                actual,
+            }),
+            Some(expected) if !expected.eq_ignore_ascii_case(&actual) => {
+                Err(JobError::BaseMismatch {
+                    path: path.to_string(),
+                    expected,
+                    actual,
+                })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The whole model's weights from a checkpoint of this job's model. A transformer reads GPT-2 checkpoints as
     /// Hugging Face writes them (our own snapshots of it are one case of those); other models
     /// read exactly their own tensors.
     pub fn read_checkpoint(
@@ -427,9 +480,9 @@ impl Job {
         bytes: &[u8],
     ) -> Result<Vec<f32>, crate::snapshot::SnapshotError> {
         if self.model.transformer().is_some() {
-            crate::gpt2::read_gpt2(bytes, self.model.layout())
+            crate::gpt2::read_gpt2(bytes, self.model.base_layout())
         } else {
-            crate::snapshot::read_checkpoint(bytes, self.model.layout())
+            crate::snapshot::read_checkpoint(bytes, self.model.base_layout())
         }
     }
 
@@ -502,6 +555,29 @@ impl Job {
         self.config.job.init.is_some() && self.initial.is_none()
     }
 
+    /// The frozen base on `device`: nothing where every parameter trains (whose replicas may
+    /// start from a snapshot without the checkpoint).
+    ///
+    /// # Panics
+    /// As [`Job::initial_weights`], where part of the model is frozen.
+    pub fn frozen(&self, device: &burn::tensor::Device) -> crate::weights::Frozen {
+        match self.model.plan().freezes() {
+            true => self.model.frozen(&self.base_weights(), device),
+            false => crate::weights::Frozen::none(),
+        }
+    }
+
+    /// Whether the job trains part of a frozen base that comes from a checkpoint not loaded
+    /// here. Peers cannot fetch a base from a relay yet: such a job runs under `onebyte
+    /// simulate` and `onebyte pretrain`'s successors on one machine, and a peer says so.
+    pub fn needs_base(&self) -> bool {
+        self.model.plan().freezes() && self.needs_checkpoint()
+    }
+
+    /// What a peer says of a job it cannot join because of [`Job::needs_base`].
+    pub const BASE_NOT_SERVED: &'static str = "this job trains part of a frozen base model (its \
+        [train] section and job.init), and relays do not serve a base to peers yet";
+
     /// The built-in demo: spirals with a 2-32-32-2 tanh MLP.
     pub fn demo() -> Self {
         Job::new(JobConfig {
@@ -516,6 +592,7 @@ impl Job {
             hyper: HyperParams::default(),
             privacy: None,
             committee: None,
+            train: None,
         })
         .expect("the demo job is valid")
     }
@@ -564,6 +641,7 @@ impl Job {
             },
             privacy: None,
             committee: None,
+            train: None,
         })
         .expect("the tiny transformer job is valid")
     }
@@ -583,14 +661,35 @@ impl Job {
         self.config.privacy.as_ref()
     }
 
-    /// Initial weights: the checkpoint's, or generated on the CPU from the seed.
+    /// θ₀: the checkpoint's weights, or generated on the CPU from the seed; where the job
+    /// trains only part of its model, that part made from the base ([`crate::trained::Plan::initial`]).
     ///
     /// # Panics
     /// When the job names a checkpoint that was not loaded ([`Job::needs_checkpoint`]): such a
     /// job starts from a snapshot, never from here.
     pub fn initial_weights(&self) -> Vec<f32> {
+        let base = self.base_weights();
+        let plan = self.model.plan();
+        if !plan.freezes() {
+            return base.to_vec();
+        }
+        let key = protocol::seed::init_key(self.id, self.config.job.init_seed);
+        let adapter_key: [u8; 32] = Sha256::new()
+            .chain_update(key)
+            .chain_update(b"lora")
+            .finalize()
+            .into();
+        plan.initial(self.model.base_layout(), &base, adapter_key)
+    }
+
+    /// The whole model's starting weights (in [`Model::base_layout`]'s order): `job.init`'s,
+    /// or generated from the seed. Where part of the model is frozen, this is the base.
+    ///
+    /// # Panics
+    /// As [`Job::initial_weights`].
+    pub fn base_weights(&self) -> std::sync::Arc<Vec<f32>> {
         if let Some(theta) = &self.initial {
-            return theta.to_vec();
+            return theta.clone();
         }
         assert!(
             !self.needs_checkpoint(),
@@ -598,8 +697,10 @@ impl Job {
             self.config.job.name,
             self.config.job.init
         );
-        self.model
-            .init(protocol::seed::init_key(self.id, self.config.job.init_seed))
+        std::sync::Arc::new(
+            self.model
+                .init(protocol::seed::init_key(self.id, self.config.job.init_seed)),
+        )
     }
 
     /// The job as TOML, as a relay would serve it.
@@ -736,13 +837,13 @@ mod tests {
         let x = || Tensor::<2>::from_data(TensorData::new(rows.x.clone(), [4, 64]), &device);
         let classes = job
             .model
-            .forward(&theta, x())
+            .forward(&theta, &crate::weights::Frozen::none(), x())
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();
         let vocabulary = lm
             .model
-            .forward(&theta, x())
+            .forward(&theta, &crate::weights::Frozen::none(), x())
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();

@@ -29,7 +29,9 @@ pub mod session;
 pub mod sim;
 pub mod snapshot;
 pub mod text;
+pub mod trained;
 pub mod transformer;
+pub mod weights;
 
 pub use data::{BatchSampler, Builtin, DataSource, Dataset, Split};
 pub use job::{CommitteeSpec, HyperParams, Job, JobConfig};

@@ -5,7 +5,9 @@
 //! anything about layers.
 
 use crate::layout::ParamLayout;
+use crate::trained::{Plan, TrainError, TrainSpec};
 use crate::transformer::{Dims, Preset};
+use crate::weights::{Frozen, Trained, Weights};
 use burn::tensor::{Int, Tensor, TensorData, activation};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -113,6 +115,11 @@ pub struct Model {
     /// For a language model that classifies by prompt: per class, the vocabulary token whose
     /// logit is its score ([`crate::prompt`]).
     readout: Option<Vec<u32>>,
+    /// Every tensor of the model, in order: what a checkpoint of it holds.
+    base_layout: ParamLayout,
+    /// What trains: everything, or a part of a frozen base.
+    plan: Plan,
+    /// θ's tensors: the trained ones ([`Plan::trained_layout`]).
     layout: ParamLayout,
 }
 
@@ -192,8 +199,58 @@ impl Model {
             architecture,
             features,
             readout: None,
+            base_layout: layout.clone(),
+            plan: Plan::All,
             layout,
         })
+    }
+
+    /// Trains what `spec` names instead of every parameter: θ becomes that part, and the rest
+    /// a frozen base.
+    pub fn train(&mut self, spec: &TrainSpec) -> Result<(), TrainError> {
+        let blocks = self.transformer().map(|dims| dims.layers);
+        self.plan = Plan::new(spec, &self.base_layout, blocks)?;
+        self.layout = self.plan.trained_layout(&self.base_layout);
+        Ok(())
+    }
+
+    /// What trains.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Every tensor of the model (θ's layout where everything trains).
+    pub fn base_layout(&self) -> &ParamLayout {
+        &self.base_layout
+    }
+
+    /// The tensors of a pass: `thetas: [lanes, d]` (θ's copies) beside the `frozen` base.
+    pub fn weights<'a>(&'a self, thetas: &'a Tensor<2>, frozen: &'a Frozen) -> Weights<'a> {
+        Weights {
+            trained: Trained::Flat {
+                layout: &self.layout,
+                thetas,
+            },
+            frozen,
+            lora_scale: self.lora_scale(),
+        }
+    }
+
+    /// The scale of a LoRA layer's adapted product (0 without adapters).
+    pub fn lora_scale(&self) -> f32 {
+        match self.plan {
+            Plan::Lora { scale, .. } => scale,
+            Plan::All | Plan::Subset(_) => 0.0,
+        }
+    }
+
+    /// The frozen base on `device`, from the whole model's weights `base` (in
+    /// [`Model::base_layout`]'s order); nothing where everything trains.
+    pub fn frozen(&self, base: &[f32], device: &burn::tensor::Device) -> Frozen {
+        match self.plan.freezes() {
+            true => Frozen::new(&self.base_layout, base, &self.layout, device),
+            false => Frozen::none(),
+        }
     }
 
     /// Whether this is a language model (inputs are token codes, the label the next token).
@@ -276,15 +333,16 @@ impl Model {
         self.features
     }
 
-    /// Initial weights, generated on the CPU from a ChaCha key: uniform in `±gain·√(3/fan_in)`
+    /// Initial weights of the whole model (in [`Model::base_layout`]'s order), generated on the
+    /// CPU from a ChaCha key: uniform in `±gain·√(3/fan_in)`
     /// for weights (LeCun-uniform scaled by the activation's gain), zero biases; for a
     /// transformer, uniform with GPT-2's standard deviations ([`Dims::init_std`]) and LayerNorm
     /// gains at 1. Integer arithmetic and single roundings only, so every platform gets the same
     /// bits.
     pub fn init(&self, key: [u8; 32]) -> Vec<f32> {
         let mut rng = ChaCha8Rng::from_seed(key);
-        let mut theta = vec![0.0f32; self.layout.d()];
-        for p in self.layout.params() {
+        let mut theta = vec![0.0f32; self.base_layout.d()];
+        for p in self.base_layout.params() {
             let bound = match &self.architecture {
                 Architecture::Transformer(dims) => {
                     if p.name.contains("ln_") && p.name.ends_with(".weight") {
@@ -308,38 +366,43 @@ impl Model {
         theta
     }
 
-    /// Logits `[batch, classes]` for inputs `x: [batch, features]` under weights `theta: [d]`.
-    /// A char LM's inputs are byte codes (0–255) as floats.
-    pub fn forward(&self, theta: &Tensor<1>, x: Tensor<2>) -> Tensor<2> {
+    /// Logits `[batch, classes]` for inputs `x: [batch, features]` under weights `theta: [d]`
+    /// beside the `frozen` base. A char LM's inputs are byte codes (0–255) as floats.
+    pub fn forward(&self, theta: &Tensor<1>, frozen: &Frozen, x: Tensor<2>) -> Tensor<2> {
         let d = self.layout.d();
         let thetas = theta.clone().reshape([1, d]);
         let [batch, _] = x.dims();
-        self.forward_lanes(&thetas, x)
+        self.forward_lanes(&thetas, frozen, x)
             .reshape([batch, self.classes()])
     }
 
     /// Logits `[lanes, batch, classes]` for inputs `x: [batch, features]` under `lanes` weight
-    /// vectors `thetas: [lanes, d]` at once: every layer is one batched matmul over the lanes,
-    /// so `K` perturbed copies cost one pass, not `K`.
+    /// vectors `thetas: [lanes, d]` at once, beside the `frozen` base they share: every layer
+    /// is one batched matmul over the lanes, so `K` perturbed copies cost one pass, not `K`.
     /// A prompt classifier's logits are its label words' logits at the last position.
-    pub fn forward_lanes(&self, thetas: &Tensor<2>, x: Tensor<2>) -> Tensor<3> {
+    pub fn forward_lanes(&self, thetas: &Tensor<2>, frozen: &Frozen, x: Tensor<2>) -> Tensor<3> {
+        self.forward_weights(&self.weights(thetas, frozen), x)
+    }
+
+    /// [`Model::forward_lanes`] over weights however held.
+    pub fn forward_weights(&self, weights: &Weights, x: Tensor<2>) -> Tensor<3> {
         let readout = self.readout.as_ref().map(|tokens| {
             let ids = tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>();
-            Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &thetas.device())
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &weights.device())
         });
-        let [lanes, _] = thetas.dims();
+        let lanes = weights.lanes();
         let [batch, features] = x.dims();
         let logits = match &self.architecture {
             Architecture::Transformer(dims) => {
-                let weights = crate::transformer::Weights::Flat {
-                    layout: &self.layout,
-                    thetas,
-                };
-                return crate::transformer::last_logits(dims, &weights, x, readout);
+                crate::transformer::last_logits(dims, weights, x, readout)
             }
             Architecture::Mlp { widths, activation } => {
                 let h = x.unsqueeze::<3>().expand([lanes, batch, features]);
-                self.mlp(thetas, h, 0, widths, *activation)
+                let logits = mlp(weights, h, widths, *activation);
+                match readout {
+                    Some(ids) => logits.select(2, ids),
+                    None => logits,
+                }
             }
             Architecture::CharLm {
                 vocabulary,
@@ -347,53 +410,43 @@ impl Model {
                 widths,
                 activation,
             } => {
-                let table = self.param(thetas, 0, [lanes, *vocabulary, *width]);
+                let table = weights.matrix("embedding", *vocabulary, *width);
+                let table_lanes = table.dims()[0];
                 let codes = x.reshape([batch * features]).int();
                 let rows = table.select(1, codes);
-                let h = rows.reshape([lanes, batch, features * width]);
-                self.mlp(thetas, h, 1, widths, *activation)
+                let h = rows.reshape([table_lanes, batch, features * width]);
+                let logits = mlp(weights, h, widths, *activation);
+                match readout {
+                    Some(ids) => logits.select(2, ids),
+                    None => logits,
+                }
             }
         };
-        match readout {
-            Some(ids) => logits.select(2, ids),
-            None => logits,
+        // A pass whose trained tensors all sit before a lane-shared part still answers per lane.
+        let [got, rows, classes] = logits.dims();
+        match got == lanes {
+            true => logits,
+            false => logits.expand([lanes, rows, classes]),
         }
     }
+}
 
-    /// Parameter `index` of every lane of `thetas`, shaped `shape` (lanes first).
-    fn param(&self, thetas: &Tensor<2>, index: usize, shape: [usize; 3]) -> Tensor<3> {
-        let spec = &self.layout.params()[index];
-        thetas
-            .clone()
-            .narrow(1, spec.offset, spec.len())
-            .reshape(shape)
-    }
-
-    /// The MLP's layers over `h: [lanes, batch, widths[0]]`, their parameters from index
-    /// `first` on: a product and a bias each, the activation between them.
-    fn mlp(
-        &self,
-        thetas: &Tensor<2>,
-        mut h: Tensor<3>,
-        first: usize,
-        widths: &[usize],
-        activation: Activation,
-    ) -> Tensor<3> {
-        let [lanes, _] = thetas.dims();
-        let layers = widths.len() - 1;
-        for (l, w) in widths.windows(2).enumerate() {
-            let weight = self.param(thetas, first + 2 * l, [lanes, w[0], w[1]]);
-            let bias = self.param(thetas, first + 2 * l + 1, [lanes, 1, w[1]]);
-            h = h.matmul(weight) + bias;
-            if l + 1 < layers {
-                h = match activation {
-                    Activation::Tanh => h.tanh(),
-                    Activation::Relu => activation::relu(h),
-                };
-            }
+/// The MLP's layers (`layer0`, `layer1`, …) over `h: [lanes or 1, batch, widths[0]]`: a
+/// product and a bias each, the activation between them.
+fn mlp(weights: &Weights, mut h: Tensor<3>, widths: &[usize], activation: Activation) -> Tensor<3> {
+    let layers = widths.len() - 1;
+    for (l, w) in widths.windows(2).enumerate() {
+        let weight = weights.matrix(&format!("layer{l}.weight"), w[0], w[1]);
+        let bias = weights.vector(&format!("layer{l}.bias"), w[1]);
+        h = h.matmul(weight) + bias;
+        if l + 1 < layers {
+            h = match activation {
+                Activation::Tanh => h.tanh(),
+                Activation::Relu => activation::relu(h),
+            };
         }
-        h
     }
+    h
 }
 
 /// An MLP's widths from its input (the features, or their embeddings: `table` is

@@ -1,5 +1,5 @@
 //! First-order training: backpropagation through burn's autodiff and AdamW, over the same flat
-//! `θ` and the same forward pass the swarm runs ([`crate::model::Model::forward_lanes`],
+//! `θ` and the same forward pass the swarm runs ([`crate::model::Model::forward_weights`],
 //! [`crate::transformer::all_logits`]). It writes the checkpoints a swarm fine-tunes
 //! (`onebyte pretrain`).
 //!
@@ -8,7 +8,7 @@
 //! replicas then agree on.
 
 use crate::data::{BatchSampler, Split};
-use crate::transformer::Weights;
+use crate::weights::{Frozen, Trained, Weights};
 use crate::{EngineError, Job};
 use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
@@ -44,6 +44,8 @@ pub struct FirstOrder {
     job: Arc<Job>,
     /// θ on the trainer's device, without autodiff (each step tracks a copy of it).
     theta: Tensor<1>,
+    /// The frozen base, where the job trains only part of its model.
+    frozen: Frozen,
     optimizer: AdamW,
     state: Option<AdamWState>,
     schedule: Schedule,
@@ -66,6 +68,7 @@ impl FirstOrder {
         let d = theta.len();
         assert_eq!(d, job.model.layout().d(), "θ fits the job's model");
         FirstOrder {
+            frozen: job.frozen(device),
             job,
             theta: Tensor::from_data(TensorData::new(theta, [d]), device),
             optimizer: AdamWConfig::new()
@@ -175,16 +178,17 @@ impl FirstOrder {
     fn loss(&self, theta: &Theta, batch: &Split) -> Result<Tensor<1>, EngineError> {
         let model = &self.job.model;
         crate::replica::check_batch(model, batch)?;
-        let (weights, device) = match theta {
-            Theta::Flat(thetas) => {
-                let layout = model.layout();
-                (Weights::Flat { layout, thetas }, thetas.device())
-            }
-            Theta::Split(tensors) => {
-                let layout = model.layout();
-                (Weights::Split { layout, tensors }, tensors[0].device())
-            }
+        let layout = model.layout();
+        let trained = match theta {
+            Theta::Flat(thetas) => Trained::Flat { layout, thetas },
+            Theta::Split(tensors) => Trained::Split { layout, tensors },
         };
+        let weights = Weights {
+            trained,
+            frozen: &self.frozen,
+            lora_scale: model.lora_scale(),
+        };
+        let device = weights.device();
         let (rows, t) = (batch.len(), batch.features);
         let x = Tensor::<2>::from_data(TensorData::new(batch.x.clone(), [rows, t]), &device);
         let (logits, labels) = match model.transformer() {
@@ -196,10 +200,7 @@ impl FirstOrder {
                 }
                 (crate::transformer::all_logits(dims, &weights, x), next)
             }
-            _ => match theta {
-                Theta::Flat(thetas) => (model.forward_lanes(thetas, x), batch.y.clone()),
-                Theta::Split(_) => unreachable!("only a transformer language model is split"),
-            },
+            _ => (model.forward_weights(&weights, x), batch.y.clone()),
         };
         let [_, n, classes] = logits.dims();
         if let Some(&label) = labels.iter().find(|&&y| y as usize >= classes) {

@@ -97,6 +97,8 @@ pub struct Replica {
     job: Arc<Job>,
     device: Device,
     store: WeightStore,
+    /// The frozen base on `device`, where the job trains only part of its model.
+    frozen: crate::weights::Frozen,
     version: Version,
     /// Bytes this replica has read back from its device (losses, hashes, evaluations).
     read_back: AtomicU64,
@@ -117,6 +119,7 @@ impl Replica {
 
     fn at(job: Arc<Job>, device: Device, theta: Vec<f32>, version: Version) -> Self {
         Replica {
+            frozen: job.frozen(&device),
             job,
             device,
             store: WeightStore::Host { theta },
@@ -153,12 +156,18 @@ impl Replica {
         let weights = crate::gpu::GpuWeights::new(&gpu.device, theta)
             .expect("a GpuContext's device is burn's wgpu device");
         Replica {
+            frozen: job.frozen(&gpu.device),
             job,
             device: gpu.device.clone(),
             store: WeightStore::Gpu(Box::new(weights)),
             version,
             read_back: AtomicU64::new(0),
         }
+    }
+
+    /// The frozen base this replica's passes read beside θ (empty where everything trains).
+    pub fn frozen(&self) -> &crate::weights::Frozen {
+        &self.frozen
     }
 
     /// Whether θ lives on a GPU.
@@ -295,7 +304,10 @@ impl Replica {
                 })
                 .collect();
             let thetas = self.perturbed(&lanes);
-            let logits = self.job.model.forward_lanes(&thetas, x.clone());
+            let logits = self
+                .job
+                .model
+                .forward_lanes(&thetas, &self.frozen, x.clone());
             // A private job's estimate is the mean of clipped per-example differences (the
             // session adds the noise); otherwise the difference of the mean losses.
             let (losses, clipped) = match self.job.privacy() {
@@ -335,7 +347,7 @@ impl Replica {
         let (x, targets) = self.batch_tensors(batch)?;
         let d = self.job.model.layout().d();
         let thetas = self.theta_tensor().reshape([1, d]).repeat_dim(0, copies);
-        let logits = self.job.model.forward_lanes(&thetas, x);
+        let logits = self.job.model.forward_lanes(&thetas, &self.frozen, x);
         self.read(lane_losses(logits, &targets)).await
     }
 
@@ -343,7 +355,7 @@ impl Replica {
     pub async fn batch_loss(&self, batch: &Split) -> Result<f32, EngineError> {
         let (x, targets) = self.batch_tensors(batch)?;
         let theta = self.theta_tensor();
-        let logits = self.job.model.forward(&theta, x);
+        let logits = self.job.model.forward(&theta, &self.frozen, x);
         Ok(self
             .read(cross_entropy_with_logits(logits, targets))
             .await?[0])
@@ -360,7 +372,7 @@ impl Replica {
         for start in (0..split.len()).step_by(rows_per_pass) {
             let part = split.rows(start..(start + rows_per_pass).min(split.len()));
             let (x, targets) = self.batch_tensors(&part)?;
-            let logits = self.job.model.forward(&theta, x);
+            let logits = self.job.model.forward(&theta, &self.frozen, x);
             let loss = cross_entropy_with_logits(logits.clone(), targets);
             let predicted = logits.argmax(1).reshape([part.len()]);
             let labels = Tensor::<1, Int>::from_data(
@@ -396,7 +408,10 @@ impl Replica {
         let input =
             Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, features]), &self.device);
         let theta = self.theta_tensor();
-        let probs = burn::tensor::activation::softmax(self.job.model.forward(&theta, input), 1);
+        let probs = burn::tensor::activation::softmax(
+            self.job.model.forward(&theta, &self.frozen, input),
+            1,
+        );
         self.read(probs.reshape([rows * self.job.model.classes()]))
             .await
     }
@@ -439,7 +454,7 @@ impl Replica {
         for _ in 0..len {
             let row = crate::text::context_of(&tokens, context, pad);
             let input = Tensor::<2>::from_data(TensorData::new(row, [1, context]), &self.device);
-            let logits = model.forward(&theta, input);
+            let logits = model.forward(&theta, &self.frozen, input);
             let probs = self
                 .read(burn::tensor::activation::softmax(logits, 1).reshape([classes]))
                 .await?;

@@ -10,6 +10,7 @@
 //! batched matmul over the lanes, so the `2K` perturbed copies of a step cost one pass.
 
 use crate::layout::ParamLayout;
+use crate::weights::Weights;
 use burn::tensor::{Int, Tensor, TensorData, activation};
 use serde::{Deserialize, Serialize};
 
@@ -101,67 +102,6 @@ impl Dims {
     }
 }
 
-/// Where a forward pass reads the model's tensors, each with a leading lane dimension.
-#[derive(Clone, Copy)]
-pub enum Weights<'a> {
-    /// Slices of flat weight vectors `thetas: [lanes, d]` in `layout`'s order: what replicas
-    /// hand over (θ, or its perturbed copies).
-    Flat {
-        layout: &'a ParamLayout,
-        thetas: &'a Tensor<2>,
-    },
-    /// One tensor `[lanes, len]` per entry of `layout`, in its order. First-order training
-    /// makes each its own leaf, so backpropagation delivers one gradient per tensor instead of
-    /// summing a zero-padded `d`-long gradient for every slice of a flat θ (measured: a tenth
-    /// of a pre-training step on the CPU for the small preset).
-    Split {
-        layout: &'a ParamLayout,
-        tensors: &'a [Tensor<2>],
-    },
-}
-
-impl Weights<'_> {
-    fn lanes(&self) -> usize {
-        match self {
-            Weights::Flat { thetas, .. } => thetas.dims()[0],
-            Weights::Split { tensors, .. } => tensors[0].dims()[0],
-        }
-    }
-
-    fn device(&self) -> burn::tensor::Device {
-        match self {
-            Weights::Flat { thetas, .. } => thetas.device(),
-            Weights::Split { tensors, .. } => tensors[0].device(),
-        }
-    }
-
-    /// Tensor `name`, `[lanes, len]`.
-    fn get(&self, name: &str) -> Tensor<2> {
-        let (index, spec) = match self {
-            Weights::Flat { layout, .. } | Weights::Split { layout, .. } => layout
-                .params()
-                .iter()
-                .enumerate()
-                .find(|(_, p)| p.name == name)
-                .unwrap_or_else(|| panic!("the transformer layout has `{name}`")),
-        };
-        match self {
-            Weights::Flat { thetas, .. } => (*thetas).clone().narrow(1, spec.offset, spec.len()),
-            Weights::Split { tensors, .. } => tensors[index].clone(),
-        }
-    }
-
-    /// `[lanes, rows, cols]`.
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Tensor<3> {
-        self.get(name).reshape([self.lanes(), rows, cols])
-    }
-
-    /// `[lanes, 1, len]`, to broadcast over rows.
-    fn vector(&self, name: &str, len: usize) -> Tensor<3> {
-        self.get(name).reshape([self.lanes(), 1, len])
-    }
-}
-
 /// Logits `[lanes, batch, vocab]` at the last position of each row of `tokens: [batch, T]`
 /// (token ids as floats, `T ≤ context`) under `weights`; with `readout`, only those tokens'
 /// logits, `[lanes, batch, readout]` (a prompt classifier's label words: the product with the
@@ -172,9 +112,9 @@ pub fn last_logits(
     tokens: Tensor<2>,
     readout: Option<Tensor<1, Int>>,
 ) -> Tensor<3> {
-    let lanes = weights.lanes();
     let [batch, t] = tokens.dims();
     let h = hidden(dims, weights, tokens);
+    let lanes = h.dims()[0];
     let last = h
         .reshape([lanes, batch, t, dims.width])
         .narrow(2, t - 1, 1)
@@ -206,24 +146,34 @@ fn tied_output(
     if let Some(rows) = readout {
         wte = wte.select(1, rows);
     }
-    h.matmul(wte.swap_dims(1, 2))
+    let [lanes, n, _] = h.dims();
+    let [table_lanes, outputs, _] = wte.dims();
+    match (lanes, table_lanes) {
+        // A frozen embedding under many lanes: one product over every lane's rows.
+        (lanes, 1) if lanes > 1 => h
+            .reshape([1, lanes * n, w])
+            .matmul(wte.swap_dims(1, 2))
+            .reshape([lanes, n, outputs]),
+        _ => h.matmul(wte.swap_dims(1, 2)),
+    }
 }
 
 /// The residual stream after the last block, before the final LayerNorm: `[lanes, batch·T,
 /// width]`.
 fn hidden(dims: &Dims, params: &Weights, tokens: Tensor<2>) -> Tensor<3> {
-    let lanes = params.lanes();
     let [batch, t] = tokens.dims();
     let (w, heads, hw) = (dims.width, dims.heads, dims.head_width());
     let device = params.device();
 
+    // A frozen tensor has one lane that every lane shares: the stream takes as many lanes as
+    // the tensors that made it.
     let codes = tokens.reshape([batch * t]).int();
     let tok = params.matrix("wte.weight", dims.vocab, w).select(1, codes);
-    let pos = params
-        .matrix("wpe.weight", dims.context, w)
-        .narrow(1, 0, t)
-        .reshape([lanes, 1, t, w]);
-    let mut h = (tok.reshape([lanes, batch, t, w]) + pos).reshape([lanes, batch * t, w]);
+    let pos = params.matrix("wpe.weight", dims.context, w).narrow(1, 0, t);
+    let (tok_lanes, pos_lanes) = (tok.dims()[0], pos.dims()[0]);
+    let lanes = tok_lanes.max(pos_lanes);
+    let mut h = (tok.reshape([tok_lanes, batch, t, w]) + pos.reshape([pos_lanes, 1, t, w]))
+        .reshape([lanes, batch * t, w]);
 
     let mut mask = vec![0.0f32; t * t];
     for (i, row) in mask.chunks_exact_mut(t).enumerate() {
@@ -240,8 +190,8 @@ fn hidden(dims: &Dims, params: &Weights, tokens: Tensor<2>) -> Tensor<3> {
             params.vector(&name("ln_1.weight"), w),
             params.vector(&name("ln_1.bias"), w),
         );
-        let qkv = x.matmul(params.matrix(&name("attn.c_attn.weight"), w, 3 * w))
-            + params.vector(&name("attn.c_attn.bias"), 3 * w);
+        let qkv = params.linear(x, &name("attn.c_attn"), w, 3 * w);
+        let lanes = qkv.dims()[0];
         // [lanes, batch·T, w] → [lanes·batch·heads, T, head width].
         let split_heads = |m: Tensor<3>| -> Tensor<3> {
             m.reshape([lanes, batch, t, heads, hw])
@@ -258,20 +208,15 @@ fn hidden(dims: &Dims, params: &Weights, tokens: Tensor<2>) -> Tensor<3> {
             .reshape([lanes, batch, heads, t, hw])
             .swap_dims(2, 3)
             .reshape([lanes, batch * t, w]);
-        h = h
-            + merged.matmul(params.matrix(&name("attn.c_proj.weight"), w, w))
-            + params.vector(&name("attn.c_proj.bias"), w);
+        h = h + params.linear(merged, &name("attn.c_proj"), w, w);
         // MLP.
         let x = layer_norm(
             h.clone(),
             params.vector(&name("ln_2.weight"), w),
             params.vector(&name("ln_2.bias"), w),
         );
-        let up = x.matmul(params.matrix(&name("mlp.c_fc.weight"), w, 4 * w))
-            + params.vector(&name("mlp.c_fc.bias"), 4 * w);
-        h = h
-            + gelu(up).matmul(params.matrix(&name("mlp.c_proj.weight"), 4 * w, w))
-            + params.vector(&name("mlp.c_proj.bias"), w);
+        let up = params.linear(x, &name("mlp.c_fc"), w, 4 * w);
+        h = h + params.linear(gelu(up), &name("mlp.c_proj"), 4 * w, w);
     }
     h
 }

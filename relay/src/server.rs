@@ -61,6 +61,13 @@ pub async fn run(config: RelayConfig) -> Result<()> {
             store.keep_tokenizer(json)?;
         }
     } else {
+        if job.needs_base() {
+            anyhow::bail!(
+                "the job trains part of the frozen base model {:?}, which the relay reads at \
+                 every start: pass --job with the job file",
+                job.config.job.init
+            );
+        }
         if job.needs_checkpoint() && store.latest_snapshot()?.is_none() {
             anyhow::bail!(
                 "the job starts from the checkpoint {:?} and has no snapshot yet: pass --job \

@@ -91,6 +91,13 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--learning-rate must be a number above 0");
     }
     let job = Arc::new(load_job(&args.job, args.init.is_some())?);
+    if job.model.plan().freezes() {
+        bail!(
+            "the job `{}` trains part of its model ([train] parameters): onebyte pretrain \
+             trains whole models, so pre-train the base with a job without a [train] section",
+            job.config.job.name
+        );
+    }
     let out = Output::prepare(&args.out, &job)?;
     let theta = match &args.init {
         Some(path) => {

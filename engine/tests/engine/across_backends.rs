@@ -229,6 +229,38 @@ fn a_prompt_classifier_perturbs_alike_on_both_backends_with_lanes() {
     }
 }
 
+#[test]
+fn adapter_replicas_are_bit_identical_across_backends_with_lanes() {
+    // The tiny transformer frozen, LoRA on every linear layer of its blocks; then BitFit.
+    for train in [
+        "parameters = \"lora\"\ntargets = [\"attn.c_attn\", \"attn.c_proj\", \"mlp.c_fc\", \
+         \"mlp.c_proj\"]",
+        "parameters = \"bitfit\"",
+    ] {
+        let mut config = Job::tiny_lm().config;
+        config.train = Some(toml::from_str(train).unwrap());
+        let job = Arc::new(Job::new(config).unwrap());
+        let data = engine::text::corpus_dataset(engine::Corpus::Tales, 32, 3);
+        let batch = data.train.rows(0..16);
+        let log = synthetic_log(400, 17);
+        let mut cpu = Replica::new(job.clone(), cpu_device());
+        let mut gpu = Replica::new_gpu(job, gpu());
+        cpu.apply(&log);
+        gpu.apply(&log);
+        assert_eq!(
+            block_on(cpu.weight_hash()).unwrap(),
+            block_on(gpu.weight_hash()).unwrap(),
+            "{train}"
+        );
+        let counters: Vec<Counter> = (0..4).map(Counter).collect();
+        let a = block_on(cpu.propose_lanes(PeerId(3), &counters, &batch)).unwrap();
+        let b = block_on(gpu.propose_lanes(PeerId(3), &counters, &batch)).unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            assert_proposals_agree(a, b);
+        }
+    }
+}
+
 #[cfg(feature = "pretrain")]
 #[test]
 fn first_order_steps_on_wgpu_follow_the_cpu() {

@@ -259,6 +259,9 @@ async fn run_async(mut args: Args) -> Result<()> {
     let limit = Duration::from_secs(args.retry_for);
     let job_toml = link::with_retries(limit, || relay.text("/api/job")).await?;
     let mut job = Job::from_toml(&job_toml).context("the relay's job is not valid")?;
+    if job.needs_base() {
+        anyhow::bail!(Job::BASE_NOT_SERVED);
+    }
     if job.needs_tokenizer() {
         let json = link::with_retries(limit, || relay.text("/api/tokenizer")).await?;
         job = job
