@@ -472,9 +472,9 @@ impl Job {
         }
     }
 
-    /// The whole model's weights from a checkpoint of this job's model. A transformer reads GPT-2 checkpoints as
-    /// Hugging Face writes them (our own snapshots of it are one case of those); other models
-    /// read exactly their own tensors.
+    /// The whole model's weights from a checkpoint of this job's model. A transformer reads
+    /// GPT-2 checkpoints as Hugging Face writes them (our own snapshots of it are one case of
+    /// those); other models read exactly their own tensors.
     pub fn read_checkpoint(
         &self,
         bytes: &[u8],
@@ -569,7 +569,7 @@ impl Job {
 
     /// Whether the job trains part of a frozen base that comes from a checkpoint not loaded
     /// here. Peers cannot fetch a base from a relay yet: such a job runs under `onebyte
-    /// simulate` and `onebyte pretrain`'s successors on one machine, and a peer says so.
+    /// simulate` (one machine), and a peer says why it cannot join.
     pub fn needs_base(&self) -> bool {
         self.model.plan().freezes() && self.needs_checkpoint()
     }
@@ -662,7 +662,8 @@ impl Job {
     }
 
     /// θ₀: the checkpoint's weights, or generated on the CPU from the seed; where the job
-    /// trains only part of its model, that part made from the base ([`crate::trained::Plan::initial`]).
+    /// trains only part of its model, that part made from the base
+    /// ([`crate::trained::Plan::initial`]).
     ///
     /// # Panics
     /// When the job names a checkpoint that was not loaded ([`Job::needs_checkpoint`]): such a

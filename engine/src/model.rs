@@ -392,17 +392,16 @@ impl Model {
         });
         let lanes = weights.lanes();
         let [batch, features] = x.dims();
-        let logits = match &self.architecture {
-            Architecture::Transformer(dims) => {
-                crate::transformer::last_logits(dims, weights, x, readout)
-            }
+        // The transformer reads out inside (over the label words' rows alone); the others
+        // select their logits after.
+        let (logits, readout) = match &self.architecture {
+            Architecture::Transformer(dims) => (
+                crate::transformer::last_logits(dims, weights, x, readout),
+                None,
+            ),
             Architecture::Mlp { widths, activation } => {
                 let h = x.unsqueeze::<3>().expand([lanes, batch, features]);
-                let logits = mlp(weights, h, widths, *activation);
-                match readout {
-                    Some(ids) => logits.select(2, ids),
-                    None => logits,
-                }
+                (mlp(weights, h, widths, *activation), readout)
             }
             Architecture::CharLm {
                 vocabulary,
@@ -415,12 +414,12 @@ impl Model {
                 let codes = x.reshape([batch * features]).int();
                 let rows = table.select(1, codes);
                 let h = rows.reshape([table_lanes, batch, features * width]);
-                let logits = mlp(weights, h, widths, *activation);
-                match readout {
-                    Some(ids) => logits.select(2, ids),
-                    None => logits,
-                }
+                (mlp(weights, h, widths, *activation), readout)
             }
+        };
+        let logits = match readout {
+            Some(ids) => logits.select(2, ids),
+            None => logits,
         };
         // A pass whose trained tensors all sit before a lane-shared part still answers per lane.
         let [got, rows, classes] = logits.dims();

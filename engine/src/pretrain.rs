@@ -92,7 +92,7 @@ impl FirstOrder {
         let batch = self.sampler.sample(train, batch_size);
         let model = &self.job.model;
         let leaves = if model.transformer().is_some() && model.is_language_model() {
-            // Each tensor its own leaf (see `Weights::Split`).
+            // Each tensor its own leaf (see `Trained::Split`).
             let params = model.layout().params().iter();
             Theta::Split(
                 params
@@ -216,7 +216,7 @@ impl FirstOrder {
 }
 
 /// θ as a loss reads it: `[1, d]`, or one `[1, len]` tensor per entry of the layout (a
-/// transformer language model's while it trains, see [`Weights::Split`]).
+/// transformer language model's while it trains, see [`Trained::Split`]).
 enum Theta {
     Flat(Box<Tensor<2>>),
     Split(Vec<Tensor<2>>),
