@@ -55,6 +55,15 @@ impl Endpoints {
             .map_err(|e| e.to_string())
     }
 
+    /// The frozen base's checkpoint, for a job that trains part of its model.
+    pub async fn base(&self) -> Result<Vec<u8>, String> {
+        self.get("/api/base")
+            .await?
+            .binary()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The newest snapshot (safetensors).
     pub async fn snapshot(&self) -> Result<Vec<u8>, String> {
         self.get("/api/snapshot")

@@ -26,9 +26,6 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         return Ok(());
     };
     let mut job = Job::from_toml(&job_toml).map_err(|e| format!("the relay's job: {e}"))?;
-    if job.needs_base() {
-        return Err(Job::BASE_NOT_SERVED.to_string());
-    }
     if job.needs_tokenizer() {
         let Some(json) = fetching
             .fetch("fetching the job's tokenizer", || endpoints.tokenizer())
@@ -39,6 +36,18 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         job = job
             .with_tokenizer_json(json)
             .map_err(|e| format!("the relay's tokenizer: {e}"))?;
+    }
+    if job.needs_base() {
+        // The frozen base, checked against the job's pin before anything trains on it.
+        let Some(bytes) = fetching
+            .fetch("fetching the job's frozen base", || endpoints.base())
+            .await
+        else {
+            return Ok(());
+        };
+        job = job
+            .with_checkpoint("the relay's /api/base", bytes)
+            .map_err(|e| format!("the relay's frozen base: {e}"))?;
     }
     let job = Arc::new(job);
     let builtin = if options.data.is_empty() {

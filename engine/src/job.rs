@@ -285,6 +285,9 @@ pub struct Job {
     pub model: Model,
     /// The whole model's weights from `job.init`, once loaded (θ₀, or the frozen base).
     initial: Option<std::sync::Arc<Vec<f32>>>,
+    /// Where part of the model is frozen: the checkpoint file the base was read from, as a
+    /// relay serves it to peers (they check it against `train.base_sha256`).
+    base_file: Option<std::sync::Arc<Vec<u8>>>,
     /// `task.tokenizer`, once loaded: the tokenizer and the file it was read from.
     tokenizer: Option<(
         std::sync::Arc<crate::bpe::Tokenizer>,
@@ -336,6 +339,7 @@ impl Job {
             id,
             model,
             initial: None,
+            base_file: None,
             tokenizer: None,
             prompt: None,
         };
@@ -433,15 +437,30 @@ impl Job {
         };
         let bytes = read(&init)?;
         let shown = dir.join(&init).display().to_string();
-        self.check_base(&shown, &bytes)?;
+        self.with_checkpoint(&shown, bytes)
+    }
+
+    /// Takes `job.init`'s contents (`shown` names where they came from in messages): a peer
+    /// gets a frozen base's from the relay. A base must be the one the job pins.
+    pub fn with_checkpoint(mut self, shown: &str, bytes: Vec<u8>) -> Result<Self, JobError> {
+        self.check_base(shown, &bytes)?;
         let theta = self
             .read_checkpoint(&bytes)
             .map_err(|source| JobError::Checkpoint {
-                path: shown,
+                path: shown.to_string(),
                 source,
             })?;
         self.initial = Some(std::sync::Arc::new(theta));
+        if self.model.plan().freezes() {
+            self.base_file = Some(std::sync::Arc::new(bytes));
+        }
         Ok(self)
+    }
+
+    /// The frozen base's checkpoint file, where part of the model is frozen and the base came
+    /// from `job.init`: what a relay serves peers at `/api/base`.
+    pub fn base_file(&self) -> Option<&[u8]> {
+        self.base_file.as_deref().map(Vec::as_slice)
     }
 
     /// Where part of the model is frozen, `bytes` (the checkpoint at `path`) must be the base
@@ -568,15 +587,11 @@ impl Job {
     }
 
     /// Whether the job trains part of a frozen base that comes from a checkpoint not loaded
-    /// here. Peers cannot fetch a base from a relay yet: such a job runs under `onebyte
-    /// simulate` (one machine), and a peer says why it cannot join.
+    /// here: a peer fetches it from the relay (`/api/base`) and loads it with
+    /// [`Job::with_checkpoint`], which checks it against the pin.
     pub fn needs_base(&self) -> bool {
         self.model.plan().freezes() && self.needs_checkpoint()
     }
-
-    /// What a peer says of a job it cannot join because of [`Job::needs_base`].
-    pub const BASE_NOT_SERVED: &'static str = "this job trains part of a frozen base model (its \
-        [train] section and job.init), and relays do not serve a base to peers yet";
 
     /// The built-in demo: spirals with a 2-32-32-2 tanh MLP.
     pub fn demo() -> Self {

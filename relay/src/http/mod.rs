@@ -34,6 +34,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/api/job", get(reads::job))
         .route("/api/snapshot", get(reads::snapshot))
         .route("/api/tokenizer", get(reads::tokenizer))
+        .route("/api/base", get(reads::base))
         .route("/api/log", get(reads::log))
         .route("/api/status", get(reads::status));
     let reads = match origins::cross_origin_reads(&ctx.config.allow_origins) {

@@ -44,6 +44,24 @@ pub async fn tokenizer(State(ctx): State<Arc<Context>>) -> Response {
     }
 }
 
+/// The frozen base's checkpoint, for peers of a job that trains part of its model (they check
+/// it against the job's `train.base_sha256`).
+pub async fn base(State(ctx): State<Arc<Context>>) -> Response {
+    match ctx.job.base_file() {
+        Some(bytes) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            bytes.to_vec(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this job has no checkpoint base: every parameter trains, or the base comes from \
+             the job's seed",
+        )
+            .into_response(),
+    }
+}
+
 pub async fn snapshot(State(ctx): State<Arc<Context>>) -> Response {
     let path = ctx.config.store.clone();
     let read = tokio::task::spawn_blocking(move || Store::reopen(&path)?.latest_snapshot()).await;

@@ -74,7 +74,8 @@ impl Relay {
             .await?)
     }
 
-    async fn bytes(&self, path: &str) -> Result<Vec<u8>> {
+    /// `GET path`, the body as bytes.
+    pub async fn bytes(&self, path: &str) -> Result<Vec<u8>> {
         let resp = self
             .client
             .get(format!("{}{path}", self.http))

@@ -260,7 +260,11 @@ async fn run_async(mut args: Args) -> Result<()> {
     let job_toml = link::with_retries(limit, || relay.text("/api/job")).await?;
     let mut job = Job::from_toml(&job_toml).context("the relay's job is not valid")?;
     if job.needs_base() {
-        anyhow::bail!(Job::BASE_NOT_SERVED);
+        // The frozen base, checked against the job's pin before anything trains on it.
+        let bytes = link::with_retries(limit, || relay.bytes("/api/base")).await?;
+        job = job
+            .with_checkpoint("the relay's /api/base", bytes)
+            .context("the relay's frozen base is not this job's")?;
     }
     if job.needs_tokenizer() {
         let json = link::with_retries(limit, || relay.text("/api/tokenizer")).await?;
