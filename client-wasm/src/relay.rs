@@ -48,25 +48,22 @@ impl Endpoints {
 
     /// The job's `tokenizer.json`, for a job whose text is BPE tokens.
     pub async fn tokenizer(&self) -> Result<Vec<u8>, String> {
-        self.get("/api/tokenizer")
-            .await?
-            .binary()
-            .await
-            .map_err(|e| e.to_string())
+        self.bytes("/api/tokenizer").await
     }
 
     /// The frozen base's checkpoint, for a job that trains part of its model.
     pub async fn base(&self) -> Result<Vec<u8>, String> {
-        self.get("/api/base")
-            .await?
-            .binary()
-            .await
-            .map_err(|e| e.to_string())
+        self.bytes("/api/base").await
     }
 
     /// The newest snapshot (safetensors).
     pub async fn snapshot(&self) -> Result<Vec<u8>, String> {
-        self.get("/api/snapshot")
+        self.bytes("/api/snapshot").await
+    }
+
+    /// `GET path`, the body as bytes.
+    async fn bytes(&self, path: &str) -> Result<Vec<u8>, String> {
+        self.get(path)
             .await?
             .binary()
             .await
