@@ -98,6 +98,7 @@ fn main() {
         step.as_secs_f64() / (2.0 * forward.as_secs_f64()),
     );
     lanes_figures();
+    trained_part_figures();
     #[cfg(feature = "pretrain")]
     pretrain_figures();
 }
@@ -337,6 +338,51 @@ fn apply_256(replica: &mut Replica) -> f64 {
 }
 
 /// Parameters × entries per second when applying batches of 1, 16 and 256 entries.
+/// Log entries one CPU peer applies per second on the GPT-2-small shape (12 layers, width
+/// 768, 50 257 tokens; the base from the seed), when the job trains every parameter and when
+/// it trains LoRA rank 8 on the attention products only (`[train]`).
+fn trained_part_figures() {
+    println!("\napplying the log on the GPT-2-small shape (CPU), entries per second");
+    let job = |train: &str| {
+        let toml = format!(
+            "[job]\nname = \"bench-gpt2-small\"\n[model]\nkind = \"transformer\"\n\
+             layers = 12\nwidth = 768\nheads = 12\ncontext = 1024\n[task]\nfeatures = 64\n\
+             classes = 50257\ndataset = \"tales\"\n{train}"
+        );
+        Arc::new(Job::from_toml(&toml).unwrap())
+    };
+    let mut full_rate = None;
+    for (name, train, entries) in [
+        ("all parameters", "", 4usize),
+        (
+            "LoRA rank 8 (attn.c_attn, attn.c_proj)",
+            "[train]\nparameters = \"lora\"\nrank = 8\n",
+            256,
+        ),
+    ] {
+        let job = job(train);
+        let mut replica = Replica::new(job.clone(), cpu_device());
+        let log: Vec<LogEntry> = (0..entries as u64)
+            .map(|i| LogEntry {
+                peer: PeerId(2),
+                counter: Counter(i),
+                byte: 0x21,
+            })
+            .collect();
+        let start = Instant::now();
+        replica.apply(&log);
+        let rate = entries as f64 / start.elapsed().as_secs_f64();
+        let versus = full_rate.map_or(String::new(), |full: f64| {
+            format!("   {:.0}x all parameters (goal ≥ 10 000/s)", rate / full)
+        });
+        println!(
+            "  {name:<40} d = {:>11}: {rate:>9.0} entries/s{versus}",
+            job.model.layout().d()
+        );
+        full_rate.get_or_insert(rate);
+    }
+}
+
 fn update_throughput(replica: &mut Replica) -> Vec<(usize, f64)> {
     let d = replica.job().model.layout().d() as f64;
     [1usize, 16, 256]
