@@ -46,7 +46,7 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
             return Ok(());
         };
         job = job
-            .with_checkpoint("the relay's /api/base", bytes)
+            .with_checkpoint("the relay's /api/base", &bytes)
             .map_err(|e| format!("the relay's frozen base: {e}"))?;
     }
     let job = Arc::new(job);

@@ -285,9 +285,6 @@ pub struct Job {
     pub model: Model,
     /// The whole model's weights from `job.init`, once loaded (θ₀, or the frozen base).
     initial: Option<std::sync::Arc<Vec<f32>>>,
-    /// Where part of the model is frozen: the checkpoint file the base was read from, as a
-    /// relay serves it to peers (they check it against `train.base_sha256`).
-    base_file: Option<std::sync::Arc<Vec<u8>>>,
     /// `task.tokenizer`, once loaded: the tokenizer and the file it was read from.
     tokenizer: Option<(
         std::sync::Arc<crate::bpe::Tokenizer>,
@@ -339,7 +336,6 @@ impl Job {
             id,
             model,
             initial: None,
-            base_file: None,
             tokenizer: None,
             prompt: None,
         };
@@ -437,30 +433,21 @@ impl Job {
         };
         let bytes = read(&init)?;
         let shown = dir.join(&init).display().to_string();
-        self.with_checkpoint(&shown, bytes)
+        self.with_checkpoint(&shown, &bytes)
     }
 
     /// Takes `job.init`'s contents (`shown` names where they came from in messages): a peer
     /// gets a frozen base's from the relay. A base must be the one the job pins.
-    pub fn with_checkpoint(mut self, shown: &str, bytes: Vec<u8>) -> Result<Self, JobError> {
-        self.check_base(shown, &bytes)?;
+    pub fn with_checkpoint(mut self, shown: &str, bytes: &[u8]) -> Result<Self, JobError> {
+        self.check_base(shown, bytes)?;
         let theta = self
-            .read_checkpoint(&bytes)
+            .read_checkpoint(bytes)
             .map_err(|source| JobError::Checkpoint {
                 path: shown.to_string(),
                 source,
             })?;
         self.initial = Some(std::sync::Arc::new(theta));
-        if self.model.plan().freezes() {
-            self.base_file = Some(std::sync::Arc::new(bytes));
-        }
         Ok(self)
-    }
-
-    /// The frozen base's checkpoint file, where part of the model is frozen and the base came
-    /// from `job.init`: what a relay serves peers at `/api/base`.
-    pub fn base_file(&self) -> Option<&[u8]> {
-        self.base_file.as_deref().map(Vec::as_slice)
     }
 
     /// Where part of the model is frozen, `bytes` (the checkpoint at `path`) must be the base
@@ -581,7 +568,12 @@ impl Job {
     /// As [`Job::initial_weights`], where part of the model is frozen.
     pub fn frozen(&self, device: &burn::tensor::Device) -> crate::weights::Frozen {
         match self.model.plan().freezes() {
-            true => self.model.frozen(&self.base_weights(), device),
+            true => crate::weights::Frozen::new(
+                self.model.base_layout(),
+                &self.base_weights(),
+                self.model.layout(),
+                device,
+            ),
             false => crate::weights::Frozen::none(),
         }
     }

@@ -244,15 +244,6 @@ impl Model {
         }
     }
 
-    /// The frozen base on `device`, from the whole model's weights `base` (in
-    /// [`Model::base_layout`]'s order); nothing where everything trains.
-    pub fn frozen(&self, base: &[f32], device: &burn::tensor::Device) -> Frozen {
-        match self.plan.freezes() {
-            true => Frozen::new(&self.base_layout, base, &self.layout, device),
-            false => Frozen::none(),
-        }
-    }
-
     /// Whether this is a language model (inputs are token codes, the label the next token).
     pub fn is_language_model(&self) -> bool {
         self.reads_tokens() && self.readout.is_none()
@@ -421,12 +412,9 @@ impl Model {
             Some(ids) => logits.select(2, ids),
             None => logits,
         };
-        // A pass whose trained tensors all sit before a lane-shared part still answers per lane.
-        let [got, rows, classes] = logits.dims();
-        match got == lanes {
-            true => logits,
-            false => logits.expand([lanes, rows, classes]),
-        }
+        // Every trained tensor feeds the output, so the lanes reach it.
+        debug_assert_eq!(logits.dims()[0], lanes, "one row of logits per lane");
+        logits
     }
 }
 

@@ -29,6 +29,9 @@ pub struct Context {
     /// Reads of the store on a client's behalf at once (catch-up, `/api/log`, snapshots): a
     /// crowd asking for the whole log waits its turn instead of holding it all in memory.
     pub store_reads: Arc<tokio::sync::Semaphore>,
+    /// For a job that trains part of a checkpoint's model: that checkpoint file, served to
+    /// peers at `/api/base` (they check it against the job's pin).
+    pub base_file: Option<bytes::Bytes>,
 }
 
 /// Store reads served at once.
@@ -52,9 +55,18 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         .with_context(|| format!("the job stored in {} is not valid", config.store.display()))?;
     // A job that starts from a checkpoint needs it until its first snapshot exists; a job's
     // tokenizer is kept in the store, which serves it from then on.
+    let mut base_file = None;
     if let Some(path) = &config.job {
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         job = job.with_init_from(dir)?;
+        if let (true, Some(init)) = (job.model.plan().freezes(), &job.config.job.init) {
+            let path = dir.join(init);
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("could not read the base {}", path.display()))?;
+            // The file as read again must still be the pinned one.
+            job.check_base(&path.display().to_string(), &bytes)?;
+            base_file = Some(bytes::Bytes::from(bytes));
+        }
         if let Some(json) = job.tokenizer_json() {
             let json =
                 std::str::from_utf8(json).context("the job's tokenizer.json is not UTF-8")?;
@@ -138,6 +150,7 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         joined: AddressTally::new(usize::MAX, config.max_peers_per_address),
         join_rate: JoinRate::new(config.joins_per_minute),
         store_reads: Arc::new(tokio::sync::Semaphore::new(STORE_READS)),
+        base_file,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

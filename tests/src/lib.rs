@@ -31,6 +31,21 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the `onebyte` command line to its end and returns its standard output; panics with its
+/// standard error if it fails.
+pub fn onebyte<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let out = Command::new(binary("onebyte"))
+        .args(args)
+        .output()
+        .expect("onebyte runs");
+    assert!(
+        out.status.success(),
+        "onebyte failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A relay process on 127.0.0.1.
 pub struct Relay {
     child: Child,

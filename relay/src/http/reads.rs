@@ -47,10 +47,11 @@ pub async fn tokenizer(State(ctx): State<Arc<Context>>) -> Response {
 /// The frozen base's checkpoint, for peers of a job that trains part of its model (they check
 /// it against the job's `train.base_sha256`).
 pub async fn base(State(ctx): State<Arc<Context>>) -> Response {
-    match ctx.job.base_file() {
-        Some(bytes) => (
+    match &ctx.base_file {
+        // `Bytes` clones share the file: a base can be hundreds of megabytes.
+        Some(file) => (
             [(header::CONTENT_TYPE, "application/octet-stream")],
-            bytes.to_vec(),
+            file.clone(),
         )
             .into_response(),
         None => (

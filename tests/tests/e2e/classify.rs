@@ -1,7 +1,7 @@
 //! The paper's experiment in small, end to end: a transformer pre-trained first-order on review
 //! text classifies reviews by prompt, and two workers fine-tune it through a real relay.
 
-use e2e::{Relay, WAIT, Worker, binary};
+use e2e::{Relay, WAIT, Worker, onebyte};
 use std::path::Path;
 
 /// The tiny transformer over bytes; `task` is the rest of the job after its model.
@@ -58,23 +58,16 @@ async fn zo_fine_tuning_beats_zero_shot() {
         "lm.toml",
         &tiny_job("reviews-lm", None, "", "2e-4"),
     );
-    let out = std::process::Command::new(binary("onebyte"))
-        .args([
-            "pretrain",
-            "--job",
-            lm.to_str().unwrap(),
-            "--steps",
-            "400",
-            "--out",
-        ])
-        .arg(dir.path().join("lm.safetensors"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = dir.path().join("lm.safetensors");
+    onebyte([
+        "pretrain",
+        "--job",
+        lm.to_str().unwrap(),
+        "--steps",
+        "400",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
 
     let job = write(
         dir.path(),

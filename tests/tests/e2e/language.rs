@@ -1,7 +1,7 @@
 //! The character language model end to end: through a real relay with two workers, and
 //! fine-tuning a checkpoint (pre-trained on one text) on another.
 
-use e2e::{Relay, Worker, binary};
+use e2e::{Relay, Worker, onebyte};
 use std::path::Path;
 
 /// A small char LM: 8 bytes of context, 8-wide embeddings, one hidden layer of 64.
@@ -87,31 +87,20 @@ fn fine_tuning_from_a_checkpoint_lowers_the_loss_on_new_text() {
         &lm_job("tales-pretrain", "tales", None),
     );
     let checkpoint = dir.path().join("tales.safetensors");
-    let out = std::process::Command::new(binary("onebyte"))
-        .args([
-            "simulate",
-            "--job",
-            pretrain.to_str().unwrap(),
-            "--dataset",
-            "tales",
-        ])
-        .args([
-            "--peers",
-            "2",
-            "--contributions",
-            "4000",
-            "--json",
-            "--save-checkpoint",
-        ])
-        .arg(&checkpoint)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = onebyte([
+        "simulate",
+        "--job",
+        pretrain.to_str().unwrap(),
+        "--dataset",
+        "tales",
+        "--peers",
+        "2",
+        "--contributions",
+        "4000",
+        "--json",
+        "--save-checkpoint",
+        checkpoint.to_str().unwrap(),
+    ]);
     let pretrained: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let checkpoint_hash = pretrained["hashes"][0].clone();
@@ -254,17 +243,17 @@ fn workers_train_only_the_biases_and_norms_of_a_base_they_fetch_from_the_relay()
         &bitfit_job(None).replace("[train]\nparameters = \"bitfit\"\n", ""),
     );
     let base = dir.path().join("base.safetensors");
-    let out = std::process::Command::new(binary("onebyte"))
-        .args(["simulate", "--job", whole.to_str().unwrap()])
-        .args(["--peers", "1", "--contributions", "0", "--save-checkpoint"])
-        .arg(&base)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    onebyte([
+        "simulate",
+        "--job",
+        whole.to_str().unwrap(),
+        "--peers",
+        "1",
+        "--contributions",
+        "0",
+        "--save-checkpoint",
+        base.to_str().unwrap(),
+    ]);
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         std::fs::read(&base).unwrap(),
     ));

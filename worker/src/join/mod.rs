@@ -263,7 +263,7 @@ async fn run_async(mut args: Args) -> Result<()> {
         // The frozen base, checked against the job's pin before anything trains on it.
         let bytes = link::with_retries(limit, || relay.bytes("/api/base")).await?;
         job = job
-            .with_checkpoint("the relay's /api/base", bytes)
+            .with_checkpoint("the relay's /api/base", &bytes)
             .context("the relay's frozen base is not this job's")?;
     }
     if job.needs_tokenizer() {
