@@ -10,6 +10,8 @@ pub mod calibrate;
 pub mod data;
 pub mod direction;
 pub mod driver;
+#[cfg(feature = "pretrain")]
+mod fused;
 pub mod gpt2;
 #[cfg(feature = "wgpu")]
 pub mod gpu;

@@ -198,12 +198,10 @@ fn hidden(dims: &Dims, params: &Weights, tokens: Tensor<2>) -> Tensor<3> {
                 .swap_dims(2, 3)
                 .reshape([lanes * batch * heads, t, hw])
         };
-        // The scale goes on the queries, a T-th of the scores' size.
-        let q = split_heads(qkv.clone().narrow(2, 0, w)) * scale;
+        let q = split_heads(qkv.clone().narrow(2, 0, w));
         let k = split_heads(qkv.clone().narrow(2, w, w));
         let v = split_heads(qkv.narrow(2, 2 * w, w));
-        let scores = q.matmul(k.swap_dims(1, 2)) + mask.clone();
-        let attended = activation::softmax(scores, 2).matmul(v);
+        let attended = attention_weights(q, k, scale, &mask).matmul(v);
         let merged = attended
             .reshape([lanes, batch, heads, t, hw])
             .swap_dims(2, 3)
@@ -221,8 +219,41 @@ fn hidden(dims: &Dims, params: &Weights, tokens: Tensor<2>) -> Tensor<3> {
     h
 }
 
+/// Attention's weights `softmax(scale·q·kᵀ)` over `[n, T, head width]` queries and keys, each
+/// query weighing only itself and earlier positions (`mask` is 0 on and below the diagonal,
+/// `MASKED` above).
+fn attention_weights(q: Tensor<3>, k: Tensor<3>, scale: f32, mask: &Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "pretrain")]
+    if crate::fused::applies(&q) {
+        let scores = q.clone().matmul(k.clone().swap_dims(1, 2));
+        if let Some(weights) = crate::fused::causal_softmax(&scores, scale) {
+            return weights;
+        }
+    }
+    composed_attention_weights(q, k, scale, mask)
+}
+
+fn composed_attention_weights(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    scale: f32,
+    mask: &Tensor<3>,
+) -> Tensor<3> {
+    // The scale goes on the queries, a T-th of the scores' size.
+    let scores = (q * scale).matmul(k.swap_dims(1, 2));
+    activation::softmax(scores + mask.clone(), 2)
+}
+
 /// LayerNorm over the last dimension, with gain and bias `[lanes, 1, width]`.
 fn layer_norm(x: Tensor<3>, gain: Tensor<3>, bias: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "pretrain")]
+    if let Some(normed) = crate::fused::layer_norm(&x, &gain, &bias, LN_EPS) {
+        return normed;
+    }
+    composed_layer_norm(x, gain, bias)
+}
+
+fn composed_layer_norm(x: Tensor<3>, gain: Tensor<3>, bias: Tensor<3>) -> Tensor<3> {
     let centred = x.clone() - x.mean_dim(2);
     let variance = (centred.clone() * centred.clone()).mean_dim(2);
     centred / (variance + LN_EPS).sqrt() * gain + bias
@@ -232,6 +263,14 @@ fn layer_norm(x: Tensor<3>, gain: Tensor<3>, bias: Tensor<3>) -> Tensor<3> {
 /// a sigmoid is one cheap pass forward and backward where `tanh` costs several (measured: the
 /// tanh form was a sixth of a pre-training step on the CPU).
 fn gelu(x: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "pretrain")]
+    if let Some(y) = crate::fused::gelu(&x) {
+        return y;
+    }
+    composed_gelu(x)
+}
+
+fn composed_gelu(x: Tensor<3>) -> Tensor<3> {
     let cube = x.clone() * x.clone() * x.clone();
     let twice_inner = (x.clone() + cube * 0.044_715) * (2.0 * 0.797_884_6);
     x * activation::sigmoid(twice_inner)
@@ -258,6 +297,90 @@ mod tests {
         assert!(after < before - 0.3, "held-out loss {before} -> {after}");
         let hashes = block_on(sim.hashes()).unwrap();
         assert!(hashes.windows(2).all(|w| w[0] == w[1]), "replicas diverged");
+    }
+
+    /// The fused kernels of first-order training (`fused.rs`) compute what burn's composed
+    /// operations compute, forward and backward, including the lanes of a LayerNorm's gain.
+    #[cfg(feature = "pretrain")]
+    #[test]
+    fn fused_kernels_match_the_composed_operations() {
+        use burn::tensor::{Distribution, Tolerance};
+        let device = cpu_device();
+        let random = |shape: [usize; 3], scale: f64| {
+            Tensor::<3>::random(shape, Distribution::Normal(0.5, scale), &device)
+                .autodiff()
+                .require_grad()
+        };
+        // Sum of the output weighted by fixed random numbers, so every output element's
+        // gradient differs.
+        let weigh = |y: Tensor<3>, seed: Tensor<3>| (y * seed).sum();
+        let close = |a: Tensor<3>, b: Tensor<3>, what: &str| {
+            a.into_data()
+                .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(2e-5));
+            eprintln!("{what}: equal");
+        };
+
+        // GELU over values well past where the tanh saturates.
+        let x = random([2, 8, 40], 3.0);
+        let seed = Tensor::<3>::random([2, 8, 40], Distribution::Default, &device);
+        let fused = crate::fused::gelu(&x).expect("an autodiff CPU tensor takes the fused path");
+        let composed = composed_gelu(x.clone());
+        close(fused.clone().inner(), composed.clone().inner(), "gelu");
+        let (gf, gc) = (
+            weigh(fused, seed.clone()).backward(),
+            weigh(composed, seed).backward(),
+        );
+        close(x.grad(&gf).unwrap(), x.grad(&gc).unwrap(), "gelu gradient");
+
+        // Attention's weights under the causal mask, from queries and keys of a head's size.
+        let (n, t, hw) = (6, 9, 5);
+        let (q, k) = (random([n, t, hw], 2.0), random([n, t, hw], 2.0));
+        let mut mask = vec![0.0f32; t * t];
+        for (i, row) in mask.chunks_exact_mut(t).enumerate() {
+            row[i + 1..].fill(MASKED);
+        }
+        let mask = Tensor::<3>::from_data(TensorData::new(mask, [1, t, t]), &device);
+        let seed = Tensor::<3>::random([n, t, t], Distribution::Default, &device);
+        let fused = attention_weights(q.clone(), k.clone(), 0.4, &mask);
+        let composed = composed_attention_weights(q.clone(), k.clone(), 0.4, &mask);
+        close(fused.clone().inner(), composed.clone().inner(), "attention");
+        let (gf, gc) = (
+            weigh(fused, seed.clone()).backward(),
+            weigh(composed, seed).backward(),
+        );
+        close(
+            q.grad(&gf).unwrap(),
+            q.grad(&gc).unwrap(),
+            "attention: queries' gradient",
+        );
+        close(
+            k.grad(&gf).unwrap(),
+            k.grad(&gc).unwrap(),
+            "attention: keys' gradient",
+        );
+
+        // LayerNorm with one gain for every lane, then with a gain per lane.
+        for gain_lanes in [1, 3] {
+            let x = random([3, 5, 24], 2.0);
+            let gain = random([gain_lanes, 1, 24], 1.0);
+            let bias = random([gain_lanes, 1, 24], 1.0);
+            let seed = Tensor::<3>::random([3, 5, 24], Distribution::Default, &device);
+            let fused = crate::fused::layer_norm(&x, &gain, &bias, LN_EPS).expect("fused path");
+            let composed = composed_layer_norm(x.clone(), gain.clone(), bias.clone());
+            close(
+                fused.clone().inner(),
+                composed.clone().inner(),
+                "layer norm",
+            );
+            let gf = weigh(fused, seed.clone()).backward();
+            let gc = weigh(composed, seed).backward();
+            for (leaf, what) in [(&x, "x"), (&gain, "gain"), (&bias, "bias")] {
+                close(leaf.grad(&gf).unwrap(), leaf.grad(&gc).unwrap(), what);
+            }
+        }
+
+        // Without autodiff, the composed operations run.
+        assert!(crate::fused::gelu(&x.inner()).is_none());
     }
 
     #[test]
