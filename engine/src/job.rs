@@ -492,18 +492,19 @@ impl Job {
         }
     }
 
-    /// θ as the checkpoint a job's `init` reads back to the same bits: a transformer as GPT-2
-    /// safetensors ([`crate::gpt2::write_gpt2`]), other models as a snapshot of this job.
+    /// The whole model's weights (in the base layout: θ itself unless part of the model is
+    /// frozen) as the checkpoint a job's `init` reads back to the same bits: a transformer as
+    /// GPT-2 safetensors ([`crate::gpt2::write_gpt2`]), other models as a snapshot of this job.
     pub fn checkpoint_bytes(&self, theta: Vec<f32>) -> Vec<u8> {
         if self.model.transformer().is_some() {
-            crate::gpt2::write_gpt2(&theta, self.model.layout())
+            crate::gpt2::write_gpt2(&theta, self.model.base_layout())
         } else {
             crate::Snapshot {
                 job: self.id,
                 version: protocol::Version(0),
                 theta,
             }
-            .to_bytes(self.model.layout())
+            .to_bytes(self.model.base_layout())
         }
     }
 

@@ -10,6 +10,7 @@ pub mod calibrate;
 pub mod data;
 pub mod direction;
 pub mod driver;
+pub mod export;
 #[cfg(feature = "pretrain")]
 mod fused;
 pub mod gpt2;

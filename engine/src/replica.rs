@@ -4,7 +4,7 @@
 //! passes run on whichever burn `Device` the replica was given.
 
 use crate::data::Split;
-use crate::direction::{apply_update, perturb_into};
+use crate::direction::{apply_updates, perturb_into};
 use crate::hash::weight_hash;
 use crate::job::Job;
 use crate::model::{lane_losses, lane_private_estimates};
@@ -255,13 +255,7 @@ impl Replica {
     /// by one each. `c = 0` leaves θ untouched (and still counts as a log position).
     pub fn apply_steps(&mut self, steps: &[(DirectionSeed, f32)]) {
         match &mut self.store {
-            WeightStore::Host { theta, .. } => {
-                for (seed, c) in steps {
-                    if *c != 0.0 {
-                        apply_update(theta, seed, *c);
-                    }
-                }
-            }
+            WeightStore::Host { theta, .. } => apply_updates(theta, steps),
             #[cfg(feature = "wgpu")]
             WeightStore::Gpu(gpu) => {
                 let nonzero: Vec<_> = steps.iter().filter(|(_, c)| *c != 0.0).copied().collect();

@@ -1,7 +1,8 @@
 // The page in a real browser against a real relay: join in one click, train on WebGPU (or the
 // CPU when WebGPU is off), and hold exactly the weights a native CPU replica computes.
 import assert from 'node:assert/strict';
-import { copyFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
@@ -209,6 +210,48 @@ test('on the tiny transformer job the page shows samples, bits per character, an
     assert.ok(shown.samplesVisible && shown.playgroundHidden, JSON.stringify(shown));
     assert.ok(shown.bpc < 9, `bits per character ${shown.bpc}`);
     await screenshot(page, 'page-transformer.png');
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+});
+
+test('on a LoRA job the page fetches the pinned base, trains the adapters on WebGPU, and holds the native weights', async () => {
+  const tmp = scratch();
+  const model = '[model]\nkind = "transformer"\npreset = "tiny"\n[task]\nfeatures = 32\nclasses = 256\ndataset = "tales"\n';
+  // The frozen base: the tiny transformer after two first-order steps, pinned by its hash.
+  writeFileSync(path.join(tmp.dir, 'whole.toml'), `[job]\nname = "whole"\n${model}`);
+  const base = path.join(tmp.dir, 'base.safetensors');
+  runOnebyte(['pretrain', '--job', path.join(tmp.dir, 'whole.toml'), '--steps', '2', '--batch-size', '2', '--out', base]);
+  const sha = createHash('sha256').update(readFileSync(base)).digest('hex');
+  const job = path.join(tmp.dir, 'lora.toml');
+  writeFileSync(
+    job,
+    `[job]\nname = "lora-page"\ninit = "base.safetensors"\n${model}` +
+      `[hyper]\nlearning_rate = 0.01\n[train]\nparameters = "lora"\nbase_sha256 = "${sha}"\n`,
+  );
+  const relay = await startRelay(path.join(tmp.dir, 'relay.db'), ['--job', job]);
+  const browser = await launch({ webgpu: true });
+  try {
+    const { page, problems } = browser;
+    const fetched = page.waitForResponse((r) => r.url().endsWith('/api/base'));
+    await join(page, relay.url, { backend: 'webgpu' });
+    const served = await within('the base (/api/base) to be fetched', fetched, () => pageStatus(page));
+    assert.equal(served.status(), 200);
+    const status = await waitFor(
+      '10 accepted and a weight hash',
+      () => pageStatus(page),
+      (s) => (s.accepted >= 10 && s.hashVersion > 0) || s.state === 'failed' || s.state === 'refused',
+      300_000,
+    );
+    assert.ok(status.accepted >= 10 && status.hashVersion > 0, JSON.stringify(status));
+    assert.match(status.backend, /WebGPU/);
+    // θ is the adapters alone: the hash covers them, and a native replica of the log agrees.
+    const expected = await nativeHashAt(relay.url, status.hashVersion);
+    assert.equal(status.hash, expected, `weights differ at version ${status.hashVersion}`);
+    await screenshot(page, 'page-lora.png');
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();

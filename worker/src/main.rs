@@ -1,6 +1,7 @@
 //! `onebyte`: the command-line peer.
 
 mod data;
+mod export;
 mod join;
 mod pretrain;
 mod simulate;
@@ -26,6 +27,9 @@ enum Command {
     /// Train a job's model first-order (backpropagation, AdamW) on this machine and write the
     /// checkpoint a job's `init` reads: the pre-trained model a swarm fine-tunes.
     Pretrain(pretrain::Args),
+    /// Write a job's trained weights (from a relay, or a snapshot file) as files other tools
+    /// load: a Hugging Face GPT-2 folder, or a LoRA job's adapters in PEFT's form.
+    Export(export::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Simulate(args) => simulate::run(args),
         Command::Join(args) => join::run(args),
         Command::Pretrain(args) => pretrain::run(args),
+        Command::Export(args) => export::run(args),
     }
 }

@@ -310,3 +310,146 @@ fn pretrain_refuses_a_bad_init_or_out_with_a_message_and_keeps_the_existing_file
     assert!(!stderr.contains("held-out"), "no training first: {stderr}");
     assert_eq!(std::fs::read_to_string(out).unwrap(), "precious");
 }
+
+/// Runs `onebyte ARGS…`: its exit status, stdout and stderr.
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = onebyte().args(args).output().expect("run onebyte");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn export_writes_peft_adapters_or_the_merged_gpt2_and_refuses_another_jobs_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let model = "[model]\nkind = \"transformer\"\npreset = \"tiny\"\n\
+                 [task]\nfeatures = 16\nclasses = 256\ndataset = \"tales\"\n";
+    // A base: the tiny transformer after two first-order steps.
+    std::fs::write(
+        path("whole.toml"),
+        format!("[job]\nname = \"whole\"\n{model}"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(&[
+        "pretrain",
+        "--job",
+        &path("whole.toml"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--out",
+        &path("base.safetensors"),
+    ]);
+    assert!(ok, "{stderr}");
+    let base_bytes = std::fs::read(path("base.safetensors")).unwrap();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&base_bytes));
+    std::fs::write(
+        path("lora.toml"),
+        format!(
+            "[job]\nname = \"lora\"\ninit = \"base.safetensors\"\n{model}\
+             [hyper]\nlearning_rate = 0.01\n\
+             [train]\nparameters = \"lora\"\nrank = 4\nbase_sha256 = \"{sha}\"\n"
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(&[
+        "simulate",
+        "--job",
+        &path("lora.toml"),
+        "--peers",
+        "1",
+        "--contributions",
+        "30",
+        "--save-checkpoint",
+        &path("snapshot.safetensors"),
+    ]);
+    assert!(ok, "{stderr}");
+
+    // The adapters alone, as PEFT names and shapes them.
+    let (ok, stdout, stderr) = run(&[
+        "export",
+        "--job",
+        &path("lora.toml"),
+        "--snapshot",
+        &path("snapshot.safetensors"),
+        "--out",
+        &path("adapter"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("at version 30"), "{stdout}");
+    let bytes = std::fs::read(dir.path().join("adapter/adapter_model.safetensors")).unwrap();
+    let adapters = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(adapters.len(), 8);
+    let b = adapters
+        .tensor("base_model.model.transformer.h.1.attn.c_proj.lora_B.weight")
+        .unwrap();
+    assert_eq!(b.shape(), [64, 4]);
+    assert!(
+        b.data().iter().any(|&byte| byte != 0),
+        "B has moved from zero"
+    );
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (config["peft_type"].as_str(), config["r"].as_u64()),
+        (Some("LORA"), Some(4))
+    );
+
+    // Merged: the base with only the adapted products changed, and a config to load it by.
+    let (ok, _, stderr) = run(&[
+        "export",
+        "--job",
+        &path("lora.toml"),
+        "--snapshot",
+        &path("snapshot.safetensors"),
+        "--out",
+        &path("merged"),
+        "--merge",
+    ]);
+    assert!(ok, "{stderr}");
+    let merged_bytes = std::fs::read(dir.path().join("merged/model.safetensors")).unwrap();
+    let merged = safetensors::SafeTensors::deserialize(&merged_bytes).unwrap();
+    let base = safetensors::SafeTensors::deserialize(&base_bytes).unwrap();
+    for name in ["wte.weight", "h.0.ln_1.weight", "h.1.mlp.c_fc.weight"] {
+        assert_eq!(
+            merged.tensor(name).unwrap().data(),
+            base.tensor(name).unwrap().data()
+        );
+    }
+    let adapted = "h.1.attn.c_proj.weight";
+    assert_ne!(
+        merged.tensor(adapted).unwrap().data(),
+        base.tensor(adapted).unwrap().data()
+    );
+    assert!(dir.path().join("merged/config.json").exists());
+    let mut names: Vec<_> = std::fs::read_dir(dir.path().join("merged"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["config.json", "model.safetensors"],
+        "no partial file is left"
+    );
+
+    // Another job's snapshot is refused by name, and nothing is written.
+    let (ok, _, stderr) = run(&[
+        "export",
+        "--job",
+        &path("whole.toml"),
+        "--snapshot",
+        &path("snapshot.safetensors"),
+        "--out",
+        &path("wrong"),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("is not of the job `whole`"), "{stderr}");
+    assert!(!dir.path().join("wrong").exists());
+}

@@ -279,3 +279,70 @@ fn workers_train_only_the_biases_and_norms_of_a_base_they_fetch_from_the_relay()
         "bits per character went from {initial:.3} to {trained:.3}"
     );
 }
+
+/// LoRA rank 8 on the tiny transformer's attention over a base made from the job's seed.
+fn lora_job() -> String {
+    "[job]\nname = \"lora-tales\"\n\n[model]\nkind = \"transformer\"\npreset = \"tiny\"\n\n\
+     [task]\nfeatures = 32\nclasses = 256\ndataset = \"tales\"\n\n\
+     [hyper]\nlearning_rate = 0.01\nepsilon = 0.001\nbatch_size = 32\nstaleness_bound = 64\n\n\
+     [train]\nparameters = \"lora\"\n"
+        .to_string()
+}
+
+#[test]
+fn workers_train_lora_adapters_through_a_relay_and_the_host_exports_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = write(dir.path(), "lora.toml", &lora_job());
+    let relay = Relay::start(
+        &dir.path().join("relay.db"),
+        &["--job", job.to_str().unwrap(), "--snapshot-every", "100"],
+    )
+    .unwrap();
+    let before = at_version(&relay, "builtin:tales", 0);
+    let reports = two_workers_until(&relay, "builtin:tales", 400);
+    let initial = before["bits_per_char"].as_f64().unwrap();
+    let trained = reports[0]["bits_per_char"].as_f64().unwrap();
+    eprintln!("LoRA through the relay: {initial:.3} -> {trained:.3} bits per character");
+    // 6 144 of the 120 576 parameters train. Measured here: 8.02 -> 7.60 and 7.61 in two runs;
+    // in `onebyte simulate --peers 2`, 7.58 after 300 contributions and 7.57 after 600 (at η
+    // 0.02 and above it does not learn; at 0.005 it reaches 7.55 by 600).
+    assert!(
+        trained <= initial - 0.2,
+        "bits per character went from {initial:.3} to {trained:.3}"
+    );
+
+    // The host takes the adapters away in PEFT's form, and the merged model as GPT-2.
+    let adapter = dir.path().join("adapter");
+    let said = onebyte([
+        "export",
+        "--relay",
+        &relay.url(),
+        "--out",
+        adapter.to_str().unwrap(),
+    ]);
+    assert!(said.contains("job `lora-tales` at version"), "{said}");
+    assert!(
+        !said.contains("at version 0 "),
+        "a snapshot after training: {said}"
+    );
+    let bytes = std::fs::read(adapter.join("adapter_model.safetensors")).unwrap();
+    let adapters = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(adapters.len(), 8, "A and B of two layers in two blocks");
+    assert!(adapter.join("adapter_config.json").exists());
+    let merged = dir.path().join("merged");
+    onebyte([
+        "export",
+        "--relay",
+        &relay.url(),
+        "--out",
+        merged.to_str().unwrap(),
+        "--merge",
+    ]);
+    let bytes = std::fs::read(merged.join("model.safetensors")).unwrap();
+    let whole = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        whole.tensor("h.0.attn.c_attn.weight").unwrap().shape(),
+        [64, 192]
+    );
+    assert!(merged.join("config.json").exists());
+}

@@ -9,7 +9,7 @@
 //! [`link`] the sockets and the clock.
 
 mod backend;
-mod link;
+pub(crate) mod link;
 
 use crate::data::{BackendArg, load_data};
 use anyhow::{Context as _, Result};
