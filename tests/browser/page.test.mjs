@@ -218,9 +218,10 @@ test('on the tiny transformer job the page shows samples, bits per character, an
   }
 });
 
-test('on a LoRA job the page fetches the pinned base, trains the adapters on WebGPU, and holds the native weights', async () => {
+test('on a LoRA job the page fetches the pinned base, trains the adapters, and holds the native weights', async () => {
   const tmp = scratch();
-  const model = '[model]\nkind = "transformer"\npreset = "tiny"\n[task]\nfeatures = 32\nclasses = 256\ndataset = "tales"\n';
+  // Windows of 16 bytes: this is about where θ and the base come from, not how fast the tab is.
+  const model = '[model]\nkind = "transformer"\npreset = "tiny"\n[task]\nfeatures = 16\nclasses = 256\ndataset = "tales"\n';
   // The frozen base: the tiny transformer after two first-order steps, pinned by its hash.
   writeFileSync(path.join(tmp.dir, 'whole.toml'), `[job]\nname = "whole"\n${model}`);
   const base = path.join(tmp.dir, 'base.safetensors');
@@ -233,27 +234,38 @@ test('on a LoRA job the page fetches the pinned base, trains the adapters on Web
       `[hyper]\nlearning_rate = 0.01\n[train]\nparameters = "lora"\nbase_sha256 = "${sha}"\n`,
   );
   const relay = await startRelay(path.join(tmp.dir, 'relay.db'), ['--job', job]);
-  const browser = await launch({ webgpu: true });
+  // A native peer (which fetches and checks the base too) carries the log past the first hash
+  // boundary (256 versions): SwiftShader's WebGPU alone makes ~0.3 contributions/s here.
+  const native = startWorker(relay.url, ['--seed', '1', '--contributions', '300']);
+  // On the CPU (WebAssembly). With `backend: 'webgpu'` this test passed too (2026-12-06: the hash
+  // at version 256 equal to the native replica's), in 130 s, nearly all of it SwiftShader
+  // compiling and timing the transformer's kernels: too long for every CI run, and the WGSL
+  // kernels are held to the CPU's bits natively (`adapter_replicas_are_bit_identical_across_
+  // backends_with_lanes`, on lavapipe).
+  const browser = await launch({ webgpu: false });
   try {
     const { page, problems } = browser;
+    const started = Date.now();
     const fetched = page.waitForResponse((r) => r.url().endsWith('/api/base'));
-    await join(page, relay.url, { backend: 'webgpu' });
+    await join(page, relay.url);
     const served = await within('the base (/api/base) to be fetched', fetched, () => pageStatus(page));
     assert.equal(served.status(), 200);
     const status = await waitFor(
-      '10 accepted and a weight hash',
+      '5 accepted and a weight hash',
       () => pageStatus(page),
-      (s) => (s.accepted >= 10 && s.hashVersion > 0) || s.state === 'failed' || s.state === 'refused',
+      (s) => (s.accepted >= 5 && s.hashVersion > 0) || s.state === 'failed' || s.state === 'refused',
       300_000,
     );
-    assert.ok(status.accepted >= 10 && status.hashVersion > 0, JSON.stringify(status));
-    assert.match(status.backend, /WebGPU/);
+    console.log(`# LoRA tab: ${JSON.stringify(status)} at ${((Date.now() - started) / 1000).toFixed(0)} s`);
+    assert.ok(status.accepted >= 5 && status.hashVersion > 0, JSON.stringify(status));
+    assert.match(status.backend, /^CPU/);
     // θ is the adapters alone: the hash covers them, and a native replica of the log agrees.
     const expected = await nativeHashAt(relay.url, status.hashVersion);
     assert.equal(status.hash, expected, `weights differ at version ${status.hashVersion}`);
     await screenshot(page, 'page-lora.png');
     assert.deepEqual(problems, []);
   } finally {
+    native.kill();
     await browser.close();
     await relay.kill();
     tmp.cleanup();
