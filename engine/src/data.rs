@@ -3,83 +3,12 @@
 //! A dataset is a train split and a test split of dense `f32` features with integer labels. Each
 //! peer trains on its own shard of the train split; everyone evaluates on the same test split.
 
+pub use crate::dataset::{DataError, Dataset, Split};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::f64::consts::{PI, TAU};
 use std::str::FromStr;
-use thiserror::Error;
-
-/// Dense features with labels, row-major.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Split {
-    pub features: usize,
-    pub x: Vec<f32>,
-    pub y: Vec<u32>,
-}
-
-impl Split {
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.y.len()
-    }
-
-    /// True when there are no rows.
-    pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
-    }
-
-    /// The rows at `indices`, in that order.
-    pub fn gather(&self, indices: &[usize]) -> Split {
-        let f = self.features;
-        let mut x = Vec::with_capacity(indices.len() * f);
-        let mut y = Vec::with_capacity(indices.len());
-        for &i in indices {
-            x.extend_from_slice(&self.x[i * f..(i + 1) * f]);
-            y.push(self.y[i]);
-        }
-        Split { features: f, x, y }
-    }
-
-    /// The rows in `range`.
-    pub fn rows(&self, range: std::ops::Range<usize>) -> Split {
-        let f = self.features;
-        Split {
-            features: f,
-            x: self.x[range.start * f..range.end * f].to_vec(),
-            y: self.y[range].to_vec(),
-        }
-    }
-
-    /// Peer `index`'s share of `count` disjoint, interleaved shards.
-    pub fn shard(&self, index: usize, count: usize) -> Split {
-        assert!(index < count, "shard {index} of {count}");
-        let rows: Vec<usize> = (index..self.len()).step_by(count).collect();
-        self.gather(&rows)
-    }
-
-    fn push_row(&mut self, row: &[f32], label: u32) {
-        self.x.extend_from_slice(row);
-        self.y.push(label);
-    }
-}
-
-/// A labelled dataset with a fixed train/test split.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dataset {
-    pub name: String,
-    pub classes: usize,
-    pub class_names: Vec<String>,
-    pub train: Split,
-    pub test: Split,
-}
-
-impl Dataset {
-    /// Number of input features.
-    pub fn features(&self) -> usize {
-        self.train.features
-    }
-}
 
 /// The built-in toy datasets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,52 +144,6 @@ impl FromStr for DataSource {
 }
 
 /// A dataset that could not be made.
-#[derive(Debug, Error)]
-pub enum DataError {
-    #[error(
-        "unknown dataset `{0}`: use spirals, moons, circles, tales, recipes, reviews (optionally as builtin:NAME), a .csv or a .txt file"
-    )]
-    UnknownBuiltin(String),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("CSV line {line}: {message}")]
-    Csv { line: u64, message: String },
-    #[error("CSV line {line}, column {column}: `{value}` is not a number")]
-    NotANumber {
-        line: u64,
-        column: usize,
-        value: String,
-    },
-    #[error("CSV line {line} has {got} columns, but the first row has {expected}")]
-    Ragged {
-        line: u64,
-        expected: usize,
-        got: usize,
-    },
-    #[error("CSV needs at least one feature column and a label column; found {0} column(s)")]
-    TooFewColumns(usize),
-    #[error("CSV has {0} data rows; at least 10 are needed for a train/test split")]
-    TooFewRows(usize),
-    #[error("CSV labels have only one class (`{0}`); a classifier needs at least two")]
-    OneClass(String),
-    #[error(
-        "a CSV of texts for a prompt classifier begins with the header `text,label`; this one \
-         begins with `{0}`"
-    )]
-    TextHeader(String),
-    #[error("CSV has {0} classes; at most 256 are supported")]
-    TooManyClasses(usize),
-    #[error(
-        "the text has {tokens} tokens (bytes, for a byte-level model); this model needs at least {needed}"
-    )]
-    TooLittleText { tokens: usize, needed: usize },
-    #[error("{0}")]
-    WrongKind(String),
-}
-
 /// Share of rows held out for testing.
 const TEST_FRACTION: f64 = 0.2;
 

@@ -8,6 +8,7 @@
 pub mod bpe;
 pub mod calibrate;
 pub mod data;
+pub mod dataset;
 pub mod direction;
 pub mod driver;
 pub mod export;

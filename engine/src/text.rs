@@ -5,7 +5,7 @@
 //! byte at it (the label). The first 90 % of the text trains, the last 10 % is held out, so
 //! bits per character are measured on text the model never trained on.
 
-use crate::data::{DataError, Dataset, Split};
+use crate::dataset::{DataError, Dataset, Split};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 

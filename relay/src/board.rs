@@ -2,7 +2,7 @@
 //! backend it said it computes on. Updated after the decisions that matter (the sequencer's
 //! verdicts, the follower's comparisons), never read by them.
 
-use crate::stats::RateWindow;
+use crate::rate::RateWindow;
 use protocol::PeerId;
 use serde::Serialize;
 use std::collections::BTreeMap;

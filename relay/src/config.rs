@@ -135,7 +135,8 @@ pub struct RelayConfig {
     #[arg(long, default_value_t = 2000)]
     pub snapshot_every: u64,
 
-    /// Ticks' worth of frames queued for one peer before it counts as too slow and is dropped.
+    /// Log batches (one a tick) a peer whose socket is blocked may fall behind, and answers
+    /// queued for it, before it counts as too slow and is dropped.
     #[arg(long, default_value_t = 1024, help_heading = "Limits")]
     pub peer_queue: usize,
 

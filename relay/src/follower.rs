@@ -1,33 +1,94 @@
 //! The follower: the relay's own CPU replica of the job.
 //!
-//! It applies every durable batch, stores a snapshot every N entries (so a join costs one
+//! It subscribes to the log like every peer and applies each durable chunk, stores a snapshot every N entries (so a join costs one
 //! snapshot and a short tail), hashes θ at every multiple of [`HASH_REPORT_INTERVAL`] and
 //! compares peers' hash reports with its own. A peer that disagrees is told to resync. It runs
 //! on its own thread: replaying is CPU work that must not hold up the sockets.
 
+use crate::log::{LogStore, LogStoreError};
+use crate::sequencer::Outgoing;
 use crate::stats::{HeldOut, Stats};
-use crate::store::Store;
+use crate::store::Snapshots;
 use bytes::Bytes;
 use engine::{Job, Replica, Split};
 use protocol::{HASH_REPORT_INTERVAL, LogEntry, Message, PeerId, Version, WeightHash};
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use tokio::sync::mpsc;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
 
 /// What the follower is sent.
 #[derive(Debug)]
 pub enum FollowerInput {
-    /// Durable entries, continuing where the last batch ended.
-    Entries(Vec<LogEntry>),
+    /// Durable entries, continuing where the last chunk ended.
+    Entries(Arc<[LogEntry]>),
     /// A peer's `(version, hash)`; the outbox is where a `Resync` goes if it disagrees.
     Report {
         peer: PeerId,
         version: Version,
         hash: WeightHash,
-        outbox: mpsc::Sender<Vec<Bytes>>,
+        outbox: mpsc::Sender<Outgoing>,
     },
+}
+
+/// Starts the follower on a thread of its own: it restores the newest snapshot and replays the
+/// log to its head before this returns, then follows the log. Hash reports go to the sender
+/// returned.
+pub async fn spawn(
+    job: Arc<Job>,
+    log: LogStore,
+    snapshots: Snapshots,
+    snapshot_every: u64,
+    stats: Arc<Stats>,
+) -> anyhow::Result<std::sync::mpsc::Sender<FollowerInput>> {
+    let (inputs, input_rx) = std::sync::mpsc::channel();
+    let head = log.head();
+    let (ready_tx, ready) = oneshot::channel();
+    let runtime = Handle::current();
+    let replay = log.clone();
+    std::thread::Builder::new()
+        .name("follower".into())
+        .spawn(move || {
+            let started = Follower::start(
+                job,
+                &replay,
+                snapshots,
+                snapshot_every,
+                stats,
+                runtime,
+                head,
+            );
+            match started {
+                Ok(follower) => {
+                    let _ = ready_tx.send(Ok(()));
+                    follower.run(input_rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+    ready
+        .await
+        .map_err(|_| anyhow::anyhow!("the follower stopped while replaying the log"))??;
+    // From where the replay ended, the follower reads the log as every subscriber does.
+    let entries = inputs.clone();
+    let mut subscription = log.subscribe(head);
+    tokio::spawn(async move {
+        loop {
+            match subscription.next().await {
+                Ok(chunk) => {
+                    if entries.send(FollowerInput::Entries(chunk.entries)).is_err() {
+                        return;
+                    }
+                }
+                Err(LogStoreError::Closed) => return,
+                Err(e) => return tracing::error!("the follower's subscription failed: {e}"),
+            }
+        }
+    });
+    Ok(inputs)
 }
 
 /// Hashes kept for comparing late reports.
@@ -52,7 +113,9 @@ pub struct Follower {
     /// Held-out examples of the job's built-in data, and when they were last evaluated.
     held_out: Option<Split>,
     evaluated: Option<std::time::Instant>,
-    store: Store,
+    snapshots: Snapshots,
+    /// For the store's calls, from this thread.
+    runtime: Handle,
     snapshot_every: u64,
     stats: Arc<Stats>,
     hashes: BTreeMap<Version, WeightHash>,
@@ -61,16 +124,18 @@ pub struct Follower {
 
 impl Follower {
     /// Restores the newest snapshot in the store (or the job's initial weights) and replays the
-    /// log up to its end.
-    pub fn start(
+    /// log up to `head`.
+    fn start(
         job: Arc<Job>,
-        path: PathBuf,
+        log: &LogStore,
+        snapshots: Snapshots,
         snapshot_every: u64,
         stats: Arc<Stats>,
+        runtime: Handle,
+        head: Version,
     ) -> anyhow::Result<Self> {
-        let store = Store::reopen(&path)?;
         let device = engine::cpu_device();
-        let stored = store.latest_snapshot()?;
+        let stored = runtime.block_on(snapshots.latest())?;
         let replica = match &stored {
             Some((_, bytes)) => Replica::from_snapshot(job, device, bytes)?,
             None => Replica::new(job, device),
@@ -80,7 +145,8 @@ impl Follower {
             replica,
             held_out,
             evaluated: None,
-            store,
+            snapshots,
+            runtime,
             snapshot_every: snapshot_every.max(1),
             stats,
             hashes: BTreeMap::new(),
@@ -89,11 +155,10 @@ impl Follower {
         if stored.is_none() {
             follower.snapshot()?;
         }
-        let head = follower.store.version()?;
         let mut at = follower.replica.version();
         while at < head {
             let to = Version((at.0 + 65_536).min(head.0));
-            let entries = follower.store.entries(at, to)?;
+            let entries = follower.runtime.block_on(log.read(at, to))?;
             follower.apply(&entries)?;
             at = to;
         }
@@ -195,7 +260,8 @@ impl Follower {
         let bytes = engine::block_on(self.replica.snapshot())?;
         let hash = engine::block_on(self.replica.weight_hash())?;
         let version = self.replica.version();
-        self.store.put_snapshot(version, &hash, &bytes)?;
+        self.runtime
+            .block_on(self.snapshots.put(version, hash, bytes))?;
         self.stats.snapshot_version.store(version.0, Relaxed);
         Ok(())
     }
@@ -242,7 +308,11 @@ impl Follower {
                         "weight hash at version {version} differs from the relay's; reload the snapshot"
                     ),
                 };
-                let _ = outbox.try_send(vec![Bytes::from(resync.encode())]);
+                // Whenever it comes: it names its version.
+                let _ = outbox.try_send(Outgoing {
+                    after: Version(0),
+                    frames: vec![Bytes::from(resync.encode())],
+                });
             }
         }
     }

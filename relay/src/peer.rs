@@ -1,27 +1,29 @@
 //! One peer's websocket: handshake, catch-up from the store, then the live loop.
 //!
-//! The first message must be a `Hello`. The peer then receives `Welcome`, the `CounterTable`
-//! at the version it asked for, the log from there to the sequencer's head (read from the
-//! store a chunk at a time), and then whatever the sequencer queues for it. Everything the peer
+//! The first message must be a `Hello`. The peer then receives `Welcome` and its feed of the log
+//! ([`crate::broadcaster::PeerFeed`]: the `CounterTable` at the version it asked for, the log
+//! from there, read from the store while it is behind, then each batch as it is appended),
+//! and the sequencer's answers to it, each after the batch it refers to. Everything the peer
 //! sends is checked here first (size, decoding, order, rate); a violation closes the socket
 //! with a code and a reason, and never disturbs anybody else. A joined peer is pinged, and one
 //! that answers no ping or goes quiet while the job runs is closed: idle sockets cannot hold
 //! the relay's places.
 
+use crate::broadcaster::PeerFeed;
+use crate::context::Context;
 use crate::follower::FollowerInput;
 use crate::limits::{Address, NoPlace, Place};
-use crate::sequencer::{Command, Joined, Proposed, Refusal};
-use crate::server::Context;
-use crate::store::Store;
+use crate::sequencer::{Command, Joined, Outgoing, Proposed, Refusal};
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use protocol::{
-    HASH_REPORT_INTERVAL, LogCursor, Message, PROTOCOL_VERSION, PeerId, RejectReason, Resume,
-    Serial, Version, close,
+    HASH_REPORT_INTERVAL, Message, PROTOCOL_VERSION, PeerId, RejectReason, Resume, Serial, Version,
+    close,
 };
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -39,8 +41,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// peer's websocket fails as it answers the pings it has not read yet, before it reaches the
 /// close frame behind them, and the peer never learns the code and reason.
 const LINGER: Duration = Duration::from_secs(5);
-/// Entries per `LogBatch` while catching a peer up from the store.
-const CATCH_UP_CHUNK: u64 = 4096;
 
 type Sink = SplitSink<WebSocket, WsMessage>;
 type Stream = SplitStream<WebSocket>;
@@ -113,7 +113,7 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
         Err(refusal) => return refuse(&ctx, &mut sink, &mut stream, refusal).await,
     };
 
-    let (outbox, inbox) = mpsc::channel::<Vec<Bytes>>(ctx.config.peer_queue);
+    let (outbox, inbox) = mpsc::channel::<Outgoing>(ctx.config.peer_queue);
     let (kick_tx, kick) = oneshot::channel();
     let (reply_tx, reply) = oneshot::channel();
     let join = Command::Join {
@@ -145,6 +145,8 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
         stream,
         outbox,
         inbox,
+        feed: ctx.broadcaster.feed(from),
+        held: VecDeque::new(),
         kick,
         limiter: RateLimiter::direct(Quota::per_second(rate_limit(&ctx))),
         floor: joined.live_from,
@@ -153,16 +155,19 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, opened: Opened) {
         heard_at: now,
         active_at: now,
     };
-    match connection.live(&joined, from).await {
-        Err(refusal) => refuse(&ctx, &mut connection.sink, &mut connection.stream, refusal).await,
-        Ok(()) => answer_close(&mut connection.stream).await,
-    }
+    let ended = connection.live(&joined).await;
+    // The peer is gone for the sequencer at once: the goodbye below may take seconds to a
+    // peer that does not read, and its place and id should not wait for it.
     let leave = Command::Leave {
         peer,
         socket: joined.socket,
     };
     let _ = ctx.sequencer.send(leave).await;
     ctx.stats.board.left(peer);
+    match ended {
+        Err(refusal) => refuse(&ctx, &mut connection.sink, &mut connection.stream, refusal).await,
+        Ok(()) => answer_close(&mut connection.stream).await,
+    }
     tracing::info!(%peer, "peer left");
 }
 
@@ -183,8 +188,7 @@ fn admit(ctx: &Context, address: Address, fresh: bool) -> Result<Place, Refusal>
     // A relay that is full refuses the join anyway (FULL, from the sequencer); it should not
     // cost the address one of its new ids. (A race with another join can still let one through
     // here and be refused there; the budget is a minute's.)
-    let full =
-        ctx.stats.peers.load(std::sync::atomic::Ordering::Relaxed) >= ctx.config.max_peers as u64;
+    let full = ctx.standing.borrow().peers >= ctx.config.max_peers;
     if fresh && !full && !ctx.join_rate.allow(address) {
         return Err(Refusal::new(
             close::BUSY,
@@ -254,8 +258,12 @@ struct PeerConnection<'a> {
     sink: Sink,
     stream: Stream,
     /// The sequencer's queue to this peer (the follower answers hash reports through it too).
-    outbox: mpsc::Sender<Vec<Bytes>>,
-    inbox: mpsc::Receiver<Vec<Bytes>>,
+    outbox: mpsc::Sender<Outgoing>,
+    inbox: mpsc::Receiver<Outgoing>,
+    /// The log, as this peer is sent it.
+    feed: PeerFeed,
+    /// Answers waiting for the feed to pass the batch they follow.
+    held: VecDeque<Outgoing>,
     /// The sequencer ends this connection through it (a slow consumer, the host's drop).
     kick: oneshot::Receiver<Refusal>,
     limiter: DefaultDirectRateLimiter,
@@ -275,14 +283,16 @@ struct PeerConnection<'a> {
 /// What woke the live loop.
 enum Turn {
     Kicked(Refusal),
-    Deliver(Option<Vec<Bytes>>),
+    Deliver(Option<Outgoing>),
+    Batch(Result<Bytes, crate::broadcaster::FeedError>),
     Received(Incoming),
     Ping,
 }
 
 impl PeerConnection<'_> {
-    /// Welcome, catch-up from the store, then the live stream until either side ends it.
-    async fn live(&mut self, joined: &Joined, from: Version) -> Result<(), Refusal> {
+    /// Welcome, the log up to the head it joined at, then the live stream until either side
+    /// ends it.
+    async fn live(&mut self, joined: &Joined) -> Result<(), Refusal> {
         let welcome = Message::Welcome {
             peer: joined.peer,
             job: self.ctx.job.id,
@@ -291,7 +301,7 @@ impl PeerConnection<'_> {
             secret: joined.secret,
         };
         send(self.ctx, &mut self.sink, welcome.encode().into()).await?;
-        self.catch_up(from, joined.live_from).await?;
+        self.catch_up(joined.live_from).await?;
         // The socket was not read while the catch-up went out: quiet counts from here.
         (self.heard_at, self.active_at) = (Instant::now(), Instant::now());
         let idle_timeout = self.ctx.config.idle_timeout();
@@ -304,12 +314,27 @@ impl PeerConnection<'_> {
                 biased;
                 refusal = &mut self.kick => Turn::Kicked(refusal.unwrap_or_else(|_| shutting_down())),
                 frames = self.inbox.recv() => Turn::Deliver(frames),
+                batch = self.feed.next() => Turn::Batch(batch),
                 incoming = next_message(self.ctx, &mut self.stream) => Turn::Received(incoming?),
                 _ = pings.tick() => Turn::Ping,
             };
             match turn {
                 Turn::Kicked(refusal) => return Err(refusal),
-                Turn::Deliver(Some(frames)) => self.deliver(frames).await?,
+                Turn::Deliver(Some(outgoing)) => {
+                    self.held.push_back(outgoing);
+                    self.release_held().await?;
+                }
+                Turn::Batch(Ok(batch)) => {
+                    self.deliver(vec![batch]).await?;
+                    self.release_held().await?;
+                }
+                Turn::Batch(Err(e)) => {
+                    tracing::error!(peer = %self.peer, "the log feed failed: {e}");
+                    return Err(Refusal::new(
+                        close::GOING_AWAY,
+                        "the relay could not read its log; try again",
+                    ));
+                }
                 Turn::Deliver(None) | Turn::Received(Incoming::Closed) => return Ok(()),
                 Turn::Received(Incoming::Heard) => self.heard_at = Instant::now(),
                 Turn::Received(Incoming::Message(msg)) => {
@@ -323,6 +348,7 @@ impl PeerConnection<'_> {
                     tokio::select! {
                         biased;
                         refusal = &mut self.kick => return Err(refusal.unwrap_or_else(|_| shutting_down())),
+                        () = self.feed.overrun() => return Err(self.slow_consumer()),
                         sent = ping(&mut self.sink) => sent?,
                     }
                 }
@@ -335,7 +361,7 @@ impl PeerConnection<'_> {
     /// entries; one that is training contributes).
     fn check_quiet(&mut self, idle_timeout: Duration) -> Result<(), Refusal> {
         let now = Instant::now();
-        if self.ctx.stats.paused.load(Relaxed) {
+        if self.ctx.standing.borrow().paused {
             self.active_at = now;
         }
         let seconds = idle_timeout.as_secs();
@@ -350,73 +376,56 @@ impl PeerConnection<'_> {
         Err(Refusal::new(close::IDLE, quiet))
     }
 
-    /// The counter table at `from` and the log `from..to`, read from the store a chunk at a
-    /// time (a crowd asking for the whole log holds a chunk each, not the log) and sent as the
-    /// live stream will continue.
-    async fn catch_up(&mut self, from: Version, to: Version) -> Result<(), Refusal> {
-        let path = self.ctx.config.store.clone();
-        // Each read opens its own connection: a socket waiting to send holds no store handle
-        // (nor its page cache).
-        let (mut cursor, table) = self
-            .read_store({
-                let path = path.clone();
-                move || {
-                    let cursor = LogCursor::new(from, Store::reopen(&path)?.counter_table(from)?);
-                    let table = Bytes::from(cursor.table_message().encode());
-                    Ok((cursor, table))
-                }
-            })
-            .await?;
-        send(self.ctx, &mut self.sink, table).await?;
-        let mut at = from;
-        while at < to {
-            let end = Version((at.0 + CATCH_UP_CHUNK).min(to.0));
-            let path = path.clone();
-            let (moved, batch) = self
-                .read_store(move || {
-                    let batch = cursor.pack(&Store::reopen(&path)?.entries(at, end)?);
-                    Ok((cursor, Bytes::from(batch.encode())))
-                })
-                .await?;
-            cursor = moved;
-            send(self.ctx, &mut self.sink, batch).await?;
-            at = end;
+    /// The feed up to `to` (the head when the peer joined), sent without reading the socket:
+    /// the `CounterTable`, then the log a chunk at a time.
+    async fn catch_up(&mut self, to: Version) -> Result<(), Refusal> {
+        let mut table = true;
+        while table || self.feed.position() < to {
+            table = false;
+            let message = self.feed.next().await.map_err(|e| {
+                tracing::error!(peer = %self.peer, "catch-up read failed: {e}");
+                Refusal::new(
+                    close::GOING_AWAY,
+                    "the relay could not read its log; try again",
+                )
+            })?;
+            send(self.ctx, &mut self.sink, message).await?;
         }
         Ok(())
     }
 
-    /// Runs a read of the store off the async threads, one of a bounded few at once.
-    async fn read_store<T: Send + 'static>(
-        &self,
-        read: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-    ) -> Result<T, Refusal> {
-        let _permit = self
-            .ctx
-            .store_reads
-            .acquire()
-            .await
-            .map_err(|_| shutting_down())?;
-        match tokio::task::spawn_blocking(read).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                tracing::error!("catch-up read failed: {e:#}");
-                Err(Refusal::new(
-                    close::GOING_AWAY,
-                    "the relay could not read its log; try again",
-                ))
-            }
-            Err(_) => Err(shutting_down()),
+    /// Sends the held answers whose batches the peer has been sent.
+    async fn release_held(&mut self) -> Result<(), Refusal> {
+        while self
+            .held
+            .front()
+            .is_some_and(|o| o.after <= self.feed.position())
+        {
+            let outgoing = self.held.pop_front().expect("just seen");
+            self.deliver(outgoing.frames).await?;
         }
+        Ok(())
     }
 
-    /// Sends what the sequencer queued. A peer that stops reading blocks the send; the
-    /// sequencer's kick still ends it.
+    /// Sends frames. A peer that stops reading blocks the send; the sequencer's kick still ends
+    /// it, and so does falling too far behind the log's batches (a slow consumer).
     async fn deliver(&mut self, frames: Vec<Bytes>) -> Result<(), Refusal> {
         tokio::select! {
             biased;
             refusal = &mut self.kick => Err(refusal.unwrap_or_else(|_| shutting_down())),
+            () = self.feed.overrun() => Err(self.slow_consumer()),
             sent = send_all(self.ctx, &mut self.sink, frames) => sent,
         }
+    }
+
+    /// Counts and words the end of a peer that fell too far behind the log's batches while
+    /// its socket would take nothing.
+    fn slow_consumer(&self) -> Refusal {
+        self.ctx.stats.slow_consumers_dropped.fetch_add(1, Relaxed);
+        Refusal::new(
+            close::SLOW_CONSUMER,
+            "dropped: the peer did not read the log fast enough and its queue filled",
+        )
     }
 
     async fn handle(&mut self, msg: Message) -> Result<(), Refusal> {
@@ -478,7 +487,7 @@ impl PeerConnection<'_> {
     /// A hash report must name a boundary the log has reached, after this socket's previous
     /// one: a peer reports each boundary once, as its replica passes it.
     fn check_report(&self, version: Version) -> Result<(), Refusal> {
-        let head = Version(self.ctx.stats.version.load(Relaxed));
+        let head = self.ctx.log.head();
         let problem = if !version.0.is_multiple_of(HASH_REPORT_INTERVAL) || version.0 == 0 {
             format!("a hash report at {version}, not a multiple of {HASH_REPORT_INTERVAL}")
         } else if version <= self.last_report {

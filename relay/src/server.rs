@@ -1,41 +1,18 @@
-//! Starting a relay: the store, the follower, the sequencer and the HTTP/websocket server.
+//! Starting a relay: the store, the follower, the sequencer, the broadcaster and the
+//! HTTP/websocket server.
 
+use crate::broadcaster::Broadcaster;
 use crate::config::RelayConfig;
-use crate::follower::{Follower, FollowerInput};
+use crate::context::Context;
 use crate::http;
 use crate::limits::{AddressTally, JoinRate};
-use crate::sequencer::{Command, Sequencer, SequencerConfig};
+use crate::sequencer::{self, Sequencer, SequencerConfig};
 use crate::stats::Stats;
-use crate::store::Store;
 use anyhow::{Context as _, Result};
 use engine::Job;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// What every request handler and socket shares.
-pub struct Context {
-    pub config: RelayConfig,
-    pub job: Arc<Job>,
-    pub job_toml: String,
-    pub stats: Arc<Stats>,
-    pub metrics: crate::metrics::Metrics,
-    pub sequencer: mpsc::Sender<Command>,
-    pub follower: std::sync::mpsc::Sender<FollowerInput>,
-    /// Joined peers per network address (the sequencer holds the total to `--max-peers`).
-    pub joined: Arc<AddressTally>,
-    /// New peers per minute per network address.
-    pub join_rate: JoinRate,
-    /// Reads of the store on a client's behalf at once (catch-up, `/api/log`, snapshots): a
-    /// crowd asking for the whole log waits its turn instead of holding it all in memory.
-    pub store_reads: Arc<tokio::sync::Semaphore>,
-    /// For a job that trains part of a checkpoint's model: that checkpoint file, served to
-    /// peers at `/api/base` (they check it against the job's pin).
-    pub base_file: Option<bytes::Bytes>,
-}
-
-/// Store reads served at once.
-const STORE_READS: usize = 8;
 
 /// Loads the job and the store, replays the log into the follower, and serves until Ctrl-C.
 pub async fn run(config: RelayConfig) -> Result<()> {
@@ -50,7 +27,7 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         None if config.store.exists() => None,
         None => Some(Job::demo().to_toml()),
     };
-    let (store, job_toml) = Store::open(&config.store, given.as_deref())?;
+    let (stores, job_toml) = crate::store::open(&config.store, given.as_deref()).await?;
     let mut job = Job::from_toml(&job_toml)
         .with_context(|| format!("the job stored in {} is not valid", config.store.display()))?;
     // A job that starts from a checkpoint needs it until its first snapshot exists; a job's
@@ -70,7 +47,7 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         if let Some(json) = job.tokenizer_json() {
             let json =
                 std::str::from_utf8(json).context("the job's tokenizer.json is not UTF-8")?;
-            store.keep_tokenizer(json)?;
+            stores.meta.keep_tokenizer(json).await?;
         }
     } else {
         if job.needs_base() {
@@ -80,7 +57,7 @@ pub async fn run(config: RelayConfig) -> Result<()> {
                 job.config.job.init
             );
         }
-        if job.needs_checkpoint() && store.latest_snapshot()?.is_none() {
+        if job.needs_checkpoint() && stores.snapshots.latest().await?.is_none() {
             anyhow::bail!(
                 "the job starts from the checkpoint {:?} and has no snapshot yet: pass --job \
                  with the job file so the relay can find the checkpoint",
@@ -88,7 +65,7 @@ pub async fn run(config: RelayConfig) -> Result<()> {
             );
         }
         if job.needs_tokenizer() {
-            let Some(json) = store.tokenizer()? else {
+            let Some(json) = stores.meta.tokenizer().await? else {
                 anyhow::bail!(
                     "the job reads text through the tokenizer {:?}, which the store {} does not \
                      hold: pass --job with the job file",
@@ -102,20 +79,24 @@ pub async fn run(config: RelayConfig) -> Result<()> {
     let job = Arc::new(job);
 
     let stats = Arc::new(Stats::default());
-    let follower = Follower::start(
+    let follower = crate::follower::spawn(
         job.clone(),
-        config.store.clone(),
+        stores.log.clone(),
+        stores.snapshots.clone(),
         config.snapshot_every,
         stats.clone(),
     )
+    .await
     .context("the follower could not replay the log")?;
-    let (follower_tx, follower_rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("follower".into())
-        .spawn(move || follower.run(follower_rx))?;
+    let broadcaster = Broadcaster::start(stores.log.clone(), config.peer_queue).await?;
 
-    let sequencer = Sequencer::new(
-        store,
+    let decides = sequencer::Stores {
+        log: stores.log.clone(),
+        peers: stores.peers.clone(),
+        meta: stores.meta.clone(),
+    };
+    let (sequencer, standing) = Sequencer::new(
+        decides,
         SequencerConfig {
             tick: Duration::from_millis(config.tick_ms.max(1)),
             staleness_bound: job.hyper().staleness_bound,
@@ -126,8 +107,8 @@ pub async fn run(config: RelayConfig) -> Result<()> {
             round_timeout: Duration::from_secs(config.round_timeout.max(1)),
         },
         stats.clone(),
-        follower_tx.clone(),
-    )?;
+    )
+    .await?;
     let (commands, command_rx) = mpsc::channel(65_536);
     tokio::spawn(async move {
         if let Err(e) = sequencer.run(command_rx).await {
@@ -138,18 +119,21 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         }
     });
 
-    let version = stats.version.load(std::sync::atomic::Ordering::Relaxed);
+    let version = stores.log.head();
     let ctx = Arc::new(Context {
         config: config.clone(),
         job: job.clone(),
         job_toml,
+        log: stores.log,
+        snapshots: stores.snapshots,
+        broadcaster,
+        sequencer: commands,
+        standing,
+        follower,
         metrics: crate::metrics::Metrics::new(stats.clone()),
         stats,
-        sequencer: commands,
-        follower: follower_tx,
         joined: AddressTally::new(usize::MAX, config.max_peers_per_address),
         join_rate: JoinRate::new(config.joins_per_minute),
-        store_reads: Arc::new(tokio::sync::Semaphore::new(STORE_READS)),
         base_file,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -2,10 +2,8 @@
 //! `/metrics` read. Plain atomics: nothing here is on the path that decides the log.
 
 use serde::Serialize;
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
 
 /// Live figures of one relay.
 #[derive(Debug, Default)]
@@ -38,52 +36,11 @@ pub struct Stats {
     /// Hash reports compared with the follower, and how many disagreed.
     pub hashes_checked: AtomicU64,
     pub hashes_diverged: AtomicU64,
-    rate: Mutex<RateWindow>,
+    rate: Mutex<crate::rate::RateWindow>,
     /// The follower's latest evaluation on held-out data.
     pub held_out: Mutex<Option<HeldOut>>,
     /// Each peer's figures, for the host's dashboard.
     pub board: crate::board::PeerBoard,
-}
-
-/// A running total's rate over the last few seconds (accepted contributions per second).
-#[derive(Debug, Default)]
-pub struct RateWindow {
-    samples: VecDeque<(Instant, u64)>,
-}
-
-const RATE_WINDOW: Duration = Duration::from_secs(5);
-
-impl RateWindow {
-    /// The total is now `total`.
-    pub fn record(&mut self, total: u64) {
-        let now = Instant::now();
-        self.samples.push_back((now, total));
-        while self
-            .samples
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
-        {
-            self.samples.pop_front();
-        }
-    }
-
-    /// How fast the total grew over the last five seconds, per second.
-    pub fn per_second(&self) -> f64 {
-        let now = Instant::now();
-        let mut recent = self
-            .samples
-            .iter()
-            .filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW);
-        let first = recent.next();
-        let last = recent.next_back().or(first);
-        match (first, last) {
-            (Some(first), Some(last)) if last.1 > first.1 => {
-                let span = now.duration_since(first.0).as_secs_f64().max(1.0);
-                (last.1 - first.1) as f64 / span
-            }
-            _ => 0.0,
-        }
-    }
 }
 
 impl Stats {

@@ -2,7 +2,7 @@
 //! peer's session with libFuzzer, outside CI. Each target runs for the given time; the figures libFuzzer prints at
 //! the end (executions, coverage) are summed up per target.
 
-use crate::steps::{cargo, root, run, target_dir};
+use crate::tools::{cargo, root, run, target_dir};
 use anyhow::{Context, Result, bail};
 use std::process::Command;
 

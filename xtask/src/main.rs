@@ -5,6 +5,7 @@
 mod fuzz;
 mod steps;
 mod stress;
+mod tools;
 mod web;
 
 use anyhow::Result;

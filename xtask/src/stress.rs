@@ -1,7 +1,7 @@
 //! `cargo xtask stress`: the end-to-end and browser suites, run again and again beside a CPU hog
 //! on every core, to show that no test decides by wall-clock luck on a busy machine.
 
-use crate::steps::{cargo_linted, ensure_debs, run, target_dir};
+use crate::tools::{cargo_linted, ensure_debs, run, target_dir};
 use crate::web;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -116,7 +116,7 @@ pub fn stress(runs: u32, suite: Suite) -> Result<()> {
             let suite = if name == "e2e" {
                 let mut suite = Command::new(&e2e_suite);
                 // Where cargo runs a package's tests: in the package.
-                suite.current_dir(crate::steps::root().join("tests"));
+                suite.current_dir(crate::tools::root().join("tests"));
                 suite
             } else {
                 let mut suite = web::browser_test_command()?;

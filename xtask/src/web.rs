@@ -1,6 +1,6 @@
 //! The browser side: the wasm client, wasm-bindgen, npm packages, Chromium.
 
-use crate::steps::{cargo, describe, ensure_debs, lint_while_building, root, run, target_dir};
+use crate::tools::{cargo, describe, ensure_debs, lint_while_building, root, run, target_dir};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
@@ -263,8 +263,8 @@ pub fn browser_tests() -> Result<()> {
     ensure_chromium()?;
     let mut test = browser_test_command()?;
     test.env(
-        crate::steps::ONE_CPU_THREAD.0,
-        crate::steps::ONE_CPU_THREAD.1,
+        crate::tools::ONE_CPU_THREAD.0,
+        crate::tools::ONE_CPU_THREAD.1,
     );
     eprintln!("    (screenshots go to artifacts/)");
     let what = format!(

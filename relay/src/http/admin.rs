@@ -2,8 +2,8 @@
 //! dashboard page that uses them.
 
 use super::errors::{internal, shutting_down};
+use crate::context::Context;
 use crate::sequencer::Command;
-use crate::server::Context;
 use axum::extract::Request;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};

@@ -10,7 +10,7 @@ mod reads;
 mod serve;
 mod socket;
 
-use crate::server::Context;
+use crate::context::Context;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};

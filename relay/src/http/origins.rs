@@ -1,7 +1,7 @@
 //! Which pages may use the relay: its own, those on `--allow-origin`, and native clients (which
 //! send no Origin).
 
-use crate::server::Context;
+use crate::context::Context;
 use axum::http::{HeaderMap, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 

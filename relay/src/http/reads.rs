@@ -2,19 +2,19 @@
 //! metrics (and a note at `/` when the relay serves no page).
 
 use super::errors::internal;
-use crate::server::Context;
-use crate::store::Store;
-use anyhow::Result;
+use crate::context::Context;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use protocol::{Version, varint};
+use protocol::{LogCursor, Version, varint};
 use serde::Deserialize;
 use std::sync::Arc;
 
 /// Most entries one `GET /api/log` returns; ask again from where it ended.
 const LOG_PAGE: u64 = 1 << 20;
+/// Most entries in one `LogBatch` of an `/api/log` answer.
+const LOG_BATCH: u64 = 4096;
 
 pub async fn index(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     let name = &ctx.job.config.job.name;
@@ -64,10 +64,8 @@ pub async fn base(State(ctx): State<Arc<Context>>) -> Response {
 }
 
 pub async fn snapshot(State(ctx): State<Arc<Context>>) -> Response {
-    let path = ctx.config.store.clone();
-    let read = tokio::task::spawn_blocking(move || Store::reopen(&path)?.latest_snapshot()).await;
-    match read {
-        Ok(Ok(Some((version, bytes)))) => (
+    match ctx.snapshots.latest().await {
+        Ok(Some((version, bytes))) => (
             [
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
                 (
@@ -78,8 +76,7 @@ pub async fn snapshot(State(ctx): State<Arc<Context>>) -> Response {
             bytes,
         )
             .into_response(),
-        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no snapshot yet").into_response(),
-        Ok(Err(e)) => internal(e),
+        Ok(None) => (StatusCode::NOT_FOUND, "no snapshot yet").into_response(),
         Err(e) => internal(e),
     }
 }
@@ -93,41 +90,51 @@ pub struct LogRange {
 /// `GET /api/log?from=V&to=W`: varint-length-prefixed messages, a `CounterTable` at `V` and
 /// then `LogBatch`es up to `W` (or the durable head, at most 2^20 entries).
 pub async fn log(State(ctx): State<Arc<Context>>, Query(range): Query<LogRange>) -> Response {
-    let path = ctx.config.store.clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<Result<Vec<u8>, String>> {
-        let store = Store::reopen(&path)?;
-        let head = store.version()?;
-        let from = Version(range.from.unwrap_or(0));
-        if from > head {
-            return Ok(Err(format!(
-                "from={from} is past the end of the log ({head} entries)"
-            )));
-        }
-        let to = Version(
-            range
-                .to
-                .unwrap_or(head.0)
-                .min(head.0)
-                .min(from.0 + LOG_PAGE),
-        );
-        let mut body = Vec::new();
-        for message in store.packed_log(from, to, 4096)? {
-            varint::put(&mut body, message.len() as u64);
-            body.extend_from_slice(&message);
-        }
-        Ok(Ok(body))
-    })
-    .await;
-    match read {
-        Ok(Ok(Ok(body))) => (
+    let head = ctx.log.head();
+    let from = Version(range.from.unwrap_or(0));
+    if from > head {
+        let bad = format!("from={from} is past the end of the log ({head} entries)");
+        return (StatusCode::RANGE_NOT_SATISFIABLE, bad).into_response();
+    }
+    let to = Version(
+        range
+            .to
+            .unwrap_or(head.0)
+            .min(head.0)
+            .min(from.0 + LOG_PAGE),
+    );
+    match packed_log(&ctx, from, to).await {
+        Ok(body) => (
             [(header::CONTENT_TYPE, "application/octet-stream")],
             Body::from(body),
         )
             .into_response(),
-        Ok(Ok(Err(bad))) => (StatusCode::RANGE_NOT_SATISFIABLE, bad).into_response(),
-        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
+}
+
+/// The log `from..to` as a peer receives it, each message prefixed with its length: the
+/// `CounterTable` at `from`, then `LogBatch`es of at most [`LOG_BATCH`] entries.
+async fn packed_log(
+    ctx: &Context,
+    from: Version,
+    to: Version,
+) -> Result<Vec<u8>, crate::log::LogStoreError> {
+    let mut cursor = LogCursor::new(from, ctx.log.counter_table(from).await?);
+    let mut body = Vec::new();
+    let mut put = |message: protocol::Message| {
+        let message = message.encode();
+        varint::put(&mut body, message.len() as u64);
+        body.extend_from_slice(&message);
+    };
+    put(cursor.table_message());
+    let mut at = from;
+    while at < to {
+        let end = Version((at.0 + LOG_BATCH).min(to.0));
+        put(cursor.pack(&ctx.log.read(at, end).await?));
+        at = end;
+    }
+    Ok(body)
 }
 
 pub async fn status(State(ctx): State<Arc<Context>>) -> impl IntoResponse {

@@ -6,8 +6,8 @@
 //! point where a connection is accepted, which is where the per-address limits belong.
 
 use super::router;
+use crate::context::Context;
 use crate::limits::{Address, AddressTally, NoPlace, Place};
-use crate::server::Context;
 use anyhow::{Context as _, Result};
 use axum::Router;
 use axum::extract::ConnectInfo;

@@ -1,9 +1,9 @@
 //! `GET /ws`: the websocket upgrade, handed to [`crate::peer`].
 
 use super::origins::refused_origin;
+use crate::context::Context;
 use crate::limits::Place;
 use crate::peer;
-use crate::server::Context;
 use axum::Extension;
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::HeaderMap;

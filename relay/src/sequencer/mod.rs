@@ -1,29 +1,71 @@
 //! The sequencer: the one place that decides the log.
 //!
 //! It is a single task. Sockets send it commands; it collects contributions for one tick (a few
-//! milliseconds), validates each against the log as it stands at that position, commits the
-//! accepted ones to the store in one transaction, and only then acknowledges them and sends the
-//! batch to every peer's queue. A peer whose queue is full is dropped; nobody waits for it.
+//! milliseconds), validates each against the log as it stands at that position, appends the
+//! accepted ones to the [`LogStore`] in one call, and only once that returns (they are durable)
+//! answers each proposer. It sends no batches: the [`crate::broadcaster`] reads the log like
+//! everyone else. A peer whose queue of answers is full is dropped; nobody waits for it.
 //!
 //! In a committee job it also runs the rounds (see [`crate::committee`]): votes wait in their
 //! round until it is decided, and only the decided median is logged and acknowledged.
 
 use crate::committee::{Closed, Committees, Decided};
-use crate::follower::FollowerInput;
 use crate::influence::{Influence, InfluenceConfig, WINDOW};
+use crate::log::{LogStore, LogStoreError};
 use crate::stats::Stats;
-use crate::store::{CHECKPOINT_EVERY, Store, StoreError};
+use crate::store::{JobMeta, PeerRegistry, StoreError};
 use bytes::Bytes;
 use protocol::{
-    Counter, LogCursor, LogEntry, Message, PackedEntry, PeerId, Quantizer, RejectReason, Resume,
-    ResumeSecret, Serial, Version, close,
+    Counter, LogCursor, LogEntry, Message, PeerId, Quantizer, RejectReason, Resume, ResumeSecret,
+    Serial, Version, close,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+/// Why the sequencer stopped: a store it decides with failed, and nothing after that was
+/// answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    #[error(transparent)]
+    Log(#[from] LogStoreError),
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+}
+
+impl From<StoreError> for SequencerError {
+    fn from(e: StoreError) -> Self {
+        SequencerError::Store(Arc::new(e))
+    }
+}
+
+/// Frames for one peer that must reach it only after the log up to `after` has (an
+/// `Accepted` after the batch that holds its entry).
+#[derive(Debug)]
+pub struct Outgoing {
+    pub after: Version,
+    pub frames: Vec<Bytes>,
+}
+
+/// What the sequencer has decided that others act on: read it, never a report of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// The host paused the job (contributions are rejected, quiet peers kept).
+    pub paused: bool,
+    /// Peers joined now.
+    pub peers: usize,
+}
+
+/// The stores the sequencer decides with.
+#[derive(Clone)]
+pub struct Stores {
+    pub log: LogStore,
+    pub peers: PeerRegistry,
+    pub meta: JobMeta,
+}
 
 /// Why a socket is being closed: the close code and its reason text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +88,7 @@ impl Refusal {
 pub struct Joined {
     pub peer: PeerId,
     pub next_counter: Counter,
-    /// The version of the first entry the peer will receive through its queue; everything
-    /// before it is durable in the store.
+    /// The log's head when the peer joined: it proposes nothing before its replica reaches it.
     pub live_from: Version,
     /// What resumes this id after a reconnect (the one it showed, when it resumed).
     pub secret: ResumeSecret,
@@ -65,7 +106,7 @@ pub enum Command {
     Join {
         resume: Option<Resume>,
         from: Version,
-        outbox: mpsc::Sender<Vec<Bytes>>,
+        outbox: mpsc::Sender<Outgoing>,
         kick: oneshot::Sender<Refusal>,
         reply: oneshot::Sender<Result<Joined, Refusal>>,
     },
@@ -84,7 +125,7 @@ pub enum Command {
     /// The host pauses or resumes the job; the reply comes once that is durable.
     Pause {
         paused: bool,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), Arc<StoreError>>>,
     },
     /// The host drops a peer: its socket closes with [`close::DROPPED`]. The reply says whether
     /// that peer was connected.
@@ -95,7 +136,7 @@ pub enum Command {
     /// The host releases a quarantined peer. The reply says whether it was quarantined.
     Release {
         peer: PeerId,
-        reply: oneshot::Sender<Result<bool, String>>,
+        reply: oneshot::Sender<Result<bool, Arc<StoreError>>>,
     },
 }
 
@@ -114,10 +155,10 @@ pub struct SequencerConfig {
     pub round_timeout: Duration,
 }
 
-/// The sequencer's handle on a joined peer's socket: where its frames go, and how to close it.
+/// The sequencer's handle on a joined peer's socket: where its answers go, and how to close it.
 struct PeerSocket {
     id: u64,
-    outbox: mpsc::Sender<Vec<Bytes>>,
+    outbox: mpsc::Sender<Outgoing>,
     kick: Option<oneshot::Sender<Refusal>>,
 }
 
@@ -147,10 +188,14 @@ struct Pending {
     byte: u8,
 }
 
-/// The sequencer's state: the store's write connection and the log's head.
+/// The sequencer's state: the log's head, the joined peers, the rounds and the bound.
 pub struct Sequencer {
-    store: Store,
+    stores: Stores,
+    /// The log as decided so far: appended entries only (a tick's entries join it only once
+    /// appended; an append that fails stops the sequencer).
     cursor: LogCursor,
+    paused: bool,
+    standing: watch::Sender<Standing>,
     sockets: HashMap<PeerId, PeerSocket>,
     /// The next [`Joined::socket`].
     next_socket: u64,
@@ -161,28 +206,27 @@ pub struct Sequencer {
     committees: Option<Committees>,
     config: SequencerConfig,
     stats: Arc<Stats>,
-    follower: std::sync::mpsc::Sender<FollowerInput>,
 }
 
 impl Sequencer {
-    /// A sequencer continuing the log in `store`.
-    pub fn new(
-        store: Store,
+    /// A sequencer continuing the log in `stores`, and the standing it publishes.
+    pub async fn new(
+        stores: Stores,
         config: SequencerConfig,
         stats: Arc<Stats>,
-        follower: std::sync::mpsc::Sender<FollowerInput>,
-    ) -> Result<Self, StoreError> {
-        let version = store.version()?;
-        let table = store.counter_table(version)?;
-        // Nobody is connected yet; and joins from now on read the table from here.
-        store.all_left()?;
-        store.put_checkpoint(version, &table)?;
+    ) -> Result<(Self, watch::Receiver<Standing>), SequencerError> {
+        let version = stores.log.head();
+        let table = stores.log.counter_table(version).await?;
+        // Nobody is connected yet.
+        stores.peers.all_left().await?;
+        let paused = stores.meta.paused().await?;
         stats.version.store(version.0, Relaxed);
-        stats.paused.store(store.paused()?, Relaxed);
+        stats.paused.store(paused, Relaxed);
         // The bound picks up where it was: learned again from the log's tail (as logged).
-        let mut influence =
-            Influence::new(config.influence, config.quantizer, store.quarantined()?);
-        let tail = store.entries(Version(version.0.saturating_sub(WINDOW as u64)), version)?;
+        let quarantined = stores.peers.quarantined().await?;
+        let mut influence = Influence::new(config.influence, config.quantizer, quarantined);
+        let from = Version(version.0.saturating_sub(WINDOW as u64));
+        let tail = stores.log.read(from, version).await?;
         influence.seed(tail.iter().map(|e| (e.peer, e.byte)));
         stats.publish_influence(&influence);
         let committees = match config.committee_size {
@@ -190,13 +234,16 @@ impl Sequencer {
                 size,
                 config.round_timeout,
                 config.quantizer,
-                store.committee_rounds_reserved()?,
+                stores.meta.committee_rounds_reserved().await?,
             )),
             None => None,
         };
-        Ok(Sequencer {
-            store,
+        let (standing, standing_rx) = watch::channel(Standing { paused, peers: 0 });
+        let sequencer = Sequencer {
+            stores,
             cursor: LogCursor::new(version, table),
+            paused,
+            standing,
             sockets: HashMap::new(),
             next_socket: 0,
             pending: Vec::new(),
@@ -204,13 +251,23 @@ impl Sequencer {
             committees,
             config,
             stats,
-            follower,
-        })
+        };
+        Ok((sequencer, standing_rx))
+    }
+
+    /// Publishes the number of joined peers (to the standing and the report).
+    fn count_peers(&self) {
+        let peers = self.sockets.len();
+        self.standing.send_modify(|s| s.peers = peers);
+        self.stats.peers.store(peers as u64, Relaxed);
     }
 
     /// Runs until every command sender is gone. Returns early only if the store fails, in which
     /// case nothing more is acknowledged.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), StoreError> {
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> Result<(), SequencerError> {
         loop {
             let timeout = self.committees.as_ref().and_then(Committees::next_timeout);
             let cmd = match timeout {
@@ -218,14 +275,14 @@ impl Sequencer {
                     cmd = commands.recv() => cmd,
                     _ = tokio::time::sleep_until(at) => {
                         // A committee round waited out its timeout: decide or close it.
-                        self.flush()?;
+                        self.flush().await?;
                         continue;
                     }
                 },
                 None => commands.recv().await,
             };
             let Some(cmd) = cmd else { break };
-            self.handle(cmd)?;
+            self.handle(cmd).await?;
             if self.pending.is_empty() {
                 continue;
             }
@@ -234,17 +291,17 @@ impl Sequencer {
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => break,
                     cmd = commands.recv() => match cmd {
-                        Some(cmd) => self.handle(cmd)?,
+                        Some(cmd) => self.handle(cmd).await?,
                         None => break,
                     },
                 }
             }
-            self.flush()?;
+            self.flush().await?;
         }
-        self.flush()
+        self.flush().await
     }
 
-    fn handle(&mut self, cmd: Command) -> Result<(), StoreError> {
+    async fn handle(&mut self, cmd: Command) -> Result<(), SequencerError> {
         match cmd {
             Command::Join {
                 resume,
@@ -253,7 +310,7 @@ impl Sequencer {
                 kick,
                 reply,
             } => {
-                let answer = self.join(resume, from)?;
+                let answer = self.join(resume, from).await?;
                 let mut assign = None;
                 if let Ok(joined) = &answer {
                     self.sockets.insert(
@@ -264,7 +321,7 @@ impl Sequencer {
                             kick: Some(kick),
                         },
                     );
-                    self.stats.peers.store(self.sockets.len() as u64, Relaxed);
+                    self.count_peers();
                     if !joined.quarantined {
                         assign = Some(joined.peer);
                     }
@@ -272,7 +329,7 @@ impl Sequencer {
                 let _ = reply.send(answer);
                 // Its first rounds reach it after its catch-up, through its queue.
                 if let Some(peer) = assign {
-                    let frames = self.assignments(&[peer])?;
+                    let frames = self.assignments(&[peer]).await?;
                     for (peer, frames) in frames {
                         self.send(peer, frames);
                     }
@@ -304,19 +361,21 @@ impl Sequencer {
                     if let Some(committees) = &mut self.committees {
                         committees.leave(peer);
                     }
-                    self.stats.peers.store(self.sockets.len() as u64, Relaxed);
+                    self.count_peers();
                     let contributed = self.cursor.last_counter(peer).is_some();
-                    tokio::task::block_in_place(|| self.store.left(peer, contributed))?;
+                    self.stores.peers.left(peer, contributed).await?;
                 }
             }
             Command::Pause { paused, reply } => {
                 // A restart keeps the host's decision: written before it takes effect.
-                let written = self.store.set_paused(paused);
+                let written = self.stores.meta.set_paused(paused).await.map_err(Arc::new);
                 if written.is_ok() {
+                    self.paused = paused;
+                    self.standing.send_modify(|s| s.paused = paused);
                     self.stats.paused.store(paused, Relaxed);
                 }
-                let _ = reply.send(written.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                written?;
+                let _ = reply.send(written.clone());
+                written.map_err(SequencerError::Store)?;
             }
             Command::Drop { peer, reply } => {
                 let kick = self.sockets.get_mut(&peer).and_then(|s| s.kick.take());
@@ -327,13 +386,14 @@ impl Sequencer {
                 let _ = reply.send(dropped);
             }
             Command::Release { peer, reply } => {
-                let written =
-                    tokio::task::block_in_place(|| self.store.set_quarantined(peer, false));
-                let answer = written
-                    .as_ref()
-                    .map(|_| self.influence.release(peer))
-                    .map_err(|e| e.to_string());
-                if answer == Ok(true) {
+                let written = self
+                    .stores
+                    .peers
+                    .set_quarantined(peer, false)
+                    .await
+                    .map_err(Arc::new);
+                let answer = written.clone().map(|()| self.influence.release(peer));
+                if matches!(answer, Ok(true)) {
                     tracing::info!(%peer, "released from quarantine by the host");
                     self.stats.board.quarantined(peer, false);
                     self.stats.publish_influence(&self.influence);
@@ -347,13 +407,13 @@ impl Sequencer {
                     }
                 }
                 let _ = reply.send(answer);
-                written?;
+                written.map_err(SequencerError::Store)?;
             }
         }
         Ok(())
     }
 
-    fn join(
+    async fn join(
         &mut self,
         resume: Option<Resume>,
         from: Version,
@@ -378,7 +438,7 @@ impl Sequencer {
             // The secret first: whether an id is connected is nobody's business but its own.
             Some(Resume { peer, secret }) => {
                 let digest = crate::secret::resume_digest(&secret);
-                if !tokio::task::block_in_place(|| self.store.resumable(peer, &digest))? {
+                if !self.stores.peers.resumable(peer, digest).await? {
                     return Ok(Err(Refusal::new(
                         close::UNKNOWN_PEER,
                         format!(
@@ -393,7 +453,7 @@ impl Sequencer {
                         format!("peer {peer} is connected on another socket"),
                     )));
                 }
-                tokio::task::block_in_place(|| self.store.rejoined(peer))?;
+                self.stores.peers.rejoined(peer).await?;
                 (peer, secret)
             }
             None => {
@@ -404,7 +464,7 @@ impl Sequencer {
                     )));
                 };
                 let digest = crate::secret::resume_digest(&secret);
-                let peer = tokio::task::block_in_place(|| self.store.new_peer(&digest))?;
+                let peer = self.stores.peers.register(digest).await?;
                 // The id may have been someone else's: its record and quarantine are not ours.
                 self.influence.forget(peer);
                 (peer, secret)
@@ -428,7 +488,10 @@ impl Sequencer {
 
     /// Rounds for `peers` to hold their share, as `Assign` frames per peer. The round numbers
     /// are reserved in the store before anything is sent.
-    fn assignments(&mut self, peers: &[PeerId]) -> Result<Vec<(PeerId, Vec<Bytes>)>, StoreError> {
+    async fn assignments(
+        &mut self,
+        peers: &[PeerId],
+    ) -> Result<Vec<(PeerId, Vec<Bytes>)>, StoreError> {
         let Some(committees) = &mut self.committees else {
             return Ok(Vec::new());
         };
@@ -451,20 +514,16 @@ impl Sequencer {
             }
         }
         if let Some(upto) = committees.reservation_due() {
-            tokio::task::block_in_place(|| self.store.reserve_committee_rounds(upto))?;
+            self.stores.meta.reserve_committee_rounds(upto).await?;
         }
         Ok(frames)
     }
 
-    /// Appends `entry` at the head; returns its position.
+    /// Logs `entry` at the head; returns its position.
     fn log(&mut self, tick: &mut Tick, entry: LogEntry) -> Version {
         let at = self.cursor.version();
-        tick.packed.push(self.cursor.pack_one(&entry));
+        self.cursor.pack_one(&entry);
         tick.entries.push(entry);
-        let reached = self.cursor.version();
-        if reached.0.is_multiple_of(CHECKPOINT_EVERY) {
-            tick.checkpoints.push((reached, self.cursor.table()));
-        }
         at
     }
 
@@ -584,8 +643,8 @@ impl Sequencer {
     }
 
     /// Validates the tick's contributions and votes and closes timed-out committee rounds,
-    /// commits what is logged, then tells everybody.
-    fn flush(&mut self) -> Result<(), StoreError> {
+    /// appends what is logged, then answers everybody.
+    async fn flush(&mut self) -> Result<(), SequencerError> {
         let closed = match &mut self.committees {
             Some(c) => c.close_timed_out(Instant::now()),
             None => Closed::default(),
@@ -594,7 +653,7 @@ impl Sequencer {
             return Ok(());
         }
         let first = self.cursor.version();
-        let paused = self.stats.paused.load(Relaxed);
+        let paused = self.paused;
         let mut tick = Tick::default();
         for decided in closed.decided {
             self.log_round(&mut tick, decided);
@@ -618,8 +677,6 @@ impl Sequencer {
         }
         let Tick {
             entries,
-            packed,
-            checkpoints,
             acks,
             rejections,
             clipped,
@@ -629,21 +686,12 @@ impl Sequencer {
         // Each peer's frames of this tick go into its queue as one item.
         let mut outgoing: HashMap<PeerId, Vec<Bytes>> = HashMap::new();
         if !entries.is_empty() {
-            // Durable before anyone hears of it.
-            tokio::task::block_in_place(|| self.store.append(first, &entries, &checkpoints))?;
+            // Durable before anyone hears of it. A failed append stops the sequencer before
+            // anything of this tick is answered.
+            let n = entries.len() as u64;
+            self.stores.log.append(first, entries.into()).await?;
             self.stats.version.store(self.cursor.version().0, Relaxed);
-            self.stats.record_accepted(entries.len() as u64);
-            let batch = Bytes::from(
-                Message::LogBatch {
-                    first_version: first,
-                    entries: packed,
-                }
-                .encode(),
-            );
-            let _ = self.follower.send(FollowerInput::Entries(entries));
-            for peer in self.sockets.keys() {
-                outgoing.entry(*peer).or_default().push(batch.clone());
-            }
+            self.stats.record_accepted(n);
         }
         for &(peer, counter, version) in &acks {
             let ack = Bytes::from(Message::Accepted { counter, version }.encode());
@@ -660,7 +708,7 @@ impl Sequencer {
         self.stats.clipped.fetch_add(clipped.len() as u64, Relaxed);
         for peer in quarantined {
             // After the append: a crash in between loses the mark, and the peer earns it again.
-            tokio::task::block_in_place(|| self.store.set_quarantined(peer, true))?;
+            self.stores.peers.set_quarantined(peer, true).await?;
             tracing::warn!(%peer, "quarantined: its contributions keep hitting the clipping bound");
             self.stats.board.quarantined(peer, true);
         }
@@ -671,7 +719,7 @@ impl Sequencer {
                 .or_default()
                 .push(Bytes::from(msg.encode()));
         }
-        for (peer, assigns) in self.assignments(&owed)? {
+        for (peer, assigns) in self.assignments(&owed).await? {
             outgoing.entry(peer).or_default().extend(assigns);
         }
         for (peer, frames) in outgoing {
@@ -680,12 +728,14 @@ impl Sequencer {
         Ok(())
     }
 
-    /// Queues one tick's frames for a peer; drops the peer if its queue is full.
+    /// Queues one tick's frames for a peer, to follow the log as far as it is appended; drops
+    /// the peer if its queue is full.
     fn send(&mut self, peer: PeerId, frames: Vec<Bytes>) {
+        let after = self.cursor.version();
         let Some(socket) = self.sockets.get_mut(&peer) else {
             return;
         };
-        match socket.outbox.try_send(frames) {
+        match socket.outbox.try_send(Outgoing { after, frames }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if let Some(kick) = socket.kick.take() {
@@ -696,11 +746,11 @@ impl Sequencer {
                 }
                 self.sockets.remove(&peer);
                 self.stats.slow_consumers_dropped.fetch_add(1, Relaxed);
-                self.stats.peers.store(self.sockets.len() as u64, Relaxed);
+                self.count_peers();
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.sockets.remove(&peer);
-                self.stats.peers.store(self.sockets.len() as u64, Relaxed);
+                self.count_peers();
             }
         }
     }
@@ -710,8 +760,6 @@ impl Sequencer {
 #[derive(Default)]
 struct Tick {
     entries: Vec<LogEntry>,
-    packed: Vec<PackedEntry>,
-    checkpoints: Vec<(Version, Vec<(PeerId, Counter)>)>,
     /// Who hears `Accepted`, for which counter (or round), at which position.
     acks: Vec<(PeerId, Counter, Version)>,
     rejections: Vec<(PeerId, Message)>,
@@ -855,3 +903,6 @@ mod tests {
         assert_eq!(ahead.unwrap_err().0, RejectReason::FromTheFuture);
     }
 }
+
+#[cfg(test)]
+mod on_the_seam;

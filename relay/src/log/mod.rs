@@ -1,0 +1,175 @@
+//! The log seam: where the sequencer's decisions become durable, and where everyone who sends
+//! or applies the log reads it.
+//!
+//! [`LogStore`] is one handle over a backend ([`LogBackend`]: one SQLite file, or memory for
+//! tests and the simulation). It is an enum rather than a trait object: the backends are few
+//! and known, their methods are `async`, and a new backend then shows up in every `match`
+//! that must handle it. `append` is the write-ahead point: it returns once the entries are
+//! durable, and only then are they published to subscribers, so nobody ever sees an entry
+//! that a crash could lose. A [`LogSubscription`] is catch-up and live in one stream: it
+//! reads what it has missed from the backend and then follows the appends, and falls back to
+//! reading whenever it falls behind the live stream.
+
+mod memory;
+mod sqlite;
+mod subscription;
+pub mod tail;
+
+pub use memory::MemoryLog;
+pub use sqlite::{CHECKPOINT_EVERY, DENSE_CHECKPOINTS, SPARSE_CHECKPOINT_EVERY, SqliteLog};
+pub use subscription::LogSubscription;
+
+use crate::store::StoreError;
+use protocol::{Counter, LogEntry, PeerId, Version};
+use std::sync::Arc;
+use tokio::sync::{Mutex, broadcast, watch};
+
+/// Appended chunks kept for subscribers that are a little behind; one further behind reads
+/// from the backend instead.
+const LIVE_CHUNKS: usize = 1024;
+
+/// A failure at the log seam.
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The fence: an append that does not continue the log is refused, so a writer that lost
+    /// track of the head can never write a version twice.
+    #[error("an append at version {given}, but the log's head is {head}")]
+    NotAtHead { head: Version, given: Version },
+    #[error("the log is closed: the relay is shutting down")]
+    Closed,
+}
+
+/// Entries appended together, as subscribers receive them.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub first: Version,
+    pub entries: Arc<[LogEntry]>,
+}
+
+impl tail::Span for Chunk {
+    fn first(&self) -> Version {
+        self.first
+    }
+    fn end(&self) -> Version {
+        Version(self.first.0 + self.entries.len() as u64)
+    }
+}
+
+/// Where the log lives.
+pub enum LogBackend {
+    Sqlite(SqliteLog),
+    Memory(MemoryLog),
+}
+
+/// The log: durable appends, reads, counter tables, subscriptions. Clones share it.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: LogBackend,
+    /// Serialises appends: the head check and the write are one step.
+    appending: Mutex<()>,
+    /// The durable head, set before a chunk is published.
+    head: watch::Sender<Version>,
+    live: broadcast::Sender<Chunk>,
+}
+
+impl LogStore {
+    /// A log over `backend`, continuing at its durable head.
+    pub async fn new(backend: LogBackend) -> Result<LogStore, StoreError> {
+        let head = match &backend {
+            LogBackend::Sqlite(log) => log.head().await?,
+            LogBackend::Memory(log) => log.head(),
+        };
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                backend,
+                appending: Mutex::new(()),
+                head: watch::Sender::new(head),
+                live: broadcast::Sender::new(LIVE_CHUNKS),
+            }),
+        })
+    }
+
+    /// A log in memory, empty.
+    pub async fn memory() -> LogStore {
+        LogStore::new(LogBackend::Memory(MemoryLog::default()))
+            .await
+            .expect("a memory log opens")
+    }
+
+    /// The number of durable entries: the version a replica reaches by applying all of them.
+    pub fn head(&self) -> Version {
+        *self.inner.head.borrow()
+    }
+
+    /// The durable head as it moves.
+    pub fn watch_head(&self) -> watch::Receiver<Version> {
+        self.inner.head.subscribe()
+    }
+
+    /// Appends `entries` at versions `first..`, durably, then publishes them. Refused unless
+    /// `first` is the head.
+    pub async fn append(
+        &self,
+        first: Version,
+        entries: Arc<[LogEntry]>,
+    ) -> Result<(), LogStoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let _turn = self.inner.appending.lock().await;
+        let head = self.head();
+        if first != head {
+            return Err(LogStoreError::NotAtHead { head, given: first });
+        }
+        match &self.inner.backend {
+            LogBackend::Sqlite(log) => log.append(first, entries.clone()).await?,
+            LogBackend::Memory(log) => log.append(&entries),
+        }
+        let end = Version(first.0 + entries.len() as u64);
+        self.inner.head.send_replace(end);
+        // Nobody listening is fine: subscribers read what they missed from the backend.
+        let _ = self.inner.live.send(Chunk { first, entries });
+        Ok(())
+    }
+
+    /// The durable entries at versions `from..to` (fewer if the head is before `to`).
+    pub async fn read(&self, from: Version, to: Version) -> Result<Vec<LogEntry>, LogStoreError> {
+        let to = to.min(self.head());
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(match &self.inner.backend {
+            LogBackend::Sqlite(log) => log.read(from, to).await?,
+            LogBackend::Memory(log) => log.read(from, to),
+        })
+    }
+
+    /// Each peer's last counter in `log[0..at)`, in id order.
+    pub async fn counter_table(
+        &self,
+        at: Version,
+    ) -> Result<Vec<(PeerId, Counter)>, LogStoreError> {
+        Ok(match &self.inner.backend {
+            LogBackend::Sqlite(log) => log.counter_table(at).await?,
+            LogBackend::Memory(log) => log.counter_table(at),
+        })
+    }
+
+    /// The log from `from` on: what is durable already, then each append as it happens.
+    pub fn subscribe(&self, from: Version) -> LogSubscription {
+        LogSubscription::new(self.clone(), from)
+    }
+
+    pub(crate) fn live(&self) -> (broadcast::Receiver<Chunk>, watch::Receiver<Version>) {
+        (self.inner.live.subscribe(), self.inner.head.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,47 @@
+//! The relay's SQLite file (WAL mode): the log, the peers, the job's metadata and the
+//! follower's snapshots, each behind its own handle.
+//!
+//! [`open`] brings the file to this relay's schema and hands out one handle per concern:
+//! [`crate::log::SqliteLog`] for the log, [`PeerRegistry`], [`JobMeta`] and [`Snapshots`].
+//! Each writes through its own connection with `synchronous = FULL`, so what a call returns
+//! from is on disk; readers open connections of their own (WAL lets them read while the log is
+//! written). Every call runs off the async threads. The handles' methods are the shape another
+//! backend (a replicated key-value store, an object store) would take.
+
+mod file;
+mod meta;
+mod peers;
+mod schema;
+mod snapshots;
+
+pub use file::{SqliteFile, StoreError, Writer};
+pub use meta::JobMeta;
+pub use peers::{PeerRegistry, RESUME_WINDOW_S};
+pub use snapshots::Snapshots;
+
+use crate::log::{LogBackend, LogStore, SqliteLog};
+use std::path::Path;
+
+/// Every handle on one store file.
+#[derive(Clone)]
+pub struct Stores {
+    pub log: LogStore,
+    pub peers: PeerRegistry,
+    pub meta: JobMeta,
+    pub snapshots: Snapshots,
+}
+
+/// Opens (creating if needed) the store at `path` for the job `job_toml`. With `None`, the job
+/// already in the store is used. Returns the handles and the job's TOML.
+pub async fn open(path: &Path, job_toml: Option<&str>) -> Result<(Stores, String), StoreError> {
+    let file = SqliteFile::create(path).await?;
+    let meta = JobMeta::open(file.clone()).await?;
+    let job_toml = meta.claim_job(job_toml).await?;
+    let stores = Stores {
+        log: LogStore::new(LogBackend::Sqlite(SqliteLog::open(file.clone()).await?)).await?,
+        peers: PeerRegistry::open(file.clone()).await?,
+        meta,
+        snapshots: Snapshots::open(file).await?,
+    };
+    Ok((stores, job_toml))
+}
