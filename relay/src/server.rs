@@ -6,6 +6,7 @@ use crate::config::RelayConfig;
 use crate::context::Context;
 use crate::http;
 use crate::limits::{AddressTally, JoinRate};
+use crate::log::LogStore;
 use crate::sequencer::{self, Sequencer, SequencerConfig};
 use crate::stats::Stats;
 use anyhow::{Context as _, Result};
@@ -28,6 +29,7 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         None => Some(Job::demo().to_toml()),
     };
     let (stores, job_toml) = crate::store::open(&config.store, given.as_deref()).await?;
+    let log = LogStore::sqlite(stores.file.clone()).await?;
     let mut job = Job::from_toml(&job_toml)
         .with_context(|| format!("the job stored in {} is not valid", config.store.display()))?;
     // A job that starts from a checkpoint needs it until its first snapshot exists; a job's
@@ -81,17 +83,17 @@ pub async fn run(config: RelayConfig) -> Result<()> {
     let stats = Arc::new(Stats::default());
     let follower = crate::follower::spawn(
         job.clone(),
-        stores.log.clone(),
+        log.clone(),
         stores.snapshots.clone(),
         config.snapshot_every,
         stats.clone(),
     )
     .await
     .context("the follower could not replay the log")?;
-    let broadcaster = Broadcaster::start(stores.log.clone(), config.peer_queue).await?;
+    let broadcaster = Broadcaster::start(log.clone(), config.peer_queue).await?;
 
-    let decides = sequencer::Stores {
-        log: stores.log.clone(),
+    let decides = sequencer::SequencerStores {
+        log: log.clone(),
         peers: stores.peers.clone(),
         meta: stores.meta.clone(),
     };
@@ -119,12 +121,12 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         }
     });
 
-    let version = stores.log.head();
+    let version = log.head();
     let ctx = Arc::new(Context {
         config: config.clone(),
         job: job.clone(),
         job_toml,
-        log: stores.log,
+        log,
         snapshots: stores.snapshots,
         broadcaster,
         sequencer: commands,

@@ -95,6 +95,11 @@ impl LogStore {
         })
     }
 
+    /// The log in the store file `file`.
+    pub async fn sqlite(file: crate::store::SqliteFile) -> Result<LogStore, StoreError> {
+        LogStore::new(LogBackend::Sqlite(SqliteLog::open(file).await?)).await
+    }
+
     /// A log in memory, empty.
     pub async fn memory() -> LogStore {
         LogStore::new(LogBackend::Memory(MemoryLog::default()))

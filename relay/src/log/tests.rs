@@ -1,5 +1,14 @@
 use super::*;
-use crate::store::open;
+
+/// The store at `path` and its log.
+async fn open(
+    path: &std::path::Path,
+    job: Option<&str>,
+) -> Result<(crate::store::Stores, LogStore), crate::store::StoreError> {
+    let (stores, _) = crate::store::open(path, job).await?;
+    let log = LogStore::sqlite(stores.file.clone()).await?;
+    Ok((stores, log))
+}
 
 fn entry(peer: u32, counter: u64) -> LogEntry {
     LogEntry {
@@ -19,15 +28,12 @@ async fn the_log_survives_reopening() {
     let path = dir.path().join("relay.db");
     let job = "[job]\nname = \"a\"\n";
     {
-        let (stores, _) = open(&path, Some(job)).await.unwrap();
-        stores
-            .log
-            .append(Version(0), entries(&[(0, 0), (1, 0), (0, 1)]))
+        let (_stores, log) = open(&path, Some(job)).await.unwrap();
+        log.append(Version(0), entries(&[(0, 0), (1, 0), (0, 1)]))
             .await
             .unwrap();
     }
-    let (stores, _) = open(&path, None).await.unwrap();
-    let log = stores.log;
+    let (_stores, log) = open(&path, None).await.unwrap();
     assert_eq!(log.head(), Version(3));
     assert_eq!(
         log.read(Version(1), Version(3)).await.unwrap(),
@@ -45,7 +51,9 @@ async fn the_log_survives_reopening() {
 
 #[tokio::test]
 async fn an_append_that_does_not_continue_the_log_is_refused() {
-    for log in [LogStore::memory().await, sqlite_log().await.1] {
+    // The directory lives as long as the test: the SQLite log opens a connection per read.
+    let (_dir, sqlite) = sqlite_log().await;
+    for log in [LogStore::memory().await, sqlite] {
         log.append(Version(0), entries(&[(0, 0)])).await.unwrap();
         for at in [Version(0), Version(2)] {
             let refused = log.append(at, entries(&[(0, 1)])).await.unwrap_err();
@@ -69,18 +77,17 @@ async fn an_append_that_does_not_continue_the_log_is_refused() {
 
 async fn sqlite_log() -> (tempfile::TempDir, LogStore) {
     let dir = tempfile::tempdir().unwrap();
-    let (stores, _) = open(&dir.path().join("l.db"), Some("name = \"a\""))
+    let (_stores, log) = open(&dir.path().join("l.db"), Some("name = \"a\""))
         .await
         .unwrap();
-    (dir, stores.log)
+    (dir, log)
 }
 
 #[tokio::test]
 async fn counter_tables_come_from_checkpoints_and_the_log_after_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db");
-    let (stores, _) = open(&path, Some("name = \"a\"")).await.unwrap();
-    let log = stores.log;
+    let (_stores, log) = open(&path, Some("name = \"a\"")).await.unwrap();
     log.append(Version(0), entries(&[(0, 0), (1, 0)]))
         .await
         .unwrap();
@@ -117,8 +124,7 @@ async fn counter_tables_come_from_checkpoints_and_the_log_after_them() {
 async fn old_checkpoints_are_thinned_and_old_tables_still_come_out_right() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db");
-    let (stores, _) = open(&path, Some("name = \"a\"")).await.unwrap();
-    let log = stores.log;
+    let (_stores, log) = open(&path, Some("name = \"a\"")).await.unwrap();
     // 40 checkpoints' worth of entries: peer (v % 7), counters growing.
     let total = 40 * CHECKPOINT_EVERY;
     let mut version = 0;
@@ -178,7 +184,9 @@ async fn take(sub: &mut LogSubscription, n: usize) -> Vec<LogEntry> {
 
 #[tokio::test]
 async fn a_subscription_catches_up_then_follows_and_reads_what_it_fell_behind_on() {
-    for log in [LogStore::memory().await, sqlite_log().await.1] {
+    // The directory lives as long as the test: the SQLite log opens a connection per read.
+    let (_dir, sqlite) = sqlite_log().await;
+    for log in [LogStore::memory().await, sqlite] {
         let all: Vec<LogEntry> = (0..3000u64).map(|v| entry((v % 3) as u32, v)).collect();
         log.append(Version(0), all[..1000].into()).await.unwrap();
         // From the middle of what is durable: a read, then the appends as they come.

@@ -61,7 +61,7 @@ pub struct Standing {
 
 /// The stores the sequencer decides with.
 #[derive(Clone)]
-pub struct Stores {
+pub struct SequencerStores {
     pub log: LogStore,
     pub peers: PeerRegistry,
     pub meta: JobMeta,
@@ -190,7 +190,7 @@ struct Pending {
 
 /// The sequencer's state: the log's head, the joined peers, the rounds and the bound.
 pub struct Sequencer {
-    stores: Stores,
+    stores: SequencerStores,
     /// The log as decided so far: appended entries only (a tick's entries join it only once
     /// appended; an append that fails stops the sequencer).
     cursor: LogCursor,
@@ -211,7 +211,7 @@ pub struct Sequencer {
 impl Sequencer {
     /// A sequencer continuing the log in `stores`, and the standing it publishes.
     pub async fn new(
-        stores: Stores,
+        stores: SequencerStores,
         config: SequencerConfig,
         stats: Arc<Stats>,
     ) -> Result<(Self, watch::Receiver<Standing>), SequencerError> {

@@ -45,8 +45,9 @@ async fn start(config: SequencerConfig) -> Harness {
         .await
         .unwrap();
     let stats = Arc::new(Stats::default());
-    let decides = Stores {
-        log: stores.log.clone(),
+    let log = LogStore::sqlite(stores.file.clone()).await.unwrap();
+    let decides = SequencerStores {
+        log: log.clone(),
         peers: stores.peers,
         meta: stores.meta,
     };
@@ -59,7 +60,7 @@ async fn start(config: SequencerConfig) -> Harness {
         _dir: dir,
         path,
         commands,
-        log: stores.log,
+        log,
         standing,
         stats,
     }

@@ -2,7 +2,8 @@
 //! follower's snapshots, each behind its own handle.
 //!
 //! [`open`] brings the file to this relay's schema and hands out one handle per concern:
-//! [`crate::log::SqliteLog`] for the log, [`PeerRegistry`], [`JobMeta`] and [`Snapshots`].
+//! [`PeerRegistry`], [`JobMeta`], [`Snapshots`], and the file itself, on which
+//! `crate::log::LogStore::sqlite` keeps the log.
 //! Each writes through its own connection with `synchronous = FULL`, so what a call returns
 //! from is on disk; readers open connections of their own (WAL lets them read while the log is
 //! written). Every call runs off the async threads. The handles' methods are the shape another
@@ -19,13 +20,13 @@ pub use meta::JobMeta;
 pub use peers::{PeerRegistry, RESUME_WINDOW_S};
 pub use snapshots::Snapshots;
 
-use crate::log::{LogBackend, LogStore, SqliteLog};
 use std::path::Path;
 
 /// Every handle on one store file.
 #[derive(Clone)]
 pub struct Stores {
-    pub log: LogStore,
+    /// The file, for the log's backend.
+    pub file: SqliteFile,
     pub peers: PeerRegistry,
     pub meta: JobMeta,
     pub snapshots: Snapshots,
@@ -38,7 +39,7 @@ pub async fn open(path: &Path, job_toml: Option<&str>) -> Result<(Stores, String
     let meta = JobMeta::open(file.clone()).await?;
     let job_toml = meta.claim_job(job_toml).await?;
     let stores = Stores {
-        log: LogStore::new(LogBackend::Sqlite(SqliteLog::open(file.clone()).await?)).await?,
+        file: file.clone(),
         peers: PeerRegistry::open(file.clone()).await?,
         meta,
         snapshots: Snapshots::open(file).await?,
