@@ -209,6 +209,21 @@ fn rate_limit(ctx: &Context) -> NonZeroU32 {
     NonZeroU32::new(ctx.config.rate_limit.max(1)).expect("max(1) is nonzero")
 }
 
+/// A hash report must name a boundary the log (at `head`) has reached, after this socket's
+/// previous one (`last`): a peer reports each boundary once, as its replica passes it.
+fn check_report(head: Version, last: Version, version: Version) -> Result<(), Refusal> {
+    let problem = if !version.0.is_multiple_of(HASH_REPORT_INTERVAL) || version.0 == 0 {
+        format!("a hash report at {version}, not a multiple of {HASH_REPORT_INTERVAL}")
+    } else if version <= last {
+        format!("a hash report at {version} after one at {last}")
+    } else if version > head {
+        format!("a hash report at {version}, ahead of the log at {head}")
+    } else {
+        return Ok(());
+    };
+    Err(Refusal::new(close::UNEXPECTED, problem))
+}
+
 fn check_hello(ctx: &Context, msg: Message) -> Result<(Option<Resume>, Version), Refusal> {
     let Message::Hello {
         protocol,
@@ -447,7 +462,7 @@ impl PeerConnection<'_> {
                     .await
             }
             Message::HashReport { version, hash } => {
-                self.check_report(version)?;
+                check_report(self.ctx.log.head(), self.last_report, version)?;
                 self.last_report = version;
                 self.active_at = Instant::now();
                 self.floor = self.floor.max(version);
@@ -482,25 +497,6 @@ impl PeerConnection<'_> {
                 format!("peers do not send {}", other.kind()),
             )),
         }
-    }
-
-    /// A hash report must name a boundary the log has reached, after this socket's previous
-    /// one: a peer reports each boundary once, as its replica passes it.
-    fn check_report(&self, version: Version) -> Result<(), Refusal> {
-        let head = self.ctx.log.head();
-        let problem = if !version.0.is_multiple_of(HASH_REPORT_INTERVAL) || version.0 == 0 {
-            format!("a hash report at {version}, not a multiple of {HASH_REPORT_INTERVAL}")
-        } else if version <= self.last_report {
-            format!(
-                "a hash report at {version} after one at {}",
-                self.last_report
-            )
-        } else if version > head {
-            format!("a hash report at {version}, ahead of the log at {head}")
-        } else {
-            return Ok(());
-        };
-        Err(Refusal::new(close::UNEXPECTED, problem))
     }
 
     /// Hands a contribution or a committee vote to the sequencer, or turns it down when the
@@ -630,4 +626,130 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod on_the_seam {
+    //! The socket handler's checks against the seam: the log's head, the sequencer's standing.
+
+    use super::*;
+    use crate::log::LogStore;
+    use crate::sequencer::Standing;
+    use clap::Parser;
+    use protocol::{Counter, LogEntry};
+    use tokio::sync::watch;
+
+    async fn context(dir: &std::path::Path) -> (Context, watch::Sender<Standing>) {
+        let config = crate::RelayConfig::parse_from([
+            "onebyte-relay",
+            "--max-peers",
+            "1",
+            "--joins-per-minute",
+            "1",
+            "--join-token",
+            "secret",
+        ]);
+        let job = engine::Job::demo();
+        let (stores, job_toml) = crate::store::open(&dir.join("relay.db"), Some(&job.to_toml()))
+            .await
+            .unwrap();
+        let log = LogStore::memory().await;
+        let stats = Arc::new(crate::stats::Stats::default());
+        let (standing_tx, standing) = watch::channel(Standing::default());
+        let ctx = Context {
+            joined: crate::limits::AddressTally::new(usize::MAX, config.max_peers_per_address),
+            join_rate: crate::limits::JoinRate::new(config.joins_per_minute),
+            config,
+            job: Arc::new(job),
+            job_toml,
+            broadcaster: crate::broadcaster::Broadcaster::start(log.clone(), 8)
+                .await
+                .unwrap(),
+            log,
+            snapshots: stores.snapshots,
+            sequencer: mpsc::channel(1).0,
+            standing,
+            follower: std::sync::mpsc::channel().0,
+            metrics: crate::metrics::Metrics::new(stats.clone()),
+            stats,
+            base_file: None,
+        };
+        (ctx, standing_tx)
+    }
+
+    #[tokio::test]
+    async fn hash_reports_are_checked_against_the_logs_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _standing) = context(dir.path()).await;
+        let at = Version(HASH_REPORT_INTERVAL);
+        let ahead = check_report(ctx.log.head(), Version(0), at).unwrap_err();
+        assert!(
+            ahead.reason.contains("ahead of the log"),
+            "{}",
+            ahead.reason
+        );
+        let entries: Vec<LogEntry> = (0..HASH_REPORT_INTERVAL)
+            .map(|c| LogEntry {
+                peer: PeerId(0),
+                counter: Counter(c),
+                byte: 1,
+            })
+            .collect();
+        ctx.log.append(Version(0), entries.into()).await.unwrap();
+        assert_eq!(check_report(ctx.log.head(), Version(0), at), Ok(()));
+        let again = check_report(ctx.log.head(), at, at).unwrap_err();
+        assert!(again.reason.contains("after one at"), "{}", again.reason);
+        let off = check_report(ctx.log.head(), Version(0), Version(3)).unwrap_err();
+        assert_eq!(off.code, close::UNEXPECTED);
+    }
+
+    #[tokio::test]
+    async fn a_full_relay_refuses_without_spending_the_addresss_new_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, standing) = context(dir.path()).await;
+        let address = Address::of("127.0.0.1".parse().unwrap());
+        // Full by the sequencer's standing: the join goes on to be refused there, and this
+        // address keeps its one new id a minute.
+        standing.send_modify(|s| s.peers = 1);
+        let place = admit(&ctx, address, true).unwrap();
+        drop(place);
+        standing.send_modify(|s| s.peers = 0);
+        let place = admit(&ctx, address, true).unwrap();
+        drop(place);
+        let refused = admit(&ctx, address, true).unwrap_err();
+        assert_eq!(refused.code, close::BUSY, "{}", refused.reason);
+    }
+
+    #[tokio::test]
+    async fn a_hello_names_the_job_the_protocol_and_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _standing) = context(dir.path()).await;
+        let hello = |protocol, job, token: &str| Message::Hello {
+            protocol,
+            job,
+            resume: None,
+            from: Version(0),
+            token: token.to_string(),
+        };
+        let id = ctx.job.id;
+        assert!(check_hello(&ctx, hello(PROTOCOL_VERSION, id, "secret")).is_ok());
+        let codes = [
+            (hello(PROTOCOL_VERSION + 1, id, "secret"), close::BAD_HELLO),
+            (
+                hello(PROTOCOL_VERSION, protocol::JobId(id.0 ^ 1), "secret"),
+                close::WRONG_JOB,
+            ),
+            (hello(PROTOCOL_VERSION, id, "wrong"), close::UNAUTHORIZED),
+            (
+                Message::LossReport {
+                    loss: 1.0,
+                    version: Version(0),
+                },
+                close::UNEXPECTED,
+            ),
+        ];
+        for (msg, code) in codes {
+            assert_eq!(check_hello(&ctx, msg).unwrap_err().code, code);
+        }
+    }
 }
