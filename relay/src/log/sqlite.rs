@@ -56,19 +56,32 @@ impl SqliteLog {
         let cursor = self.cursor.clone();
         self.writer
             .run(move |conn, file| {
-                let mut moved = cursor.lock().expect("no panics while holding it").clone();
+                let mut cursor = cursor.lock().expect("no panics while holding it");
+                let end = first.0 + entries.len() as u64;
+                // The tables at the checkpoints this append passes, from a copy of the cursor
+                // moved ahead; most appends pass none and copy nothing.
+                let mut ahead = None;
                 let mut checkpoints = Vec::new();
-                for entry in entries.iter() {
-                    moved.pack_one(entry);
-                    if moved.version().0.is_multiple_of(CHECKPOINT_EVERY) {
-                        checkpoints.push((moved.version(), moved.table()));
+                if end / CHECKPOINT_EVERY > first.0 / CHECKPOINT_EVERY {
+                    let mut moved = cursor.clone();
+                    for entry in entries.iter() {
+                        moved.pack_one(entry);
+                        if moved.version().0.is_multiple_of(CHECKPOINT_EVERY) {
+                            checkpoints.push((moved.version(), moved.table()));
+                        }
                     }
+                    ahead = Some(moved);
                 }
                 let tx = conn.transaction().map_err(|e| file.err(e))?;
                 write(&tx, first, &entries, &checkpoints).map_err(|e| file.err(e))?;
                 tx.commit().map_err(|e| file.err(e))?;
                 // Only a committed append moves the table on.
-                *cursor.lock().expect("no panics while holding it") = moved;
+                match ahead {
+                    Some(moved) => *cursor = moved,
+                    None => entries.iter().for_each(|e| {
+                        cursor.pack_one(e);
+                    }),
+                }
                 Ok(())
             })
             .await

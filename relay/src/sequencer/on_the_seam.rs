@@ -87,6 +87,14 @@ impl Harness {
         })
     }
 
+    /// Pauses or resumes the job; returns once that is recorded.
+    async fn pause(&self, paused: bool) {
+        let (reply, done) = oneshot::channel();
+        let pause = Command::Pause { paused, reply };
+        self.commands.send(pause).await.unwrap();
+        done.await.unwrap().unwrap();
+    }
+
     async fn join(&self) -> TestPeer {
         self.try_join(None).await.unwrap()
     }
@@ -252,15 +260,7 @@ async fn a_subscriber_never_sees_an_entry_before_it_is_durable() {
 async fn a_paused_job_rejects_contributions_and_says_so_to_the_sockets() {
     let h = start(config()).await;
     let mut peer = h.join().await;
-    let (reply, done) = oneshot::channel();
-    h.commands
-        .send(Command::Pause {
-            paused: true,
-            reply,
-        })
-        .await
-        .unwrap();
-    done.await.unwrap().unwrap();
+    h.pause(true).await;
     assert!(h.standing.borrow().paused);
     h.contribute(&peer, 0, 0, 3).await;
     let (_, answer) = peer.answer().await;
@@ -274,15 +274,7 @@ async fn a_paused_job_rejects_contributions_and_says_so_to_the_sockets() {
         ),
         "{answer:?}"
     );
-    let (reply, done) = oneshot::channel();
-    h.commands
-        .send(Command::Pause {
-            paused: false,
-            reply,
-        })
-        .await
-        .unwrap();
-    done.await.unwrap().unwrap();
+    h.pause(false).await;
     assert!(!h.standing.borrow().paused);
     h.contribute(&peer, 0, 0, 3).await;
     assert!(matches!(peer.answer().await.1, Message::Accepted { .. }));
@@ -381,15 +373,12 @@ impl TestPeer {
             .await
             .expect("an answer in time")
             .expect("the sequencer is running");
-        let last = outgoing
+        let accepted = outgoing
             .frames
             .iter()
-            .rev()
-            .find_map(|f| match Message::decode(f).unwrap() {
-                m @ Message::Accepted { .. } => Some(m),
-                _ => None,
-            });
-        let first = Message::decode(&outgoing.frames[0]).unwrap();
-        (outgoing.after, last.unwrap_or(first))
+            .map(|f| Message::decode(f).unwrap())
+            .find(|m| matches!(m, Message::Accepted { .. }));
+        let message = accepted.unwrap_or_else(|| Message::decode(&outgoing.frames[0]).unwrap());
+        (outgoing.after, message)
     }
 }
