@@ -3,6 +3,7 @@
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to this test executable.
 
+pub mod nats;
 pub mod raw;
 pub mod tls;
 

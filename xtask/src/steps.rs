@@ -97,6 +97,10 @@ pub fn test() -> Result<()> {
     ensure_component("rustfmt", &["fmt", "--version"])?;
     ensure_component("clippy", &["clippy", "--version"])?;
     ensure_lavapipe()?;
+    ensure_debs(
+        &["nats-server"],
+        "the relay's JetStream tests (NATS servers and a cluster on loopback)",
+    )?;
 
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);

@@ -1,8 +1,8 @@
 //! The log seam: where the sequencer's decisions become durable, and where everyone who sends
 //! or applies the log reads it.
 //!
-//! [`LogStore`] is one handle over a backend ([`LogBackend`]: one SQLite file, or memory for
-//! tests and the simulation). It is an enum rather than a trait object: the backends are few
+//! [`LogStore`] is one handle over a backend ([`LogBackend`]: one SQLite file, a replicated
+//! NATS JetStream stream, or memory for tests and the simulation). It is an enum rather than a trait object: the backends are few
 //! and known, their methods are `async`, and a new backend then shows up in every `match`
 //! that must handle it. `append` is the write-ahead point: it returns once the entries are
 //! durable, and only then are they published to subscribers, so nobody ever sees an entry
@@ -10,11 +10,13 @@
 //! reads what it has missed from the backend and then follows the appends, and falls back to
 //! reading whenever it falls behind the live stream.
 
+pub mod jetstream;
 mod memory;
 mod sqlite;
 mod subscription;
 pub mod tail;
 
+pub use jetstream::{JetstreamError, JetstreamLog, StreamPlace};
 pub use memory::MemoryLog;
 pub use sqlite::{CHECKPOINT_EVERY, DENSE_CHECKPOINTS, SPARSE_CHECKPOINT_EVERY, SqliteLog};
 pub use subscription::LogSubscription;
@@ -33,6 +35,8 @@ const LIVE_CHUNKS: usize = 1024;
 pub enum LogStoreError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Jetstream(#[from] JetstreamError),
     /// The fence: an append that does not continue the log is refused, so a writer that lost
     /// track of the head can never write a version twice.
     #[error("an append at version {given}, but the log's head is {head}")]
@@ -60,6 +64,7 @@ impl tail::Span for Chunk {
 /// Where the log lives.
 pub enum LogBackend {
     Sqlite(SqliteLog),
+    Jetstream(Box<JetstreamLog>),
     Memory(MemoryLog),
 }
 
@@ -83,6 +88,7 @@ impl LogStore {
     pub async fn new(backend: LogBackend) -> Result<LogStore, StoreError> {
         let head = match &backend {
             LogBackend::Sqlite(log) => log.head().await?,
+            LogBackend::Jetstream(log) => log.head(),
             LogBackend::Memory(log) => log.head(),
         };
         Ok(LogStore {
@@ -98,6 +104,32 @@ impl LogStore {
     /// The log in the store file `file`.
     pub async fn sqlite(file: crate::store::SqliteFile) -> Result<LogStore, StoreError> {
         LogStore::new(LogBackend::Sqlite(SqliteLog::open(file).await?)).await
+    }
+
+    /// The job's log in a JetStream stream (made if missing), read to its end; a task follows
+    /// it from there, so appends by other writers reach this process's subscribers.
+    pub async fn jetstream(place: &StreamPlace) -> Result<LogStore, LogStoreError> {
+        let (backend, mut pump) = JetstreamLog::open(place).await?;
+        let log = LogStore::new(LogBackend::Jetstream(Box::new(backend))).await?;
+        let inner = Arc::downgrade(&log.inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = inner.upgrade() else { return };
+                let LogBackend::Jetstream(backend) = &inner.backend else {
+                    unreachable!("made above")
+                };
+                match pump.next(backend).await {
+                    Ok(chunk) => publish(&inner, chunk),
+                    Err(e) => {
+                        // Reads wait for the pump: without it this process cannot go on.
+                        tracing::error!("the log stream cannot be followed: {e}; stopping");
+                        eprintln!("onebyte-relay: the log stream cannot be followed: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+        });
+        Ok(log)
     }
 
     /// A log in memory, empty.
@@ -134,12 +166,10 @@ impl LogStore {
         }
         match &self.inner.backend {
             LogBackend::Sqlite(log) => log.append(first, entries.clone()).await?,
+            LogBackend::Jetstream(log) => log.append(first, &entries).await?,
             LogBackend::Memory(log) => log.append(&entries),
         }
-        let end = Version(first.0 + entries.len() as u64);
-        self.inner.head.send_replace(end);
-        // Nobody listening is fine: subscribers read what they missed from the backend.
-        let _ = self.inner.live.send(Chunk { first, entries });
+        publish(&self.inner, Chunk { first, entries });
         Ok(())
     }
 
@@ -151,6 +181,7 @@ impl LogStore {
         }
         Ok(match &self.inner.backend {
             LogBackend::Sqlite(log) => log.read(from, to).await?,
+            LogBackend::Jetstream(log) => log.read(from, to).await?,
             LogBackend::Memory(log) => log.read(from, to),
         })
     }
@@ -162,6 +193,7 @@ impl LogStore {
     ) -> Result<Vec<(PeerId, Counter)>, LogStoreError> {
         Ok(match &self.inner.backend {
             LogBackend::Sqlite(log) => log.counter_table(at).await?,
+            LogBackend::Jetstream(log) => log.counter_table(at).await?,
             LogBackend::Memory(log) => log.counter_table(at),
         })
     }
@@ -173,6 +205,24 @@ impl LogStore {
 
     pub(crate) fn live(&self) -> (broadcast::Receiver<Chunk>, watch::Receiver<Version>) {
         (self.inner.live.subscribe(), self.inner.head.subscribe())
+    }
+}
+
+/// Moves the head to `chunk`'s end and hands it to subscribers, unless the head is there
+/// already (a JetStream log hears of its own appends twice: from the acknowledgement and from
+/// the stream).
+fn publish(inner: &Inner, chunk: Chunk) {
+    let end = tail::Span::end(&chunk);
+    let moved = inner.head.send_if_modified(|head| {
+        let moved = end > *head;
+        if moved {
+            *head = end;
+        }
+        moved
+    });
+    if moved {
+        // Nobody listening is fine: subscribers read what they missed from the backend.
+        let _ = inner.live.send(chunk);
     }
 }
 

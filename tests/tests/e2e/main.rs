@@ -3,6 +3,7 @@
 mod abuse;
 mod classify;
 mod committee;
+mod jetstream;
 mod language;
 mod privacy;
 mod relay;
