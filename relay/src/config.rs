@@ -145,6 +145,34 @@ pub struct RelayConfig {
     #[arg(long, value_name = "BYTES")]
     pub send_buffer: Option<usize>,
 
+    /// NATS servers (URLs, comma-separated) whose JetStream holds the job's log: this process
+    /// becomes part of a relay spread over machines (see --role). Without it the log is in
+    /// --store and one process is the whole relay.
+    #[arg(long, value_name = "URLS", help_heading = "Cluster")]
+    pub nats: Option<String>,
+
+    /// With --nats: what this process does. `edge` holds peers' sockets and serves the page;
+    /// `sequencer` decides the log (run one); `both`, the two in one process.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = Role::Both,
+        requires = "nats",
+        help_heading = "Cluster"
+    )]
+    pub role: Role,
+
+    /// With --nats: copies JetStream keeps of the job's streams (3 in a cluster of three or
+    /// more servers; 1 for a lone server).
+    #[arg(
+        long,
+        default_value_t = 3,
+        requires = "nats",
+        value_parser = clap::value_parser!(u8).range(1..=5),
+        help_heading = "Cluster"
+    )]
+    pub nats_replicas: u8,
+
     /// TLS certificate chain (PEM). With --tls-key, the relay serves https and wss: browsers
     /// only allow WebGPU in secure contexts, which off localhost means TLS.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
@@ -153,6 +181,14 @@ pub struct RelayConfig {
     /// TLS private key (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// What a process of a relay spread over machines does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Edge,
+    Sequencer,
+    Both,
 }
 
 impl RelayConfig {

@@ -7,6 +7,7 @@
 
 pub mod board;
 pub mod broadcaster;
+pub mod cluster;
 pub mod committee;
 pub mod config;
 pub mod context;

@@ -2,11 +2,12 @@
 //! HTTP/websocket server.
 
 use crate::broadcaster::Broadcaster;
-use crate::config::RelayConfig;
+use crate::cluster;
+use crate::config::{RelayConfig, Role};
 use crate::context::Context;
 use crate::http;
 use crate::limits::{AddressTally, JoinRate};
-use crate::log::LogStore;
+use crate::log::{LogStore, StreamPlace};
 use crate::sequencer::{self, Sequencer, SequencerConfig};
 use crate::stats::Stats;
 use anyhow::{Context as _, Result};
@@ -29,7 +30,6 @@ pub async fn run(config: RelayConfig) -> Result<()> {
         None => Some(Job::demo().to_toml()),
     };
     let (stores, job_toml) = crate::store::open(&config.store, given.as_deref()).await?;
-    let log = LogStore::sqlite(stores.file.clone()).await?;
     let mut job = Job::from_toml(&job_toml)
         .with_context(|| format!("the job stored in {} is not valid", config.store.display()))?;
     // A job that starts from a checkpoint needs it until its first snapshot exists; a job's
@@ -80,7 +80,108 @@ pub async fn run(config: RelayConfig) -> Result<()> {
     }
     let job = Arc::new(job);
 
+    // Where the log lives: the store file, or the cluster's JetStream.
+    let nats = match &config.nats {
+        Some(servers) => Some(
+            cluster::connect(servers)
+                .await
+                .with_context(|| format!("could not reach the NATS servers {servers}"))?,
+        ),
+        None => None,
+    };
+    let role = if nats.is_some() {
+        config.role
+    } else {
+        Role::Both
+    };
+    let replicas = usize::from(config.nats_replicas);
+    let log = match &nats {
+        Some(nats) => LogStore::jetstream(&StreamPlace {
+            jetstream: nats.jetstream.clone(),
+            job: job.id,
+            replicas,
+        })
+        .await
+        .context("could not open the job's log on JetStream")?,
+        None => LogStore::sqlite(stores.file.clone()).await?,
+    };
+    let names = cluster::Names::new(job.id);
+    let tick = Duration::from_millis(config.tick_ms.max(1));
     let stats = Arc::new(Stats::default());
+
+    let local_sequencer = if role == Role::Edge {
+        None
+    } else {
+        let decides = sequencer::SequencerStores {
+            log: log.clone(),
+            peers: stores.peers.clone(),
+            meta: stores.meta.clone(),
+        };
+        let (sequencer, standing) = Sequencer::new(
+            decides,
+            SequencerConfig {
+                tick,
+                staleness_bound: job.hyper().staleness_bound,
+                max_peers: config.max_peers,
+                quantizer: job.hyper().quantizer,
+                influence: config.influence(),
+                committee_size: job.committee().map(|c| c.size),
+                round_timeout: Duration::from_secs(config.round_timeout.max(1)),
+            },
+            stats.clone(),
+        )
+        .await?;
+        let (commands, command_rx) = mpsc::channel(65_536);
+        tokio::spawn(async move {
+            if let Err(e) = sequencer.run(command_rx).await {
+                // Nothing after the failed commit was acknowledged; stop rather than guess.
+                tracing::error!("the log could not be written: {e}; stopping");
+                eprintln!("onebyte-relay: the log could not be written: {e}");
+                std::process::exit(2);
+            }
+        });
+        if let Some(nats) = &nats {
+            let intake = cluster::intake::run(
+                nats.clone(),
+                names.clone(),
+                replicas,
+                commands.clone(),
+                standing.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = intake.await {
+                    tracing::error!("the sequencer cannot read its edges: {e}; stopping");
+                    eprintln!("onebyte-relay: the sequencer cannot read its edges: {e}");
+                    std::process::exit(2);
+                }
+            });
+        }
+        Some((commands, standing))
+    };
+    // What the sockets talk to: the sequencer in this process, or the cluster's.
+    let (commands, standing) = match (&nats, local_sequencer) {
+        (None, Some(local)) => local,
+        (Some(nats), local) => {
+            if role == Role::Sequencer {
+                println!(
+                    "onebyte relay: sequencer of job `{}` (id {}) at version {}, log on NATS \
+                     JetStream",
+                    job.config.job.name,
+                    job.id,
+                    log.head()
+                );
+                // It holds the sequencer's command sender; it serves no sockets.
+                let _keep = local;
+                tokio::signal::ctrl_c().await?;
+                return Ok(());
+            }
+            cluster::uplink::start(nats, names, replicas, tick)
+                .await
+                .context("could not join the relay's cluster as an edge")?
+        }
+        (None, None) => unreachable!("a single process is both"),
+    };
+
     let follower = crate::follower::spawn(
         job.clone(),
         log.clone(),
@@ -91,35 +192,6 @@ pub async fn run(config: RelayConfig) -> Result<()> {
     .await
     .context("the follower could not replay the log")?;
     let broadcaster = Broadcaster::start(log.clone(), config.peer_queue).await?;
-
-    let decides = sequencer::SequencerStores {
-        log: log.clone(),
-        peers: stores.peers.clone(),
-        meta: stores.meta.clone(),
-    };
-    let (sequencer, standing) = Sequencer::new(
-        decides,
-        SequencerConfig {
-            tick: Duration::from_millis(config.tick_ms.max(1)),
-            staleness_bound: job.hyper().staleness_bound,
-            max_peers: config.max_peers,
-            quantizer: job.hyper().quantizer,
-            influence: config.influence(),
-            committee_size: job.committee().map(|c| c.size),
-            round_timeout: Duration::from_secs(config.round_timeout.max(1)),
-        },
-        stats.clone(),
-    )
-    .await?;
-    let (commands, command_rx) = mpsc::channel(65_536);
-    tokio::spawn(async move {
-        if let Err(e) = sequencer.run(command_rx).await {
-            // Nothing after the failed commit was acknowledged; stop rather than guess.
-            tracing::error!("the log could not be written: {e}; stopping");
-            eprintln!("onebyte-relay: the log could not be written: {e}");
-            std::process::exit(2);
-        }
-    });
 
     let version = log.head();
     let ctx = Arc::new(Context {

@@ -235,6 +235,71 @@ impl Drop for Relay {
     }
 }
 
+/// A relay process that only sequences (`--role sequencer`): it listens on no port.
+pub struct SequencerProcess {
+    child: Child,
+    store: PathBuf,
+    args: Vec<String>,
+}
+
+impl SequencerProcess {
+    /// Starts `onebyte-relay --role sequencer` with `store` and extra arguments (`--nats …`),
+    /// and waits until it says it sequences.
+    pub fn start(store: &Path, args: &[&str]) -> Result<SequencerProcess> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut child = Command::new(binary("onebyte-relay"))
+            .args(["--role", "sequencer", "--store"])
+            .arg(store)
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting onebyte-relay --role sequencer")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            let Some(line) = lines.next() else {
+                let status = child.wait()?;
+                bail!("the sequencer exited before it started ({status})");
+            };
+            if line?.starts_with("onebyte relay: sequencer of job") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Ok(SequencerProcess {
+            child,
+            store: store.to_path_buf(),
+            args,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same store, with the same arguments.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        *self = SequencerProcess::start(&self.store.clone(), &args)?;
+        Ok(())
+    }
+}
+
+impl Drop for SequencerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// How long a test waits for something that takes a second or two at rest: generous, because
 /// the checks must hold on a machine busy with other work.
 pub const WAIT: Duration = Duration::from_secs(120);

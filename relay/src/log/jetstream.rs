@@ -64,26 +64,6 @@ fn nats(what: &'static str) -> impl FnOnce(async_nats::Error) -> JetstreamError 
     move |source| JetstreamError::Nats { what, source }
 }
 
-/// Connects to NATS at `servers` (URLs separated by commas; the client learns the rest of a
-/// cluster from them and moves to another server when one goes away).
-pub async fn connect(servers: &str) -> Result<jetstream::Context, JetstreamError> {
-    let addrs: Vec<&str> = servers
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(addrs.as_slice())
-        .await
-        .map_err(|e| nats("connect")(e.into()))?;
-    // Short request timeouts: an append or read retries on another server soon after one
-    // goes away, rather than waiting out a long timeout first.
-    Ok(jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(2))
-        .build(client))
-}
-
 /// Where a job's log stream lives and how it is made.
 #[derive(Debug, Clone)]
 pub struct StreamPlace {
@@ -546,7 +526,7 @@ fn decode(mut payload: &[u8]) -> Result<(Version, Vec<LogEntry>), String> {
 
 /// Tries `attempt` until it succeeds, fails with something other than a timeout, or
 /// [`FOLLOW_PATIENCE`] has passed: a cluster that is starting or electing a leader answers late.
-async fn patiently<T, F, Fut>(mut attempt: F) -> Result<T, JetstreamError>
+pub(crate) async fn patiently<T, F, Fut>(mut attempt: F) -> Result<T, JetstreamError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, JetstreamError>>,

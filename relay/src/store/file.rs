@@ -23,6 +23,9 @@ pub enum StoreError {
         stored: String,
         given: String,
     },
+    /// The sequencer's store failed, as an edge hears of it.
+    #[error("the sequencer's store: {0}")]
+    Remote(String),
     #[error("store {path} holds no job and none was given")]
     NoJob { path: PathBuf },
     #[error(

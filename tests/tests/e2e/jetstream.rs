@@ -20,9 +20,10 @@ fn entries(first: u64, n: u64) -> Arc<[LogEntry]> {
 
 async fn place(nats: &Nats, job: u64, replicas: usize) -> StreamPlace {
     StreamPlace {
-        jetstream: jetstream::connect(&nats.urls())
+        jetstream: relay::cluster::connect(&nats.urls())
             .await
-            .expect("NATS answers"),
+            .expect("NATS answers")
+            .jetstream,
         job: JobId(job),
         replicas,
     }
@@ -163,7 +164,7 @@ async fn write_ahead_on_jetstream_every_acknowledged_append_survives_the_stream_
         .collect::<Vec<_>>()
         .join(",");
     let reader = LogStore::jetstream(&StreamPlace {
-        jetstream: jetstream::connect(&survivors).await.unwrap(),
+        jetstream: relay::cluster::connect(&survivors).await.unwrap().jetstream,
         ..place.clone()
     })
     .await
@@ -181,9 +182,10 @@ async fn write_ahead_on_jetstream_every_acknowledged_append_survives_the_stream_
 }
 
 async fn reader_leader(servers: &str, stream: &str) -> String {
-    jetstream::connect(servers)
+    relay::cluster::connect(servers)
         .await
         .unwrap()
+        .jetstream
         .get_stream(stream)
         .await
         .unwrap()

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod classify;
+mod cluster;
 mod committee;
 mod jetstream;
 mod language;
