@@ -24,7 +24,6 @@ pub async fn run(
     commands: mpsc::Sender<Command>,
     standing: watch::Receiver<Standing>,
 ) -> Result<(), JetstreamError> {
-    let epoch = draw();
     let client = nats.client.clone();
     let raw = super::raw_stream(&nats.jetstream, &names, replicas).await?;
     // Records sent before this epoch was announced are for another sequencer: start after
@@ -32,6 +31,7 @@ pub async fn run(
     let mut records = crate::log::jetstream::patiently(|| async {
         raw.create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::New,
+            max_expires: crate::log::jetstream::PULL_EXPIRES,
             ..Default::default()
         })
         .await
@@ -41,12 +41,27 @@ pub async fn run(
         .map_err(|e| failed("read the RAW stream", e.into()))
     })
     .await?;
-    tokio::spawn(announce(client.clone(), names.clone(), epoch, standing));
+    // A new epoch at each (re)connection to NATS: answers published while the connection was
+    // down are lost, so every edge must start over with this sequencer.
+    let mut connects = nats.connects.clone();
+    connects.mark_unchanged();
+    let (epochs, epoch_rx) = watch::channel(draw());
     tracing::info!(
-        epoch = format!("{epoch:016x}"),
+        epoch = format!("{:016x}", *epochs.borrow()),
         "sequencing the job's RAW stream"
     );
-    while let Some(message) = records.next().await {
+    tokio::spawn(announce(client.clone(), names.clone(), epoch_rx, standing));
+    loop {
+        let message = tokio::select! {
+            message = records.next() => message,
+            Ok(()) = connects.changed() => {
+                let epoch = draw();
+                tracing::info!(epoch = format!("{epoch:016x}"), "reconnected to NATS: a new epoch");
+                epochs.send_replace(epoch);
+                continue;
+            }
+        };
+        let Some(message) = message else { break };
         let message = match message {
             Ok(message) => message,
             Err(e) => {
@@ -61,7 +76,7 @@ pub async fn run(
                 continue;
             }
         };
-        if tick.epoch != epoch {
+        if tick.epoch != *epochs.borrow() {
             continue;
         }
         let answers = Answers {
@@ -200,19 +215,19 @@ async fn forward(
     }
 }
 
-/// Announces `epoch` and the standing: at once, on every change, and every
+/// Announces the epoch and the standing: at once, on every change, and every
 /// [`ANNOUNCE_EVERY`] besides (an edge that starts later hears it within that).
 async fn announce(
     client: async_nats::Client,
     names: Names,
-    epoch: u64,
+    mut epoch: watch::Receiver<u64>,
     mut standing: watch::Receiver<Standing>,
 ) {
     let subject = names.announce_subject();
     loop {
         let now = *standing.borrow_and_update();
         let announcement = Announcement {
-            epoch,
+            epoch: *epoch.borrow_and_update(),
             paused: now.paused,
             peers: now.peers as u64,
         };
@@ -221,6 +236,7 @@ async fn announce(
         }
         tokio::select! {
             changed = standing.changed() => if changed.is_err() { return },
+            changed = epoch.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
         }
         // Changes in a burst (joins) go out together.

@@ -21,6 +21,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// edge gives up on the sequencer and closes its sockets.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long a command waits for a sequencer to be heard (an edge that has just started hears
+/// one within a second) before it is refused.
+const UNSEQUENCED_WAIT: Duration = Duration::from_secs(5);
+
 /// A socket of this edge, as the sequencer's answers reach it.
 struct Conn {
     reply: Option<oneshot::Sender<Result<Joined, Refusal>>>,
@@ -67,6 +71,7 @@ pub async fn start(
         requests: HashMap::new(),
         next: 0,
         records: Vec::new(),
+        waiting: Vec::new(),
         standing,
         tick,
     };
@@ -96,6 +101,8 @@ struct Uplink {
     /// The next connection or request number.
     next: u64,
     records: Vec<Record>,
+    /// Commands that came before any sequencer was heard, and when.
+    waiting: Vec<(tokio::time::Instant, Command)>,
     standing: watch::Sender<Standing>,
     tick: Duration,
 }
@@ -142,7 +149,7 @@ impl Uplink {
     /// sequencer is known).
     fn take(&mut self, command: Command) {
         if self.epoch.is_none() {
-            refuse_unsequenced(command);
+            self.waiting.push((tokio::time::Instant::now(), command));
             return;
         }
         let record = match command {
@@ -205,7 +212,17 @@ impl Uplink {
     /// Publishes this tick's records as one `RAW` message, retrying (deduplicated by its id)
     /// while JetStream elects or restarts.
     async fn publish(&mut self) {
-        let Some(epoch) = self.epoch else { return };
+        let Some(epoch) = self.epoch else {
+            let now = tokio::time::Instant::now();
+            let (expired, waiting) = std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|(at, _)| now.duration_since(*at) > UNSEQUENCED_WAIT);
+            self.waiting = waiting;
+            expired
+                .into_iter()
+                .for_each(|(_, command)| refuse_unsequenced(command));
+            return;
+        };
         if self.records.is_empty() {
             return;
         }
@@ -315,6 +332,9 @@ impl Uplink {
             );
         }
         self.epoch = Some(announcement.epoch);
+        for (_, command) in std::mem::take(&mut self.waiting) {
+            self.take(command);
+        }
         let standing = Standing {
             paused: announcement.paused,
             peers: announcement.peers as usize,
@@ -342,7 +362,7 @@ impl Uplink {
     }
 }
 
-/// Answers a command at once while no sequencer is known.
+/// Answers a command that waited too long for a sequencer.
 fn refuse_unsequenced(command: Command) {
     let refusal = || {
         Refusal::new(

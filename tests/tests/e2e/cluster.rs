@@ -2,7 +2,11 @@
 //! workers split across the edges.
 
 use e2e::nats::Nats;
+use e2e::raw::RawPeer;
 use e2e::{Relay, SequencerProcess, Worker};
+use protocol::Counter;
+use relay::log::StreamPlace;
+use std::collections::HashMap;
 use std::path::Path;
 
 fn edge(dir: &Path, name: &str, nats: &Nats) -> Relay {
@@ -42,4 +46,125 @@ async fn workers_on_two_edges_train_spirals_with_equal_hashes() {
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
     // Both edges serve the one log.
     assert_eq!(edges[0].log().await.unwrap(), edges[1].log().await.unwrap());
+}
+
+/// A hand-driven peer on `relay` sends contributions (byte = its n-th contribution mod 8) and
+/// records each acknowledgement, until `enough` are acknowledged or the relay closes it.
+async fn contribute_until(peer: &mut RawPeer, sent: &mut u32, enough: usize) -> bool {
+    while peer.accepted.len() < enough {
+        if *sent < peer.accepted.len() as u32 + peer.rejected as u32 + 16 {
+            if peer.contribute((*sent % 8) as u8).await.is_err() {
+                return false;
+            }
+            *sent += 1;
+        } else if !peer.pump().await.unwrap_or(false) {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_ahead_across_the_cluster_every_accepted_contribution_survives_kills() {
+    let mut nats = Nats::cluster(3).expect("a three-server NATS cluster starts");
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ["--nats", &nats.urls(), "--rate-limit", "100000"];
+    let mut sequencer =
+        SequencerProcess::start(&dir.path().join("sequencer.db"), &cluster).unwrap();
+    let edge_args = [&cluster[..], &["--role", "edge"]].concat();
+    let mut edges = [
+        Relay::start(&dir.path().join("a.db"), &edge_args).unwrap(),
+        Relay::start(&dir.path().join("b.db"), &edge_args).unwrap(),
+    ];
+    let job = edges[0].job().await.unwrap();
+    let workers: Vec<Worker> = (1..=4)
+        .map(|seed| {
+            Worker::start(
+                &edges[seed % 2].url(),
+                // A narrow window keeps them training through all three kills.
+                &[
+                    "--until-version",
+                    "12000",
+                    "--seed",
+                    &seed.to_string(),
+                    "--window",
+                    "2",
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+
+    // A hand-driven peer on edge b records every acknowledgement it gets.
+    let mut peer = RawPeer::join(&edges[1].ws_url(), job.id, "").await.unwrap();
+    let id = peer.id;
+    let first_counter = peer.next_counter.0;
+    let mut sent = 0u32;
+    assert!(contribute_until(&mut peer, &mut sent, 200).await);
+
+    // 1. The LOG stream's leader: its nats-server is SIGKILLed.
+    let place = StreamPlace {
+        jetstream: relay::cluster::connect(&nats.urls())
+            .await
+            .unwrap()
+            .jetstream,
+        job: job.id,
+        replicas: 3,
+    };
+    let leader = place
+        .jetstream
+        .get_stream(place.stream_name())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("the LOG stream has a leader");
+    nats.server(&leader).unwrap().kill();
+    // The peer may be closed when its edge moves to another server; what it saw counts.
+    contribute_until(&mut peer, &mut sent, 400).await;
+
+    // 2. An edge, SIGKILLed and started again on its port (its workers reconnect to it).
+    edges[0].restart().unwrap();
+
+    // 3. The sequencer, SIGKILLed and started again: a new epoch, every socket resumes.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    sequencer.restart().unwrap();
+    while peer.pump().await.unwrap_or(false) {}
+    let accepted = peer.accepted.clone();
+    assert!(accepted.len() >= 200, "{} accepted", accepted.len());
+
+    let reports: Vec<_> = workers.into_iter().map(|w| w.finish().unwrap()).collect();
+    for r in &reports {
+        assert_eq!(r["version"], 12000, "{r}");
+        assert!(r["reconnects"].as_u64().unwrap() >= 1, "{r}");
+    }
+    let hashes: Vec<_> = reports.iter().map(|r| r["hash"].clone()).collect();
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+
+    let log = edges[1].log().await.unwrap();
+    assert_eq!(log, edges[0].log().await.unwrap(), "one log on every edge");
+    for (counter, version) in &accepted {
+        let entry = log[version.0 as usize];
+        let n = (counter.0 - first_counter) as u32;
+        assert_eq!(
+            (entry.peer, entry.counter, entry.byte),
+            (id, *counter, (n % 8) as u8),
+            "at version {version}"
+        );
+    }
+    // No contribution is in the log twice: every peer's counters increase along it.
+    let mut per_peer: HashMap<_, Vec<Counter>> = HashMap::new();
+    for e in &log {
+        per_peer.entry(e.peer).or_default().push(e.counter);
+    }
+    for counters in per_peer.values() {
+        assert!(
+            counters.windows(2).all(|w| w[0] < w[1]),
+            "counters increase per peer"
+        );
+    }
 }
