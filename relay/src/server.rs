@@ -8,7 +8,7 @@ use crate::context::Context;
 use crate::http;
 use crate::limits::{AddressTally, JoinRate};
 use crate::log::{LogStore, StreamPlace};
-use crate::sequencer::{self, Sequencer, SequencerConfig};
+use crate::sequencer::{self, Command, Sequencer, SequencerConfig, Standing};
 use crate::stats::Stats;
 use anyhow::{Context as _, Result};
 use engine::Job;
@@ -109,77 +109,63 @@ pub async fn run(config: RelayConfig) -> Result<()> {
     let tick = Duration::from_millis(config.tick_ms.max(1));
     let stats = Arc::new(Stats::default());
 
-    let local_sequencer = if role == Role::Edge {
-        None
-    } else {
-        let decides = sequencer::SequencerStores {
-            log: log.clone(),
-            peers: stores.peers.clone(),
-            meta: stores.meta.clone(),
-        };
-        let (sequencer, standing) = Sequencer::new(
-            decides,
-            SequencerConfig {
-                tick,
-                staleness_bound: job.hyper().staleness_bound,
-                max_peers: config.max_peers,
-                quantizer: job.hyper().quantizer,
-                influence: config.influence(),
-                committee_size: job.committee().map(|c| c.size),
-                round_timeout: Duration::from_secs(config.round_timeout.max(1)),
-            },
-            stats.clone(),
-        )
-        .await?;
-        let (commands, command_rx) = mpsc::channel(65_536);
-        tokio::spawn(async move {
-            if let Err(e) = sequencer.run(command_rx).await {
-                // Nothing after the failed commit was acknowledged; stop rather than guess.
-                tracing::error!("the log could not be written: {e}; stopping");
-                eprintln!("onebyte-relay: the log could not be written: {e}");
-                std::process::exit(2);
-            }
-        });
-        if let Some(nats) = &nats {
-            let intake = cluster::intake::run(
-                nats.clone(),
-                names.clone(),
-                replicas,
-                commands.clone(),
-                standing.clone(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = intake.await {
-                    tracing::error!("the sequencer cannot read its edges: {e}; stopping");
-                    eprintln!("onebyte-relay: the sequencer cannot read its edges: {e}");
-                    std::process::exit(2);
-                }
-            });
-        }
-        Some((commands, standing))
+    let sequencer_config = SequencerConfig {
+        tick,
+        staleness_bound: job.hyper().staleness_bound,
+        max_peers: config.max_peers,
+        quantizer: job.hyper().quantizer,
+        influence: config.influence(),
+        committee_size: job.committee().map(|c| c.size),
+        round_timeout: Duration::from_secs(config.round_timeout.max(1)),
+    };
+    let decides = sequencer::SequencerStores {
+        log: log.clone(),
+        peers: stores.peers.clone(),
+        meta: stores.meta.clone(),
     };
     // What the sockets talk to: the sequencer in this process, or the cluster's.
-    let (commands, standing) = match (&nats, local_sequencer) {
-        (None, Some(local)) => local,
-        (Some(nats), local) => {
-            if role == Role::Sequencer {
+    let (commands, standing) = match &nats {
+        None => start_sequencer(decides, sequencer_config, stats.clone()).await?,
+        Some(nats) => {
+            if role != Role::Edge {
+                let candidate = run_candidate(
+                    nats.clone(),
+                    names.clone(),
+                    replicas,
+                    decides,
+                    sequencer_config,
+                    stats.clone(),
+                );
                 println!(
-                    "onebyte relay: sequencer of job `{}` (id {}) at version {}, log on NATS \
-                     JetStream",
+                    "onebyte relay: sequencer candidate of job `{}` (id {}), log on NATS \
+                     JetStream at version {}",
                     job.config.job.name,
                     job.id,
                     log.head()
                 );
-                // It holds the sequencer's command sender; it serves no sockets.
-                let _keep = local;
-                tokio::signal::ctrl_c().await?;
-                return Ok(());
+                if role == Role::Sequencer {
+                    // It serves no sockets.
+                    let ended = tokio::select! {
+                        ended = candidate => ended,
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    };
+                    return ended;
+                }
+                tokio::spawn(async move {
+                    if let Err(e) = candidate.await {
+                        eprintln!("onebyte-relay: {e:#}");
+                        std::process::exit(2);
+                    }
+                });
             }
-            cluster::uplink::start(nats, names, replicas, tick)
+            let (commands, standing) = cluster::uplink::start(nats, names, replicas, tick)
                 .await
-                .context("could not join the relay's cluster as an edge")?
+                .context("could not join the relay's cluster as an edge")?;
+            if role == Role::Edge {
+                tokio::spawn(report_cluster(log.clone(), standing.clone(), stats.clone()));
+            }
+            (commands, standing)
         }
-        (None, None) => unreachable!("a single process is both"),
     };
 
     let follower = crate::follower::spawn(
@@ -227,4 +213,80 @@ pub async fn run(config: RelayConfig) -> Result<()> {
     );
     println!("listening on {scheme}://{addr}");
     http::serve(ctx, listener).await
+}
+
+/// Starts the sequencer on `stores`: the sender sockets give commands to, and its standing.
+async fn start_sequencer(
+    stores: sequencer::SequencerStores,
+    config: SequencerConfig,
+    stats: Arc<Stats>,
+) -> Result<(
+    mpsc::Sender<Command>,
+    tokio::sync::watch::Receiver<Standing>,
+)> {
+    let (sequencer, standing) = Sequencer::new(stores, config, stats).await?;
+    let (commands, command_rx) = mpsc::channel(65_536);
+    tokio::spawn(async move {
+        if let Err(e) = sequencer.run(command_rx).await {
+            // Nothing after the failed commit was acknowledged; stop rather than guess.
+            tracing::error!("the log could not be written: {e}; stopping");
+            eprintln!("onebyte-relay: the log could not be written: {e}");
+            std::process::exit(2);
+        }
+    });
+    Ok((commands, standing))
+}
+
+/// A sequencer candidate: waits for the lease, then sequences the edges' records until the
+/// lease is lost or NATS fails for good (an error either way: the process ends, and whatever
+/// supervises it starts it again as a candidate).
+async fn run_candidate(
+    nats: cluster::Connection,
+    names: cluster::Names,
+    replicas: usize,
+    stores: sequencer::SequencerStores,
+    config: SequencerConfig,
+    stats: Arc<Stats>,
+) -> Result<()> {
+    let holder = format!("pid {} {:016x}", std::process::id(), {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the system has randomness");
+        u64::from_le_bytes(bytes)
+    });
+    let lease = cluster::lease::acquire(&nats, &names, replicas, holder)
+        .await
+        .context("could not take part in the sequencer lease")?;
+    // The log may have moved while this candidate waited: start from what the stream holds.
+    stores.log.caught_up().await?;
+    println!("onebyte relay: sequencing at version {}", stores.log.head());
+    let (commands, standing) = start_sequencer(stores, config, stats).await?;
+    let intake = cluster::intake::run(nats, names, replicas, commands, standing);
+    tokio::select! {
+        lost = lease.keep() => anyhow::bail!("stopping the sequencer: {lost}"),
+        ended = intake => {
+            ended.context("the sequencer cannot read its edges")?;
+            anyhow::bail!("the sequencer's intake ended")
+        }
+    }
+}
+
+/// An edge's report of what the sequencer elsewhere decided (a single relay's sequencer
+/// reports it itself): the log's head, the pause, the peers.
+async fn report_cluster(
+    log: LogStore,
+    mut standing: tokio::sync::watch::Receiver<Standing>,
+    stats: Arc<Stats>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut head = log.watch_head();
+    loop {
+        stats.version.store(head.borrow_and_update().0, Relaxed);
+        let now = *standing.borrow_and_update();
+        stats.paused.store(now.paused, Relaxed);
+        stats.peers.store(now.peers as u64, Relaxed);
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return },
+            changed = standing.changed() => if changed.is_err() { return },
+        }
+    }
 }

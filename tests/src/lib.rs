@@ -263,7 +263,7 @@ impl SequencerProcess {
                 let status = child.wait()?;
                 bail!("the sequencer exited before it started ({status})");
             };
-            if line?.starts_with("onebyte relay: sequencer of job") {
+            if line?.starts_with("onebyte relay: sequencer candidate of job") {
                 break;
             }
         }

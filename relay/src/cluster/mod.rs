@@ -10,7 +10,10 @@
 //! the `LOG` stream ([`crate::log::jetstream`]); edges send its batches to their peers as a
 //! single relay does.
 //!
-//! Who is in charge: each sequencer start draws an *epoch* and announces it (with the pause and
+//! Who sequences: any number of candidates wait for a lease ([`lease`]); its holder runs the
+//! sequencer, and exits when it loses it.
+//!
+//! Who is in charge, as edges see it: each sequencer start draws an *epoch* and announces it (with the pause and
 //! the peer count) every second and whenever they change. An edge tags its records with the
 //! epoch it knows; a sequencer ignores records for another epoch. An edge that hears a new
 //! epoch closes its sockets with `GOING_AWAY` (the peers reconnect and resume their ids): the
@@ -23,6 +26,7 @@
 //! NATS comes back, and the peers resume.
 
 pub mod intake;
+pub mod lease;
 pub mod uplink;
 pub mod wire;
 
@@ -103,6 +107,11 @@ impl Names {
 
     pub fn raw_subject(&self) -> String {
         format!("onebyte.{}.raw", self.job)
+    }
+
+    /// The key-value bucket of the sequencer lease.
+    pub fn lease_bucket(&self) -> String {
+        format!("ONEBYTE_{}_LEASE", self.job)
     }
 
     /// Where the sequencer answers the edge `edge`.

@@ -270,6 +270,27 @@ impl JetstreamLog {
         Ok(())
     }
 
+    /// Waits until the pump has read every message the stream held when this was called, and
+    /// returns the head there.
+    pub async fn caught_up(&self) -> Result<Version, JetstreamError> {
+        let last = patiently(|| async {
+            self.stream
+                .get_info()
+                .await
+                .map_err(|e| nats("read the log stream's state")(e.into()))
+        })
+        .await?
+        .state
+        .last_sequence;
+        loop {
+            let pumped = self.pumped_tip();
+            if pumped.sequence >= last {
+                return Ok(pumped.head);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn raise_tip(&self, to: Tip) {
         let mut tip = self.tip.lock().expect("no panics while holding it");
         if to.sequence > tip.sequence {

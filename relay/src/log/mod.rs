@@ -144,6 +144,20 @@ impl LogStore {
         *self.inner.head.borrow()
     }
 
+    /// Waits until this handle has seen every entry the backend held when it was called (a
+    /// replicated log may have been appended to by another writer).
+    pub async fn caught_up(&self) -> Result<(), LogStoreError> {
+        let at = match &self.inner.backend {
+            LogBackend::Jetstream(log) => log.caught_up().await?,
+            LogBackend::Sqlite(_) | LogBackend::Memory(_) => return Ok(()),
+        };
+        self.watch_head()
+            .wait_for(|head| *head >= at)
+            .await
+            .map_err(|_| LogStoreError::Closed)?;
+        Ok(())
+    }
+
     /// The durable head as it moves.
     pub fn watch_head(&self) -> watch::Receiver<Version> {
         self.inner.head.subscribe()

@@ -168,3 +168,63 @@ async fn write_ahead_across_the_cluster_every_accepted_contribution_survives_kil
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_sequencer_takes_over_when_the_active_one_is_killed() {
+    let nats = Nats::cluster(3).expect("a three-server NATS cluster starts");
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ["--nats", &nats.urls()];
+    let mut candidates = [
+        SequencerProcess::start(&dir.path().join("s1.db"), &cluster).unwrap(),
+        SequencerProcess::start(&dir.path().join("s2.db"), &cluster).unwrap(),
+    ];
+    let edges = [edge(dir.path(), "a", &nats), edge(dir.path(), "b", &nats)];
+    let job = edges[0].job().await.unwrap();
+    let workers: Vec<Worker> = (1..=4)
+        .map(|seed| {
+            Worker::start(
+                &edges[seed % 2].url(),
+                &[
+                    "--until-version",
+                    "16000",
+                    "--seed",
+                    &seed.to_string(),
+                    "--window",
+                    "2",
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    edges[0]
+        .wait_for_status(e2e::WAIT, "training under way", |s| {
+            s["version"].as_u64().unwrap_or(0) >= 2000
+        })
+        .await
+        .unwrap();
+    let connection = relay::cluster::connect(&nats.urls()).await.unwrap();
+    let names = relay::cluster::Names::new(job.id);
+    let holder = relay::cluster::lease::holder(&connection, &names, 3)
+        .await
+        .unwrap()
+        .expect("a candidate holds the lease");
+    let active = candidates
+        .iter()
+        .position(|c| holder.starts_with(&format!("pid {} ", c.pid())))
+        .expect("the holder is one of ours");
+    candidates[active].kill();
+
+    let reports: Vec<_> = workers.into_iter().map(|w| w.finish().unwrap()).collect();
+    for r in &reports {
+        assert_eq!(r["version"], 16000, "{r}");
+        assert!(r["reconnects"].as_u64().unwrap() >= 1, "{r}");
+    }
+    let hashes: Vec<_> = reports.iter().map(|r| r["hash"].clone()).collect();
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    let now = relay::cluster::lease::holder(&connection, &names, 3)
+        .await
+        .unwrap()
+        .expect("the standby holds the lease");
+    let standby = candidates[1 - active].pid();
+    assert!(now.starts_with(&format!("pid {standby} ")), "{now}");
+}
