@@ -102,7 +102,7 @@ pub async fn run(config: RelayConfig) -> Result<()> {
             replicas,
         })
         .await
-        .context("could not open the job's log on JetStream")?,
+        .context("could not open the job's log on JetStream (a lone NATS server needs --nats-replicas 1)")?,
         None => LogStore::sqlite(stores.file.clone()).await?,
     };
     let names = cluster::Names::new(job.id);
