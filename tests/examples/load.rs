@@ -7,12 +7,17 @@
 //! and masks included). Then it times a fresh join against the log it built, with and
 //! without the snapshot.
 //!
+//! With `--edges 1,2,4` the same load runs against a relay spread over processes instead: a
+//! three-server NATS JetStream cluster (R3), one sequencer and that many edges, the peers split
+//! across the edges; CPU and memory are then the sum over every process (NATS included).
+//!
 //! `target/debug/examples/load --peers 100,1000 --seconds 10 --rate 500 --tick-ms 5` (after
 //! `cargo build --workspace --bins --examples`).
 
 use anyhow::{Context as _, Result, bail};
-use e2e::Relay;
+use e2e::nats::Nats;
 use e2e::raw;
+use e2e::{Relay, SequencerProcess};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{LogCursor, Message, PROTOCOL_VERSION, PeerId, Serial, Version};
 use std::pin::Pin;
@@ -77,8 +82,18 @@ struct Shared {
     recording: std::sync::atomic::AtomicBool,
 }
 
-fn parse_args() -> Result<(Vec<usize>, u64, f64, u64)> {
+struct Args {
+    peers: Vec<usize>,
+    seconds: u64,
+    rate: f64,
+    tick_ms: u64,
+    /// Edge counts to run over NATS; empty: the single relay.
+    edges: Vec<usize>,
+}
+
+fn parse_args() -> Result<Args> {
     let mut peers = vec![100, 1000];
+    let mut edges = Vec::new();
     let mut seconds = 10;
     let mut rate = 500.0;
     let mut tick_ms = 5;
@@ -96,56 +111,119 @@ fn parse_args() -> Result<(Vec<usize>, u64, f64, u64)> {
             "--seconds" => seconds = v.parse()?,
             "--rate" => rate = v.parse()?,
             "--tick-ms" => tick_ms = v.parse()?,
-            other => bail!("unknown option {other} (use --peers, --seconds, --rate, --tick-ms)"),
+            "--edges" => {
+                edges = v
+                    .split(',')
+                    .map(|p| p.parse())
+                    .collect::<Result<_, _>>()
+                    .context("--edges takes numbers like 1,2,4")?
+            }
+            other => {
+                bail!("unknown option {other} (use --peers, --seconds, --rate, --tick-ms, --edges)")
+            }
         }
     }
-    Ok((peers, seconds, rate, tick_ms))
+    Ok(Args {
+        peers,
+        seconds,
+        rate,
+        tick_ms,
+        edges,
+    })
+}
+
+/// What one run loads: the relays peers connect to, and every process whose CPU and memory
+/// count.
+struct Target {
+    relays: Vec<Relay>,
+    pids: Vec<u32>,
+    _sequencer: Option<SequencerProcess>,
+    _nats: Option<Nats>,
 }
 
 fn main() -> Result<()> {
-    let (peer_counts, seconds, rate, tick_ms) = parse_args()?;
-    let tick = tick_ms.to_string();
+    let args = parse_args()?;
+    let tick = args.tick_ms.to_string();
+    let relay_args = [
+        "--max-peers",
+        "20000",
+        "--rate-limit",
+        "100000",
+        "--peer-queue",
+        "65536",
+        "--tick-ms",
+        &tick,
+        // Every simulated peer comes from 127.0.0.1.
+        "--max-connections",
+        "12000",
+        "--max-connections-per-address",
+        "0",
+        "--max-peers-per-address",
+        "0",
+        "--joins-per-minute",
+        "0",
+    ];
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         println!(
-            "relay load: total offered rate {rate} contributions/s, {seconds} s per run, \
-             relay tick {tick_ms} ms"
+            "relay load: total offered rate {} contributions/s, {} s per run, relay tick {} ms",
+            args.rate, args.seconds, args.tick_ms
         );
-        for &n in &peer_counts {
-            let dir = tempfile::tempdir()?;
-            let relay = Relay::start(
-                &dir.path().join("load.db"),
-                &[
-                    "--max-peers",
-                    "5000",
-                    "--rate-limit",
-                    "100000",
-                    "--peer-queue",
-                    "65536",
-                    "--tick-ms",
-                    &tick,
-                    // Every simulated peer comes from 127.0.0.1.
-                    "--max-connections",
-                    "6000",
-                    "--max-connections-per-address",
-                    "0",
-                    "--max-peers-per-address",
-                    "0",
-                    "--joins-per-minute",
-                    "0",
-                ],
-            )?;
-            run(&relay, n, seconds, rate).await?;
-            join_times(&relay).await?;
+        let layouts: Vec<usize> = if args.edges.is_empty() {
+            vec![0]
+        } else {
+            args.edges.clone()
+        };
+        for &edges in &layouts {
+            for &n in &args.peers {
+                let dir = tempfile::tempdir()?;
+                let target = if edges == 0 {
+                    let relay = Relay::start(&dir.path().join("load.db"), &relay_args)?;
+                    Target {
+                        pids: vec![relay.pid()],
+                        relays: vec![relay],
+                        _sequencer: None,
+                        _nats: None,
+                    }
+                } else {
+                    let nats = Nats::cluster(3)?;
+                    let urls = nats.urls();
+                    let cluster = [&relay_args[..], &["--nats", &urls]].concat();
+                    let sequencer =
+                        SequencerProcess::start(&dir.path().join("sequencer.db"), &cluster)?;
+                    let edge_args = [&cluster[..], &["--role", "edge"]].concat();
+                    let relays = (0..edges)
+                        .map(|i| Relay::start(&dir.path().join(format!("edge{i}.db")), &edge_args))
+                        .collect::<Result<Vec<_>>>()?;
+                    let mut pids: Vec<u32> = relays.iter().map(Relay::pid).collect();
+                    pids.push(sequencer.pid());
+                    pids.extend(nats.servers.iter().filter_map(|s| s.pid()));
+                    Target {
+                        relays,
+                        pids,
+                        _sequencer: Some(sequencer),
+                        _nats: Some(nats),
+                    }
+                };
+                if edges == 0 {
+                    println!("\none relay process (SQLite log)");
+                } else {
+                    println!("\n{edges} edge(s), one sequencer, 3 NATS servers (R3)");
+                }
+                run(&target, n, args.seconds, args.rate).await?;
+                if edges == 0 {
+                    join_times(&target.relays[0]).await?;
+                }
+            }
         }
         Ok(())
     })
 }
 
-async fn run(relay: &Relay, peers: usize, seconds: u64, rate: f64) -> Result<()> {
-    let job = relay.job().await?;
+async fn run(target: &Target, peers: usize, seconds: u64, rate: f64) -> Result<()> {
+    let job = target.relays[0].job().await?;
     let per_peer_capacity = (rate / peers as f64 * seconds as f64 * 2.0) as usize + 64;
     let shared = Arc::new(Shared {
         start: Instant::now(),
@@ -161,7 +239,8 @@ async fn run(relay: &Relay, peers: usize, seconds: u64, rate: f64) -> Result<()>
     });
     let interval = Duration::from_secs_f64(peers as f64 / rate);
     let mut tasks = Vec::new();
-    for _ in 0..peers {
+    for i in 0..peers {
+        let relay = &target.relays[i % target.relays.len()];
         let tcp = tokio::net::TcpStream::connect(relay.addr).await?;
         tcp.set_nodelay(true)?;
         let counted = Counted {
@@ -200,8 +279,9 @@ async fn run(relay: &Relay, peers: usize, seconds: u64, rate: f64) -> Result<()>
     }
     // Warm up, then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let relay = &target.relays[0];
     let status0 = relay.status().await?;
-    let (cpu0, t0) = (cpu_ticks(relay.pid())?, Instant::now());
+    let (cpu0, t0) = (cpu_ticks_of(&target.pids)?, Instant::now());
     let (sent0, del0, up0, down0) = (
         shared.sent.load(Relaxed),
         shared.delivered.load(Relaxed),
@@ -212,9 +292,13 @@ async fn run(relay: &Relay, peers: usize, seconds: u64, rate: f64) -> Result<()>
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     shared.recording.store(false, Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks(relay.pid())? - cpu0) as f64 / 100.0 / elapsed;
+    let cpu = (cpu_ticks_of(&target.pids)? - cpu0) as f64 / 100.0 / elapsed;
     let status1 = relay.status().await?;
-    let rss = rss_kib(relay.pid())?;
+    let rss = target
+        .pids
+        .iter()
+        .map(|pid| rss_kib(*pid))
+        .sum::<Result<u64>>()?;
     let sent = shared.sent.load(Relaxed) - sent0;
     let delivered = shared.delivered.load(Relaxed) - del0;
     let up = shared.up.load(Relaxed) - up0;
@@ -222,15 +306,16 @@ async fn run(relay: &Relay, peers: usize, seconds: u64, rate: f64) -> Result<()>
     for t in tasks {
         t.abort();
     }
+    // Every accepted contribution is one log entry: the head moved by as many.
     let accepted =
-        status1["accepted"].as_u64().unwrap_or(0) - status0["accepted"].as_u64().unwrap_or(0);
+        status1["version"].as_u64().unwrap_or(0) - status0["version"].as_u64().unwrap_or(0);
     let mut lat = shared.latencies.lock().expect("not poisoned").clone();
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .map_or(f64::NAN, |us| *us as f64 / 1000.0)
     };
-    println!("\n{peers} peers:");
+    println!("{peers} peers:");
     println!(
         "  accepted {:.0}/s (offered {:.0}/s), deliveries {:.0}/s",
         accepted as f64 / elapsed,
@@ -244,7 +329,7 @@ async fn run(relay: &Relay, peers: usize, seconds: u64, rate: f64) -> Result<()>
         lat.len()
     );
     println!(
-        "  relay RSS {:.1} MiB, CPU {:.0} % of one core",
+        "  relay RSS {:.1} MiB, CPU {:.0} % of one core (every relay process)",
         rss as f64 / 1024.0,
         cpu * 100.0
     );
@@ -370,6 +455,10 @@ async fn catch_up(
         }
     }
     Ok(())
+}
+
+fn cpu_ticks_of(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|pid| cpu_ticks(*pid)).sum()
 }
 
 fn cpu_ticks(pid: u32) -> Result<u64> {

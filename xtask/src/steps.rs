@@ -373,6 +373,16 @@ pub fn bench() -> Result<()> {
         "the same with a 20 ms tick: fewer, fuller batches (latency for downlink bytes)",
         longer_tick,
     )?;
+    ensure_debs(
+        &["nats-server"],
+        "the relay spread over processes (a NATS JetStream cluster on loopback)",
+    )?;
+    let mut edges = Command::new(examples.join("load"));
+    edges.args(["--edges", "0,1,2,4"]);
+    run(
+        "the same load on one relay, then on 1, 2 and 4 edges with one sequencer over a 3-server NATS cluster",
+        edges,
+    )?;
     web::build_web()?;
     web::browser_bench()
 }
