@@ -60,6 +60,7 @@ pub async fn start(
     super::raw_stream(&nats.jetstream, &names, replicas).await?;
     let (commands, command_rx) = mpsc::channel(65_536);
     let (standing, standing_rx) = watch::channel(Standing::default());
+    let (failed, failures) = mpsc::channel(1);
     let uplink = Uplink {
         jetstream: nats.jetstream.clone(),
         subject: names.raw_subject(),
@@ -71,6 +72,7 @@ pub async fn start(
         requests: HashMap::new(),
         next: 0,
         records: Vec::new(),
+        failed,
         waiting: Vec::new(),
         standing,
         tick,
@@ -78,7 +80,7 @@ pub async fn start(
     tracing::info!(edge = format!("{edge:016x}"), "an edge of the job");
     let mut connects = nats.connects.clone();
     connects.mark_unchanged();
-    tokio::spawn(uplink.run(command_rx, answers, announcements, connects));
+    tokio::spawn(uplink.run(command_rx, answers, announcements, connects, failures));
     Ok((commands, standing_rx))
 }
 
@@ -101,6 +103,8 @@ struct Uplink {
     /// The next connection or request number.
     next: u64,
     records: Vec<Record>,
+    /// A tick `RAW` did not take: what was in flight may be lost, so every socket starts over.
+    failed: mpsc::Sender<()>,
     /// Commands that came before any sequencer was heard, and when.
     waiting: Vec<(tokio::time::Instant, Command)>,
     standing: watch::Sender<Standing>,
@@ -114,6 +118,7 @@ impl Uplink {
         mut answers: async_nats::Subscriber,
         mut announcements: async_nats::Subscriber,
         mut connects: watch::Receiver<u64>,
+        mut failures: mpsc::Receiver<()>,
     ) {
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -135,7 +140,10 @@ impl Uplink {
                     // Answers may have been lost while we were away: start over.
                     self.close_all("the relay's edge reconnected to its cluster: reconnect");
                 }
-                _ = tick.tick() => self.publish().await,
+                Some(()) = failures.recv() => {
+                    self.close_all("the relay's cluster did not answer: reconnect");
+                }
+                _ = tick.tick() => self.publish(),
             }
         }
     }
@@ -209,9 +217,8 @@ impl Uplink {
         self.records.push(record);
     }
 
-    /// Publishes this tick's records as one `RAW` message, retrying (deduplicated by its id)
-    /// while JetStream elects or restarts.
-    async fn publish(&mut self) {
+    /// Publishes this tick's records as one `RAW` message.
+    fn publish(&mut self) {
         let Some(epoch) = self.epoch else {
             let now = tokio::time::Instant::now();
             let (expired, waiting) = std::mem::take(&mut self.waiting)
@@ -234,33 +241,19 @@ impl Uplink {
         .encode();
         self.sent += 1;
         let id = format!("{:016x}-{}", self.edge, self.sent);
-        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
-        loop {
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(&id);
-            let attempt = async {
-                self.jetstream
-                    .send_publish(self.subject.clone(), publish)
-                    .await?
-                    .await
-            };
-            match attempt.await {
-                Ok(_) => return,
-                Err(e)
-                    if tokio::time::Instant::now() < deadline
-                        && e.kind() != PublishErrorKind::MaxPayloadExceeded =>
-                {
-                    tracing::debug!("a tick not taken yet ({e}); retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => {
-                    tracing::warn!("the sequencer's RAW stream did not take a tick: {e}");
-                    self.close_all("the relay's cluster did not answer: reconnect");
-                    return;
-                }
+        // Not awaited here: one slow acknowledgement must not hold the next ticks (nor the
+        // answers this loop routes). Ticks retried out of order are harmless: a proposal
+        // that arrives after its peer's leave is dropped, a leave that names an old socket
+        // is ignored, and nothing is acknowledged before the sequencer has decided it.
+        let jetstream = self.jetstream.clone();
+        let subject = self.subject.clone();
+        let failed = self.failed.clone();
+        tokio::spawn(async move {
+            if let Err(e) = publish_tick(&jetstream, subject, payload, &id).await {
+                tracing::warn!("the sequencer's RAW stream did not take a tick: {e}");
+                let _ = failed.try_send(());
             }
-        }
+        });
     }
 
     fn answer(&mut self, answer: Answer) {
@@ -359,6 +352,39 @@ impl Uplink {
         self.sockets.clear();
         self.requests.clear();
         self.records.clear();
+    }
+}
+
+/// Publishes one tick to `RAW`, retrying (deduplicated by `id`) while JetStream elects or
+/// restarts, for [`PUBLISH_PATIENCE`] at most.
+async fn publish_tick(
+    jetstream: &jetstream::Context,
+    subject: String,
+    payload: bytes::Bytes,
+    id: &str,
+) -> Result<(), async_nats::jetstream::context::PublishError> {
+    let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+    loop {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(id);
+        let attempt = async {
+            jetstream
+                .send_publish(subject.clone(), publish)
+                .await?
+                .await
+        };
+        match attempt.await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if tokio::time::Instant::now() < deadline
+                    && e.kind() != PublishErrorKind::MaxPayloadExceeded =>
+            {
+                tracing::debug!("a tick not taken yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
