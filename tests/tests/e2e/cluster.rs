@@ -9,10 +9,19 @@ use relay::log::StreamPlace;
 use std::collections::HashMap;
 use std::path::Path;
 
+const ADMIN: &str = "host-secret";
+
 fn edge(dir: &Path, name: &str, nats: &Nats) -> Relay {
     Relay::start(
         &dir.join(format!("{name}.db")),
-        &["--nats", &nats.urls(), "--role", "edge"],
+        &[
+            "--nats",
+            &nats.urls(),
+            "--role",
+            "edge",
+            "--admin-token",
+            ADMIN,
+        ],
     )
     .unwrap()
 }
@@ -46,6 +55,33 @@ async fn workers_on_two_edges_train_spirals_with_equal_hashes() {
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
     // Both edges serve the one log.
     assert_eq!(edges[0].log().await.unwrap(), edges[1].log().await.unwrap());
+    // The host pauses through one edge; the sequencer decides it, and every edge hears it.
+    assert_eq!(
+        edges[1]
+            .admin_post("/api/admin/pause", ADMIN)
+            .await
+            .unwrap(),
+        200
+    );
+    edges[0]
+        .wait_for_status(e2e::WAIT, "the other edge to report the pause", |s| {
+            s["paused"] == true
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        edges[0]
+            .admin_post("/api/admin/resume", ADMIN)
+            .await
+            .unwrap(),
+        200
+    );
+    edges[1]
+        .wait_for_status(e2e::WAIT, "the first edge to report the job running", |s| {
+            s["paused"] == false
+        })
+        .await
+        .unwrap();
 }
 
 /// A hand-driven peer on `relay` sends contributions (byte = its n-th contribution mod 8) and
