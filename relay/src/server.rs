@@ -244,7 +244,7 @@ async fn run_candidate(
     nats: cluster::Connection,
     names: cluster::Names,
     replicas: usize,
-    stores: sequencer::SequencerStores,
+    mut stores: sequencer::SequencerStores,
     config: SequencerConfig,
     stats: Arc<Stats>,
 ) -> Result<()> {
@@ -258,6 +258,11 @@ async fn run_candidate(
         .context("could not take part in the sequencer lease")?;
     // The log may have moved while this candidate waited: start from what the stream holds.
     stores.log.caught_up().await?;
+    // The ids, secrets and quarantines the candidates before this one gave.
+    let registry =
+        crate::store::ReplicatedPeers::open(&nats.jetstream, &names.peers_bucket(), replicas)
+            .await?;
+    stores.peers = stores.peers.replicated(registry);
     println!("onebyte relay: sequencing at version {}", stores.log.head());
     let (commands, standing) = start_sequencer(stores, config, stats).await?;
     let intake = cluster::intake::run(nats, names, replicas, commands, standing);

@@ -7,7 +7,7 @@
 
 use super::{Connection, Names};
 use crate::log::JetstreamError;
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -25,39 +25,20 @@ pub struct Lease {
     revision: u64,
 }
 
-/// The job's lease bucket, made if missing. Made as the stream a key-value bucket is
-/// (`KV_<bucket>`, one value a key, roll-ups allowed) rather than through the client's bucket
-/// creation, which first reads account details in a shape the 2.9 server does not send.
+/// The job's lease bucket, made if missing.
 async fn bucket(
     nats: &Connection,
     names: &Names,
     replicas: usize,
 ) -> Result<kv::Store, JetstreamError> {
     let bucket = names.lease_bucket();
-    let config = stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_age: LEASE,
-        duplicate_window: LEASE,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    let failed = |what| move |e: async_nats::Error| JetstreamError::Nats { what, source: e };
     crate::log::jetstream::patiently(|| async {
-        nats.jetstream
-            .get_or_create_stream(config.clone())
+        crate::store::kv_bucket(&nats.jetstream, &bucket, replicas, LEASE)
             .await
-            .map_err(|e| failed("make the job's lease bucket")(e.into()))?;
-        nats.jetstream
-            .get_key_value(bucket.clone())
-            .await
-            .map_err(|e| failed("open the job's lease bucket")(e.into()))
+            .map_err(|source| JetstreamError::Nats {
+                what: "open the job's lease bucket",
+                source,
+            })
     })
     .await
 }

@@ -114,6 +114,11 @@ impl Names {
         format!("ONEBYTE_{}_LEASE", self.job)
     }
 
+    /// The key-value bucket of the peer registry.
+    pub fn peers_bucket(&self) -> String {
+        format!("ONEBYTE_{}_PEERS", self.job)
+    }
+
     /// Where the sequencer answers the edge `edge`.
     pub fn edge_subject(&self, edge: u64) -> String {
         format!("onebyte.{}.edge.{edge:016x}", self.job)

@@ -23,6 +23,8 @@ pub enum StoreError {
         stored: String,
         given: String,
     },
+    #[error("the JetStream bucket {bucket}: {what}")]
+    Replicated { bucket: String, what: String },
     /// The sequencer's store failed, as an edge hears of it.
     #[error("the sequencer's store: {0}")]
     Remote(String),

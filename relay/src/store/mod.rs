@@ -12,12 +12,14 @@
 mod file;
 mod meta;
 mod peers;
+mod replicated_peers;
 mod schema;
 mod snapshots;
 
 pub use file::{SqliteFile, StoreError, Writer};
 pub use meta::JobMeta;
 pub use peers::{PeerRegistry, RESUME_WINDOW_S};
+pub use replicated_peers::{ReplicatedPeers, kv_bucket};
 pub use snapshots::Snapshots;
 
 use std::path::Path;

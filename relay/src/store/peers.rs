@@ -2,27 +2,40 @@
 //! when, and who is quarantined.
 
 use super::file::Writer;
+use super::replicated_peers::ReplicatedPeers;
 use super::{SqliteFile, StoreError};
 use protocol::PeerId;
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
+use std::sync::Arc;
 
 /// How long a peer id that contributed stays reserved for its holder after it leaves (its
 /// resume secret keeps working); after that, or at once for an id that never contributed, a
 /// new peer may be given it. Its counters continue, so no direction is ever drawn twice.
 pub const RESUME_WINDOW_S: i64 = 24 * 60 * 60;
 
-/// The registry of peer ids.
+/// The registry of peer ids: in the store file, or (sequencer candidates on several machines)
+/// in a JetStream key-value bucket.
 #[derive(Clone)]
 pub struct PeerRegistry {
     writer: Writer,
+    replicated: Option<Arc<ReplicatedPeers>>,
 }
 
 impl PeerRegistry {
     pub async fn open(file: SqliteFile) -> Result<PeerRegistry, StoreError> {
         Ok(PeerRegistry {
             writer: Writer::open(file)?,
+            replicated: None,
         })
+    }
+
+    /// This registry with its peers kept in `replicated` instead of the file.
+    pub fn replicated(self, replicated: ReplicatedPeers) -> PeerRegistry {
+        PeerRegistry {
+            replicated: Some(Arc::new(replicated)),
+            ..self
+        }
     }
 
     /// Runs one statement with `args`.
@@ -41,6 +54,9 @@ impl PeerRegistry {
     /// only as far as the peers of one window, else the next unused one. Either way the id is
     /// marked connected.
     pub async fn register(&self, secret_digest: [u8; 32]) -> Result<PeerId, StoreError> {
+        if let Some(replicated) = &self.replicated {
+            return replicated.register(secret_digest, unix_now()).await;
+        }
         self.writer
             .run(move |conn, file| {
                 let now = unix_now();
@@ -76,6 +92,9 @@ impl PeerRegistry {
 
     /// `peer` resumed: it is connected again.
     pub async fn rejoined(&self, peer: PeerId) -> Result<(), StoreError> {
+        if let Some(replicated) = &self.replicated {
+            return replicated.set_left(peer, None).await;
+        }
         self.execute(
             "UPDATE peers SET left_at = NULL WHERE id = ?1",
             vec![peer.0.into()],
@@ -87,6 +106,9 @@ impl PeerRegistry {
     /// [`RESUME_WINDOW_S`]; one that did not may be given out again at once.
     pub async fn left(&self, peer: PeerId, contributed: bool) -> Result<(), StoreError> {
         let left_at = if contributed { unix_now() } else { 0 };
+        if let Some(replicated) = &self.replicated {
+            return replicated.set_left(peer, Some(left_at)).await;
+        }
         self.execute(
             "UPDATE peers SET left_at = ?2 WHERE id = ?1",
             vec![peer.0.into(), left_at.into()],
@@ -96,6 +118,9 @@ impl PeerRegistry {
 
     /// Nobody is connected (the relay is starting): every peer still marked connected left now.
     pub async fn all_left(&self) -> Result<(), StoreError> {
+        if let Some(replicated) = &self.replicated {
+            return replicated.all_left(unix_now()).await;
+        }
         self.execute(
             "UPDATE peers SET left_at = ?1 WHERE left_at IS NULL",
             vec![unix_now().into()],
@@ -107,6 +132,9 @@ impl PeerRegistry {
     /// across restarts and resumes; a new holder of the id starts clean.
     pub async fn set_quarantined(&self, peer: PeerId, quarantined: bool) -> Result<(), StoreError> {
         let at = quarantined.then(unix_now);
+        if let Some(replicated) = &self.replicated {
+            return replicated.set_quarantined(peer, at).await;
+        }
         self.execute(
             "UPDATE peers SET quarantined_at = ?2 WHERE id = ?1",
             vec![peer.0.into(), at.into()],
@@ -116,6 +144,9 @@ impl PeerRegistry {
 
     /// Every quarantined peer.
     pub async fn quarantined(&self) -> Result<Vec<PeerId>, StoreError> {
+        if let Some(replicated) = &self.replicated {
+            return Ok(replicated.quarantined().await);
+        }
         self.writer
             .run(|conn, file| {
                 let mut stmt = conn
@@ -136,6 +167,9 @@ impl PeerRegistry {
         peer: PeerId,
         secret_digest: [u8; 32],
     ) -> Result<bool, StoreError> {
+        if let Some(replicated) = &self.replicated {
+            return Ok(replicated.resumable(peer, secret_digest).await);
+        }
         self.writer
             .run(move |conn, file| {
                 let stored: Option<Option<Vec<u8>>> = conn
@@ -155,6 +189,9 @@ impl PeerRegistry {
 
     /// The number of peers ever registered.
     pub async fn count(&self) -> Result<u64, StoreError> {
+        if let Some(replicated) = &self.replicated {
+            return Ok(replicated.count().await);
+        }
         self.writer
             .run(|conn, file| {
                 conn.query_row("SELECT COUNT(*) FROM peers", [], |r| r.get::<_, i64>(0))

@@ -238,6 +238,12 @@ async fn a_standby_sequencer_takes_over_when_the_active_one_is_killed() {
         })
         .await
         .unwrap();
+    // A peer that contributed and left: its id is reserved for it (its resume secret).
+    let mut early = RawPeer::join(&edges[1].ws_url(), job.id, "").await.unwrap();
+    let mut sent = 0;
+    assert!(contribute_until(&mut early, &mut sent, 1).await);
+    let (early_id, early_secret) = (early.id, early.secret);
+    drop(early);
     let connection = relay::cluster::connect(&nats.urls()).await.unwrap();
     let names = relay::cluster::Names::new(job.id);
     let holder = relay::cluster::lease::holder(&connection, &names, 3)
@@ -263,4 +269,24 @@ async fn a_standby_sequencer_takes_over_when_the_active_one_is_killed() {
         .expect("the standby holds the lease");
     let standby = candidates[1 - active].pid();
     assert!(now.starts_with(&format!("pid {standby} ")), "{now}");
+    // The standby reads the registry its predecessor kept in JetStream: the peer that left
+    // before the takeover resumes its id with its secret.
+    let mut socket = e2e::raw::connect(&edges[0].ws_url(), None).await.unwrap();
+    let hello = protocol::Message::Hello {
+        protocol: protocol::PROTOCOL_VERSION,
+        job: job.id,
+        resume: Some(protocol::Resume {
+            peer: early_id,
+            secret: early_secret,
+        }),
+        from: protocol::Version(0),
+        token: String::new(),
+    };
+    e2e::raw::send(&mut socket, &hello).await.unwrap();
+    match e2e::raw::receive(&mut socket).await {
+        e2e::raw::Received::Message(protocol::Message::Welcome { peer, .. }) => {
+            assert_eq!(peer, early_id)
+        }
+        other => panic!("the peer could not resume its id after the takeover: {other:?}"),
+    }
 }
