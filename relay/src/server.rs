@@ -256,22 +256,27 @@ async fn run_candidate(
     let lease = cluster::lease::acquire(&nats, &names, replicas, holder)
         .await
         .context("could not take part in the sequencer lease")?;
-    // The log may have moved while this candidate waited: start from what the stream holds.
-    stores.log.caught_up().await?;
-    // The ids, secrets and quarantines the candidates before this one gave.
-    let registry =
-        crate::store::ReplicatedPeers::open(&nats.jetstream, &names.peers_bucket(), replicas)
-            .await?;
-    stores.peers = stores.peers.replicated(registry);
-    println!("onebyte relay: sequencing at version {}", stores.log.head());
-    let (commands, standing) = start_sequencer(stores, config, stats).await?;
-    let intake = cluster::intake::run(nats, names, replicas, commands, standing);
+    // Renewed from now on, while the rest starts (reading the registry may take seconds).
+    let kept = lease.keep();
+    let work = async move {
+        // The log may have moved while this candidate waited: start from what the stream
+        // holds.
+        stores.log.caught_up().await?;
+        // The ids, secrets and quarantines the candidates before this one gave.
+        let registry =
+            crate::store::ReplicatedPeers::open(&nats.jetstream, &names.peers_bucket(), replicas)
+                .await?;
+        stores.peers = stores.peers.replicated(registry);
+        println!("onebyte relay: sequencing at version {}", stores.log.head());
+        let (commands, standing) = start_sequencer(stores, config, stats).await?;
+        cluster::intake::run(nats, names, replicas, commands, standing)
+            .await
+            .context("the sequencer cannot read its edges")?;
+        anyhow::bail!("the sequencer's intake ended")
+    };
     tokio::select! {
-        lost = lease.keep() => anyhow::bail!("stopping the sequencer: {lost}"),
-        ended = intake => {
-            ended.context("the sequencer cannot read its edges")?;
-            anyhow::bail!("the sequencer's intake ended")
-        }
+        lost = kept => anyhow::bail!("stopping the sequencer: {lost}"),
+        ended = work => ended,
     }
 }
 
