@@ -134,6 +134,21 @@ impl Nats {
     }
 }
 
+/// The server that leads the JetStream stream `stream` now, by its `server_name`.
+pub async fn stream_leader(jetstream: &async_nats::jetstream::Context, stream: &str) -> String {
+    jetstream
+        .get_stream(stream)
+        .await
+        .expect("the stream exists")
+        .info()
+        .await
+        .expect("the stream answers")
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a replicated stream has a leader")
+}
+
 fn spawn(config: &Path, dir: &Path) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)

@@ -147,18 +147,7 @@ async fn write_ahead_across_the_cluster_every_accepted_contribution_survives_kil
         job: job.id,
         replicas: 3,
     };
-    let leader = place
-        .jetstream
-        .get_stream(place.stream_name())
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("the LOG stream has a leader");
+    let leader = e2e::nats::stream_leader(&place.jetstream, &place.stream_name()).await;
     nats.server(&leader).unwrap().kill();
     // The peer may be closed when its edge moves to another server; what it saw counts.
     contribute_until(&mut peer, &mut sent, 400).await;

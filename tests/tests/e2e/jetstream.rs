@@ -1,7 +1,7 @@
 //! The log seam on a real NATS JetStream: one server, and a cluster of three whose stream
 //! leader is killed mid-append.
 
-use e2e::nats::Nats;
+use e2e::nats::{Nats, stream_leader};
 use protocol::{Counter, JobId, LogEntry, PeerId, Version};
 use relay::log::{LogStore, LogStoreError, StreamPlace, jetstream};
 use std::sync::Arc;
@@ -136,18 +136,7 @@ async fn write_ahead_on_jetstream_every_acknowledged_append_survives_the_stream_
             .unwrap();
         acknowledged += 7;
     }
-    let leader = place
-        .jetstream
-        .get_stream(place.stream_name())
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("a replicated stream has a leader");
+    let leader = stream_leader(&place.jetstream, &place.stream_name()).await;
     nats.server(&leader).expect("a server of ours").kill();
     // Appends wait out the election and go on; none is lost or written twice.
     for _ in 0..20 {
@@ -169,7 +158,8 @@ async fn write_ahead_on_jetstream_every_acknowledged_append_survives_the_stream_
     })
     .await
     .unwrap();
-    let new_leader = reader_leader(&survivors, &place.stream_name()).await;
+    let connection = relay::cluster::connect(&survivors).await.unwrap();
+    let new_leader = stream_leader(&connection.jetstream, &place.stream_name()).await;
     assert_ne!(new_leader, leader, "another server leads the stream now");
     assert_eq!(reader.head(), Version(acknowledged));
     assert_eq!(
@@ -179,21 +169,4 @@ async fn write_ahead_on_jetstream_every_acknowledged_append_survives_the_stream_
             .unwrap(),
         entries(0, acknowledged).to_vec()
     );
-}
-
-async fn reader_leader(servers: &str, stream: &str) -> String {
-    relay::cluster::connect(servers)
-        .await
-        .unwrap()
-        .jetstream
-        .get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("the stream has a leader again")
 }
