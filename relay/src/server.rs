@@ -267,6 +267,11 @@ async fn run_candidate(
             crate::store::ReplicatedPeers::open(&nats.jetstream, &names.peers_bucket(), replicas)
                 .await?;
         stores.peers = stores.peers.replicated(registry);
+        // The pause and the committee rounds its predecessors decided.
+        let meta =
+            crate::store::ReplicatedMeta::open(&nats.jetstream, &names.meta_bucket(), replicas)
+                .await?;
+        stores.meta = stores.meta.replicated(meta);
         println!("onebyte relay: sequencing at version {}", stores.log.head());
         let (commands, standing) = start_sequencer(stores, config, stats).await?;
         cluster::intake::run(nats, names, replicas, commands, standing)

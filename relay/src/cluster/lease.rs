@@ -32,13 +32,8 @@ async fn bucket(
     replicas: usize,
 ) -> Result<kv::Store, JetstreamError> {
     let bucket = names.lease_bucket();
-    crate::log::jetstream::patiently(|| async {
+    crate::log::jetstream::patiently(|| {
         crate::store::kv_bucket(&nats.jetstream, &bucket, replicas, LEASE)
-            .await
-            .map_err(|source| JetstreamError::Nats {
-                what: "open the job's lease bucket",
-                source,
-            })
     })
     .await
 }

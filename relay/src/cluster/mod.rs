@@ -119,6 +119,12 @@ impl Names {
         format!("ONEBYTE_{}_PEERS", self.job)
     }
 
+    /// The key-value bucket of what the sequencer decides besides the log and the peers: the
+    /// host's pause, the committee rounds handed out.
+    pub fn meta_bucket(&self) -> String {
+        format!("ONEBYTE_{}_META", self.job)
+    }
+
     /// Where the sequencer answers the edge `edge`.
     pub fn edge_subject(&self, edge: u64) -> String {
         format!("onebyte.{}.edge.{edge:016x}", self.job)
@@ -145,14 +151,12 @@ pub async fn raw_stream(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    crate::log::jetstream::patiently(|| async {
-        jetstream
-            .get_or_create_stream(config.clone())
-            .await
-            .map_err(|e| crate::log::JetstreamError::Nats {
-                what: "open the job's RAW stream",
-                source: e.into(),
-            })
+    crate::log::jetstream::patiently(|| {
+        crate::log::jetstream::stream_as_asked(
+            jetstream,
+            config.clone(),
+            "open the job's RAW stream",
+        )
     })
     .await
 }

@@ -62,6 +62,16 @@ pub enum JetstreamError {
         APPEND_PATIENCE.as_secs()
     )]
     Unavailable { first: Version, last: String },
+    #[error(
+        "the stream {stream} keeps {has} replica(s) but {asked} were asked (--nats-replicas): \
+         a stream's replicas are set when it is made; ask {has}, or change the stream with \
+         `nats stream edit`"
+    )]
+    Replicas {
+        stream: String,
+        has: usize,
+        asked: usize,
+    },
 }
 
 fn nats(what: &'static str) -> impl FnOnce(async_nats::Error) -> JetstreamError {
@@ -150,11 +160,12 @@ impl JetstreamLog {
             ..Default::default()
         };
         let (stream, last, messages) = patiently(|| async {
-            let mut stream = place
-                .jetstream
-                .get_or_create_stream(config.clone())
-                .await
-                .map_err(|e| nats("open the job's log stream")(e.into()))?;
+            let mut stream = stream_as_asked(
+                &place.jetstream,
+                config.clone(),
+                "open the job's log stream",
+            )
+            .await?;
             let last = stream
                 .info()
                 .await
@@ -567,6 +578,29 @@ where
             done => return done,
         }
     }
+}
+
+/// The stream `config` names, made if missing; one made before with another number of
+/// replicas is refused rather than used as it is.
+pub(crate) async fn stream_as_asked(
+    jetstream: &jetstream::Context,
+    config: stream::Config,
+    what: &'static str,
+) -> Result<stream::Stream, JetstreamError> {
+    let asked = config.num_replicas;
+    let stream = jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| nats(what)(e.into()))?;
+    let made = &stream.cached_info().config;
+    if made.num_replicas != asked {
+        return Err(JetstreamError::Replicas {
+            stream: made.name.clone(),
+            has: made.num_replicas,
+            asked,
+        });
+    }
+    Ok(stream)
 }
 
 /// A failure that waiting may cure (as opposed to a refusal, such as three replicas asked of

@@ -25,6 +25,8 @@ pub enum StoreError {
     },
     #[error("the JetStream bucket {bucket}: {what}")]
     Replicated { bucket: String, what: String },
+    #[error(transparent)]
+    Jetstream(#[from] crate::log::JetstreamError),
     /// The sequencer's store failed, as an edge hears of it.
     #[error("the sequencer's store: {0}")]
     Remote(String),

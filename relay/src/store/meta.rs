@@ -2,29 +2,56 @@
 //! handed out.
 
 use super::file::Writer;
+use super::replicated_meta::{self, ReplicatedMeta};
 use super::{SqliteFile, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::Arc;
 
-/// The job's metadata in the store (a key-value table).
+/// The job's metadata in the store (a key-value table), or, for what the sequencer decides
+/// when candidates on several machines take turns, in a JetStream key-value bucket.
 #[derive(Clone)]
 pub struct JobMeta {
     writer: Writer,
+    replicated: Option<Arc<ReplicatedMeta>>,
 }
 
 impl JobMeta {
     pub async fn open(file: SqliteFile) -> Result<JobMeta, StoreError> {
         Ok(JobMeta {
             writer: Writer::open(file)?,
+            replicated: None,
         })
     }
 
+    /// This metadata with the pause and the committee rounds kept in `replicated` instead of
+    /// the file.
+    pub fn replicated(self, replicated: ReplicatedMeta) -> JobMeta {
+        JobMeta {
+            replicated: Some(Arc::new(replicated)),
+            ..self
+        }
+    }
+
+    /// Where `key` is kept: the bucket, if it is one of the shared keys and there is one.
+    fn bucket_for(&self, key: &str) -> Option<&ReplicatedMeta> {
+        self.replicated
+            .as_deref()
+            .filter(|_| replicated_meta::KEYS.contains(&key))
+    }
+
     async fn get(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+        if let Some(bucket) = self.bucket_for(key) {
+            return bucket.get(key).await;
+        }
         self.writer
             .run(move |conn, file| get(conn, key).map_err(|e| file.err(e)))
             .await
     }
 
     async fn set(&self, key: &'static str, value: String) -> Result<(), StoreError> {
+        if let Some(bucket) = self.bucket_for(key) {
+            return bucket.set(key, value).await;
+        }
         self.writer
             .run(move |conn, file| {
                 conn.execute(

@@ -9,17 +9,21 @@
 //! written). Every call runs off the async threads. The handles' methods are the shape another
 //! backend (a replicated key-value store, an object store) would take.
 
+mod bucket;
 mod file;
 mod meta;
 mod peers;
+mod replicated_meta;
 mod replicated_peers;
 mod schema;
 mod snapshots;
 
+pub use bucket::kv_bucket;
 pub use file::{SqliteFile, StoreError, Writer};
 pub use meta::JobMeta;
 pub use peers::{PeerRegistry, RESUME_WINDOW_S};
-pub use replicated_peers::{ReplicatedPeers, kv_bucket};
+pub use replicated_meta::ReplicatedMeta;
+pub use replicated_peers::ReplicatedPeers;
 pub use snapshots::Snapshots;
 
 use std::path::Path;

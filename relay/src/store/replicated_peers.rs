@@ -8,48 +8,14 @@
 //! when it was quarantined (if it is).
 
 use super::StoreError;
-use async_nats::jetstream::{self, kv, stream};
+use super::bucket::{PATIENCE, kv_bucket, patiently};
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use protocol::PeerId;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::Mutex;
-
-/// A key-value bucket, made as the stream one is (`KV_<bucket>`, one value a key, roll-ups
-/// allowed) if missing. Not through the client's bucket creation: that first reads account
-/// details in a shape the 2.9 server does not send. `max_age` zero: values never expire.
-pub async fn kv_bucket(
-    jetstream: &jetstream::Context,
-    bucket: &str,
-    replicas: usize,
-    max_age: Duration,
-) -> Result<kv::Store, async_nats::Error> {
-    jetstream
-        .get_or_create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age,
-            duplicate_window: if max_age.is_zero() {
-                Duration::from_secs(120)
-            } else {
-                max_age.min(Duration::from_secs(120))
-            },
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await?;
-    Ok(jetstream.get_key_value(bucket).await?)
-}
-
-/// How long the registry keeps trying while the cluster does not answer.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 /// One peer's entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +82,10 @@ impl ReplicatedPeers {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             match ReplicatedPeers::open_once(jetstream, bucket, replicas).await {
-                Err(e) if tokio::time::Instant::now() < deadline => {
+                // A refusal (a bucket made with other replicas) is not retried.
+                Err(e @ StoreError::Replicated { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
                     tracing::warn!("{e}; trying again");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
@@ -134,9 +103,10 @@ impl ReplicatedPeers {
             bucket: bucket.to_string(),
             what: e.to_string(),
         };
-        let store = kv_bucket(jetstream, bucket, replicas, Duration::ZERO)
-            .await
-            .map_err(failed)?;
+        let store = crate::log::jetstream::patiently(|| {
+            kv_bucket(jetstream, bucket, replicas, Duration::ZERO)
+        })
+        .await?;
         // Every value, read as the bucket's stream holds them (one message a key), through
         // an ordered pull consumer that notices a lost server in seconds.
         let mut entries = BTreeMap::new();
@@ -210,23 +180,11 @@ impl ReplicatedPeers {
         id: u32,
         entry: Entry,
     ) -> Result<(), StoreError> {
-        // Through an election or a server restart: a put is idempotent, so retry a while.
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            match self.store.put(format!("p{id}"), entry.encode()).await {
-                Ok(_) => break,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!("writing peer {id} to {}: {e}; trying again", self.bucket);
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => {
-                    return Err(StoreError::Replicated {
-                        bucket: self.bucket.clone(),
-                        what: e.to_string(),
-                    });
-                }
-            }
-        }
+        let value = entry.encode();
+        patiently(&self.bucket, &format!("writing peer {id}"), || {
+            self.store.put(format!("p{id}"), value.clone())
+        })
+        .await?;
         entries.insert(id, entry);
         Ok(())
     }

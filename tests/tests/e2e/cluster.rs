@@ -278,4 +278,73 @@ async fn a_standby_sequencer_takes_over_when_the_active_one_is_killed() {
         }
         other => panic!("the peer could not resume its id after the takeover: {other:?}"),
     }
+    drop(socket);
+
+    // The host's pause outlives a takeover: the next sequencer reads it from JetStream.
+    assert_eq!(
+        edges[0]
+            .admin_post("/api/admin/pause", ADMIN)
+            .await
+            .unwrap(),
+        200
+    );
+    edges[1]
+        .wait_for_status(e2e::WAIT, "the pause", |s| s["paused"] == true)
+        .await
+        .unwrap();
+    let third = SequencerProcess::start(&dir.path().join("s3.db"), &cluster).unwrap();
+    candidates[1 - active].kill();
+    let deadline = tokio::time::Instant::now() + e2e::WAIT;
+    loop {
+        let now = relay::cluster::lease::holder(&connection, &names, 3)
+            .await
+            .unwrap();
+        if now.is_some_and(|h| h.starts_with(&format!("pid {} ", third.pid()))) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no third sequencer");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A contribution now, at the head, is refused as paused. Until the edges hear the new
+    // sequencer, a join may be closed (1001) or go unanswered: try again.
+    let head = edges[1].status().await.unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    let verdict = async {
+        loop {
+            let attempt = async {
+                let mut peer = RawPeer::join(&edges[1].ws_url(), job.id, "").await.ok()?;
+                while peer.cursor.version().0 < head {
+                    if !peer.pump().await.ok()? {
+                        return None;
+                    }
+                }
+                peer.contribute(0).await.ok()?;
+                loop {
+                    match e2e::raw::receive(&mut peer.socket).await {
+                        e2e::raw::Received::Message(protocol::Message::Rejected {
+                            reason, ..
+                        }) => return Some(Some(reason)),
+                        e2e::raw::Received::Message(protocol::Message::Accepted { .. }) => {
+                            return Some(None);
+                        }
+                        e2e::raw::Received::Message(_) => {}
+                        _ => return None,
+                    }
+                }
+            };
+            let timeout = std::time::Duration::from_secs(10);
+            if let Ok(Some(verdict)) = tokio::time::timeout(timeout, attempt).await {
+                return verdict;
+            }
+        }
+    };
+    let verdict = tokio::time::timeout(e2e::WAIT, verdict)
+        .await
+        .expect("a peer joins the third sequencer's job");
+    assert_eq!(
+        verdict,
+        Some(protocol::RejectReason::Paused),
+        "the job stays paused after the takeover"
+    );
 }

@@ -78,6 +78,22 @@ async fn one_order_on_jetstream_a_writer_behind_the_head_is_refused() {
     assert_eq!(seen, entries(0, 5).to_vec());
     wait_head(&first, Version(5)).await;
     assert_eq!(first.read(Version(0), Version(5)).await.unwrap(), seen);
+
+    // A process asking other replicas of the same stream is refused, not served silently.
+    let other = LogStore::jetstream(&place(&nats, 7, 2).await).await.err();
+    assert!(
+        matches!(
+            other,
+            Some(LogStoreError::Jetstream(
+                jetstream::JetstreamError::Replicas {
+                    has: 1,
+                    asked: 2,
+                    ..
+                }
+            ))
+        ),
+        "{other:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
