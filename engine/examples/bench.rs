@@ -27,6 +27,8 @@ fn time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> Duration {
 fn main() {
     // As the worker runs (`onebyte`): freed tensors stay in the process for reuse.
     engine::host_memory::keep_freed_memory();
+    // First, while the process holds nothing else: its peak memory is the step's.
+    gpt2_small_step_figures();
     let job = Arc::new(Job::demo());
     let d = job.model.layout().d();
     let batch_size = job.hyper().batch_size;
@@ -335,6 +337,75 @@ fn apply_256(replica: &mut Replica) -> f64 {
         black_box(block_on(replica.weight_hash()).unwrap());
     });
     d * 256.0 / t.as_secs_f64()
+}
+
+/// Resident memory of this process (`VmRSS`) and its peak (`VmHWM`), in bytes (Linux).
+fn resident() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// One CPU peer on the GPT-2-small shape (12 layers, width 768, 12 heads, 50 257 tokens,
+/// random weights from the seed), batch 4 × 32 tokens: forward, ZO step, applying one entry,
+/// and the peak resident memory of the process against θ's bytes (each perturbed tensor is
+/// made as the pass reads it).
+fn gpt2_small_step_figures() {
+    let job = Arc::new(
+        Job::from_toml(
+            "[job]\nname = \"bench-gpt2-small-step\"\n[model]\nkind = \"transformer\"\n\
+             layers = 12\nwidth = 768\nheads = 12\ncontext = 32\n[task]\nfeatures = 32\n\
+             classes = 50257\ndataset = \"tales\"\n[hyper]\nbatch_size = 4\n",
+        )
+        .unwrap(),
+    );
+    let d = job.model.layout().d();
+    let before = resident().map_or(0, |(rss, _)| rss);
+    let mut replica = Replica::new(job.clone(), cpu_device());
+    let batch = engine::Split {
+        features: 32,
+        x: (0..4 * 32).map(|i| ((i * 7919) % 50257) as f32).collect(),
+        y: (0..4).map(|i| (i * 104_729) % 50257).collect(),
+    };
+    let forward = time(3, 1, |_| {
+        black_box(block_on(replica.batch_loss(&batch)).unwrap());
+    });
+    let step = time(3, 1, |i| {
+        black_box(block_on(replica.propose(PeerId(0), Counter(i as u64), &batch)).unwrap());
+    });
+    let apply = time(3, 1, |i| {
+        replica.apply(&[LogEntry {
+            peer: PeerId(1),
+            counter: Counter(i as u64),
+            byte: 0x21,
+        }]);
+    });
+    let ms = |t: Duration| t.as_secs_f64() * 1e3;
+    println!("GPT-2-small shape on the CPU, d = {d}, batch 4 × 32 tokens");
+    println!(
+        "  forward pass                        {:>9.0} ms",
+        ms(forward)
+    );
+    println!("  ZO step (propose: 2 perturbed fwd)  {:>9.0} ms", ms(step));
+    println!(
+        "  apply one log entry                 {:>9.0} ms   ({:.2e} params/s)",
+        ms(apply),
+        d as f64 / apply.as_secs_f64()
+    );
+    if let Some((_, peak)) = resident() {
+        let theta = (d * size_of::<f32>()) as f64;
+        println!(
+            "  peak resident memory                {:>9.0} MB   ({:.2}× θ's {:.0} MB; goal ≤ 1.3× + activations)",
+            (peak - before) as f64 / 1e6,
+            (peak - before) as f64 / theta,
+            theta / 1e6
+        );
+    }
+    println!();
 }
 
 /// Parameters × entries per second when applying batches of 1, 16 and 256 entries.

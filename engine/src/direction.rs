@@ -43,7 +43,7 @@ pub fn flush_subnormal(x: f32) -> f32 {
 }
 
 /// Calls `f(i, z_i)` for every parameter `i < d` of the direction, in order.
-#[inline(always)]
+#[cfg(test)]
 fn for_each_sign(seed: &DirectionSeed, d: usize, mut f: impl FnMut(usize, f32)) {
     let mut rng = direction_rng(seed);
     let mut i = 0;
@@ -59,8 +59,58 @@ fn for_each_sign(seed: &DirectionSeed, d: usize, mut f: impl FnMut(usize, f32)) 
 
 /// `out = θ + scale·z`, leaving `θ` untouched.
 pub fn perturb_into(theta: &[f32], seed: &DirectionSeed, scale: f32, out: &mut [f32]) {
-    assert_eq!(theta.len(), out.len(), "scratch buffer must match θ");
-    for_each_sign(seed, theta.len(), |i, z| out[i] = theta[i] + scale * z);
+    perturb_part_into(theta, 0, seed, scale, out);
+}
+
+/// `out = part + scale·z[first..]`, where `part` is θ from parameter `first` on: one tensor's
+/// perturbed copy, made alone (the same bits as that slice of [`perturb_into`]'s). Natively
+/// the part goes to every core in blocks.
+pub fn perturb_part_into(
+    part: &[f32],
+    first: usize,
+    seed: &DirectionSeed,
+    scale: f32,
+    out: &mut [f32],
+) {
+    assert_eq!(part.len(), out.len(), "scratch buffer must match the part");
+    // Pieces that start on a block of θ (the first may start inside one).
+    let head = ((BLOCK - first % BLOCK) % BLOCK).min(part.len());
+    perturb_run(&part[..head], first, seed, scale, &mut out[..head]);
+    let (part, out) = (&part[head..], &mut out[head..]);
+    let first = first + head;
+    let piece = |(index, (part, out)): (usize, (&[f32], &mut [f32]))| {
+        perturb_run(part, first + index * BLOCK, seed, scale, out)
+    };
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        part.par_chunks(BLOCK)
+            .zip(out.par_chunks_mut(BLOCK))
+            .enumerate()
+            .for_each(piece);
+    }
+    #[cfg(target_family = "wasm")]
+    part.chunks(BLOCK)
+        .zip(out.chunks_mut(BLOCK))
+        .enumerate()
+        .for_each(piece);
+}
+
+/// [`perturb_part_into`] on one core.
+fn perturb_run(part: &[f32], first: usize, seed: &DirectionSeed, scale: f32, out: &mut [f32]) {
+    let mut rng = direction_rng(seed);
+    rng.set_word_pos((first / 32) as u128);
+    let mut bit = first % 32;
+    let mut i = 0;
+    while i < part.len() {
+        let word = rng.next_u32();
+        let end = (i + 32 - bit).min(part.len());
+        for (b, idx) in (bit..).zip(i..end) {
+            out[idx] = part[idx] + scale * sign_of_bit(word, b as u32);
+        }
+        bit = 0;
+        i = end;
+    }
 }
 
 /// `θ ← θ + c·z`, in place, with subnormals flushed.
@@ -167,6 +217,26 @@ mod tests {
         assert!((4_700..5_300).contains(&plus), "{plus} of {d} are +1");
         for i in [0usize, 31, 32, 33, 999, 9_999] {
             assert_eq!(theta[i], sign_at(&s, i as u64));
+        }
+    }
+
+    #[test]
+    fn a_part_perturbed_alone_equals_that_slice_of_the_whole() {
+        let s = seed(5);
+        let d = 2 * BLOCK + 77;
+        let theta: Vec<f32> = (0..d).map(|i| (i as f32 * 0.13).cos()).collect();
+        let mut whole = vec![0.0; d];
+        perturb_into(&theta, &s, 1e-3, &mut whole);
+        for (first, len) in [
+            (0, d),
+            (5, 40),
+            (31, 1),
+            (BLOCK - 3, BLOCK + 9),
+            (d - 17, 17),
+        ] {
+            let mut part = vec![0.0; len];
+            perturb_part_into(&theta[first..first + len], first, &s, 1e-3, &mut part);
+            assert_eq!(part, whole[first..first + len], "from {first}, {len} long");
         }
     }
 

@@ -680,7 +680,8 @@ impl Job {
         let base = self.base_weights();
         let plan = self.model.plan();
         if !plan.freezes() {
-            return base.to_vec();
+            // Generated weights are this call's own: θ takes them without a copy.
+            return std::sync::Arc::try_unwrap(base).unwrap_or_else(|kept| kept.to_vec());
         }
         let key = protocol::seed::init_key(self.id, self.config.job.init_seed);
         let adapter_key: [u8; 32] = Sha256::new()

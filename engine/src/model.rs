@@ -236,6 +236,30 @@ impl Model {
         }
     }
 
+    /// The tensors of a pass whose trained tensors are made from θ on the host as the pass
+    /// reads them, one `[lanes, len]` per tensor: `θ + scale·z(seed)` for each lane. `inputs`
+    /// are the pass's inputs on the host (a table's rows are made only for the codes read).
+    pub fn weights_perturbed<'a>(
+        &'a self,
+        theta: &'a [f32],
+        lanes: &'a [(protocol::DirectionSeed, f32)],
+        frozen: &'a Frozen,
+        device: &'a burn::tensor::Device,
+        inputs: &'a [f32],
+    ) -> Weights<'a> {
+        Weights {
+            trained: Trained::Perturbed {
+                layout: &self.layout,
+                theta,
+                lanes,
+                device,
+                inputs,
+            },
+            frozen,
+            lora_scale: self.lora_scale(),
+        }
+    }
+
     /// The scale of a LoRA layer's adapted product (0 without adapters).
     pub fn lora_scale(&self) -> f32 {
         match self.plan {
@@ -377,22 +401,24 @@ impl Model {
 
     /// [`Model::forward_lanes`] over weights however held.
     pub fn forward_weights(&self, weights: &Weights, x: Tensor<2>) -> Tensor<3> {
-        let readout = self.readout.as_ref().map(|tokens| {
-            let ids = tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>();
-            Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &weights.device())
-        });
+        let readout = || {
+            self.readout.as_ref().map(|tokens| {
+                let ids = tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>();
+                Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &weights.device())
+            })
+        };
         let lanes = weights.lanes();
         let [batch, features] = x.dims();
         // The transformer reads out inside (over the label words' rows alone); the others
         // select their logits after.
         let (logits, readout) = match &self.architecture {
             Architecture::Transformer(dims) => (
-                crate::transformer::last_logits(dims, weights, x, readout),
+                crate::transformer::last_logits(dims, weights, x, self.readout.as_deref()),
                 None,
             ),
             Architecture::Mlp { widths, activation } => {
                 let h = x.unsqueeze::<3>().expand([lanes, batch, features]);
-                (mlp(weights, h, widths, *activation), readout)
+                (mlp(weights, h, widths, *activation), readout())
             }
             Architecture::CharLm {
                 vocabulary,
@@ -400,12 +426,11 @@ impl Model {
                 widths,
                 activation,
             } => {
-                let table = weights.matrix("embedding", *vocabulary, *width);
-                let table_lanes = table.dims()[0];
                 let codes = x.reshape([batch * features]).int();
-                let rows = table.select(1, codes);
+                let rows = weights.embedding("embedding", *vocabulary, *width, codes);
+                let table_lanes = rows.dims()[0];
                 let h = rows.reshape([table_lanes, batch, features * width]);
-                (mlp(weights, h, widths, *activation), readout)
+                (mlp(weights, h, widths, *activation), readout())
             }
         };
         let logits = match readout {

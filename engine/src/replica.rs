@@ -4,7 +4,7 @@
 //! passes run on whichever burn `Device` the replica was given.
 
 use crate::data::Split;
-use crate::direction::{apply_updates, perturb_into};
+use crate::direction::apply_updates;
 use crate::hash::weight_hash;
 use crate::job::Job;
 use crate::model::{lane_losses, lane_private_estimates};
@@ -23,6 +23,9 @@ pub const MAX_LANE_BYTES: usize = 128 << 20;
 /// grow with its input, and a whole test split in one pass (12 000 windows of 32 bytes for the
 /// tiny LM job) can exhaust a browser tab's memory; the point sets fit in one pass.
 const EVAL_VALUES_PER_PASS: usize = 16_384;
+
+/// A lane of θ itself (no direction is drawn for a scale of 0).
+const UNPERTURBED: (DirectionSeed, f32) = (DirectionSeed([0; 32]), 0.0);
 
 /// A failure inside the engine.
 #[derive(Debug, Error)]
@@ -197,9 +200,16 @@ impl Replica {
     }
 
     /// The most directions one forward pass evaluates for this model: two perturbed copies
-    /// each, within [`MAX_LANE_BYTES`].
+    /// each, within [`MAX_LANE_BYTES`]: copies of θ on a GPU, copies of the largest tensor where
+    /// θ is on the host (each tensor's copies are made as the pass reads it).
     pub fn max_lanes(&self) -> usize {
-        let copy = 2 * self.job.model.layout().d() * size_of::<f32>();
+        let layout = self.job.model.layout();
+        let copied = match self.store {
+            WeightStore::Host { .. } => layout.params().iter().map(|p| p.len()).max(),
+            #[cfg(feature = "wgpu")]
+            WeightStore::Gpu(_) => None,
+        };
+        let copy = 2 * copied.unwrap_or(layout.d()).max(1) * size_of::<f32>();
         (MAX_LANE_BYTES / copy).max(1)
     }
 
@@ -287,7 +297,7 @@ impl Replica {
         batch: &Split,
     ) -> Result<Vec<Proposal>, EngineError> {
         let eps = self.job.hyper().epsilon;
-        let (x, targets) = self.batch_tensors(batch)?;
+        let targets = self.targets(batch)?;
         let mut proposals = Vec::with_capacity(counters.len());
         for chunk in counters.chunks(self.max_lanes()) {
             let lanes: Vec<(DirectionSeed, f32)> = chunk
@@ -297,11 +307,7 @@ impl Replica {
                     [(seed, eps), (seed, -eps)]
                 })
                 .collect();
-            let thetas = self.perturbed(&lanes);
-            let logits = self
-                .job
-                .model
-                .forward_lanes(&thetas, &self.frozen, x.clone());
+            let logits = self.forward_lanes(&lanes, &batch.x);
             // A private job's estimate is the mean of clipped per-example differences (the
             // session adds the noise); otherwise the difference of the mean losses.
             let (losses, clipped) = match self.job.privacy() {
@@ -338,18 +344,15 @@ impl Replica {
         batch: &Split,
         copies: usize,
     ) -> Result<Vec<f32>, EngineError> {
-        let (x, targets) = self.batch_tensors(batch)?;
-        let d = self.job.model.layout().d();
-        let thetas = self.theta_tensor().reshape([1, d]).repeat_dim(0, copies);
-        let logits = self.job.model.forward_lanes(&thetas, &self.frozen, x);
+        let targets = self.targets(batch)?;
+        let logits = self.forward_lanes(&vec![UNPERTURBED; copies], &batch.x);
         self.read(lane_losses(logits, &targets)).await
     }
 
     /// Mean cross-entropy of the current (unperturbed) weights on `batch`: one forward pass.
     pub async fn batch_loss(&self, batch: &Split) -> Result<f32, EngineError> {
-        let (x, targets) = self.batch_tensors(batch)?;
-        let theta = self.theta_tensor();
-        let logits = self.job.model.forward(&theta, &self.frozen, x);
+        let targets = self.targets(batch)?;
+        let logits = self.forward(&batch.x);
         Ok(self
             .read(cross_entropy_with_logits(logits, targets))
             .await?[0])
@@ -361,12 +364,11 @@ impl Replica {
             return Err(EngineError::EmptyBatch);
         }
         let rows_per_pass = (EVAL_VALUES_PER_PASS / split.features.max(1)).max(1);
-        let theta = self.theta_tensor();
         let (mut loss_sum, mut correct) = (0.0f64, 0.0f64);
         for start in (0..split.len()).step_by(rows_per_pass) {
             let part = split.rows(start..(start + rows_per_pass).min(split.len()));
-            let (x, targets) = self.batch_tensors(&part)?;
-            let logits = self.job.model.forward(&theta, &self.frozen, x);
+            let targets = self.targets(&part)?;
+            let logits = self.forward(&part.x);
             let loss = cross_entropy_with_logits(logits.clone(), targets);
             let predicted = logits.argmax(1).reshape([part.len()]);
             let labels = Tensor::<1, Int>::from_data(
@@ -399,13 +401,7 @@ impl Replica {
             });
         }
         let rows = x.len() / features;
-        let input =
-            Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, features]), &self.device);
-        let theta = self.theta_tensor();
-        let probs = burn::tensor::activation::softmax(
-            self.job.model.forward(&theta, &self.frozen, input),
-            1,
-        );
+        let probs = burn::tensor::activation::softmax(self.forward(x), 1);
         self.read(probs.reshape([rows * self.job.model.classes()]))
             .await
     }
@@ -442,13 +438,11 @@ impl Replica {
         use rand_core::{RngCore, SeedableRng};
         let model = &self.job.model;
         let (context, classes) = (model.features(), model.classes());
-        let theta = self.theta_tensor();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut tokens = prompt.to_vec();
         for _ in 0..len {
             let row = crate::text::context_of(&tokens, context, pad);
-            let input = Tensor::<2>::from_data(TensorData::new(row, [1, context]), &self.device);
-            let logits = model.forward(&theta, &self.frozen, input);
+            let logits = self.forward(&row);
             let probs = self
                 .read(burn::tensor::activation::softmax(logits, 1).reshape([classes]))
                 .await?;
@@ -466,39 +460,44 @@ impl Replica {
         Ok(tokens.split_off(prompt.len()))
     }
 
-    /// `θ + scale·z(seed)` for each lane, as a `lanes × d` tensor on the replica's device; θ
-    /// itself is not touched. On the GPU the copies are made there and never leave it.
-    fn perturbed(&self, lanes: &[(DirectionSeed, f32)]) -> Tensor<2> {
+    /// Logits `[lanes, batch, classes]` on `x` of `θ + scale·z(seed)` for each lane; θ itself
+    /// is not touched. On the host each tensor's copies are made as the pass reads it; on the
+    /// GPU the copies of θ are made there and never leave it.
+    fn forward_lanes(&self, lanes: &[(DirectionSeed, f32)], inputs: &[f32]) -> Tensor<3> {
+        let model = &self.job.model;
+        let features = model.features();
+        let x = Tensor::from_data(
+            TensorData::new(inputs.to_vec(), [inputs.len() / features, features]),
+            &self.device,
+        );
         match &self.store {
             WeightStore::Host { theta } => {
-                let d = theta.len();
-                let mut copies = vec![0.0f32; lanes.len() * d];
-                for ((seed, scale), out) in lanes.iter().zip(copies.chunks_exact_mut(d)) {
-                    perturb_into(theta, seed, *scale, out);
-                }
-                Tensor::from_data(TensorData::new(copies, [lanes.len(), d]), &self.device)
+                let weights =
+                    model.weights_perturbed(theta, lanes, &self.frozen, &self.device, inputs);
+                model.forward_weights(&weights, x)
             }
             #[cfg(feature = "wgpu")]
-            WeightStore::Gpu(gpu) => gpu.perturbed(lanes),
+            WeightStore::Gpu(gpu) => {
+                let thetas = if lanes.iter().all(|(_, scale)| *scale == 0.0) {
+                    let d = model.layout().d();
+                    gpu.tensor().reshape([1, d]).repeat_dim(0, lanes.len())
+                } else {
+                    gpu.perturbed(lanes)
+                };
+                model.forward_lanes(&thetas, &self.frozen, x)
+            }
         }
     }
 
-    /// θ as a tensor on the replica's device (on the GPU: θ's own buffer, no copy).
-    fn theta_tensor(&self) -> Tensor<1> {
-        match &self.store {
-            WeightStore::Host { theta } => self.tensor_1d(theta.clone()),
-            #[cfg(feature = "wgpu")]
-            WeightStore::Gpu(gpu) => gpu.tensor(),
-        }
+    /// Logits `[batch, classes]` of θ itself on `x`.
+    fn forward(&self, inputs: &[f32]) -> Tensor<2> {
+        let batch = inputs.len() / self.job.model.features();
+        self.forward_lanes(&[UNPERTURBED], inputs)
+            .reshape([batch, self.job.model.classes()])
     }
 
-    fn tensor_1d(&self, values: Vec<f32>) -> Tensor<1> {
-        let n = values.len();
-        Tensor::from_data(TensorData::new(values, [n]), &self.device)
-    }
-
-    /// Inputs and one-hot targets on the device.
-    fn batch_tensors(&self, batch: &Split) -> Result<(Tensor<2>, Tensor<2>), EngineError> {
+    /// One-hot targets of a batch the model can read, on the device.
+    fn targets(&self, batch: &Split) -> Result<Tensor<2>, EngineError> {
         let model = &self.job.model;
         check_batch(model, batch)?;
         let classes = model.classes();
@@ -509,15 +508,10 @@ impl Replica {
             }
             onehot[row * classes + y as usize] = 1.0;
         }
-        let x = Tensor::from_data(
-            TensorData::new(batch.x.clone(), [batch.len(), batch.features]),
-            &self.device,
-        );
-        let t = Tensor::from_data(
+        Ok(Tensor::from_data(
             TensorData::new(onehot, [batch.len(), classes]),
             &self.device,
-        );
-        Ok((x, t))
+        ))
     }
 }
 
@@ -542,6 +536,74 @@ mod tests {
     use super::*;
     use crate::text::{Corpus, corpus_dataset};
     use crate::{block_on, cpu_device};
+
+    /// The full-copy path: `lanes × d` perturbed copies of θ, then one pass over them.
+    fn full_copy_losses(
+        replica: &Replica,
+        lanes: &[(DirectionSeed, f32)],
+        batch: &Split,
+    ) -> Vec<f32> {
+        let theta = block_on(replica.read_weights()).unwrap();
+        let d = theta.len();
+        let mut copies = vec![0.0f32; lanes.len() * d];
+        for ((seed, scale), out) in lanes.iter().zip(copies.chunks_exact_mut(d)) {
+            crate::direction::perturb_into(&theta, seed, *scale, out);
+        }
+        let thetas = Tensor::from_data(TensorData::new(copies, [lanes.len(), d]), replica.device());
+        let targets = replica.targets(batch).unwrap();
+        let x = Tensor::from_data(
+            TensorData::new(batch.x.clone(), [batch.len(), batch.features]),
+            replica.device(),
+        );
+        let logits = replica
+            .job
+            .model
+            .forward_lanes(&thetas, replica.frozen(), x);
+        block_on(replica.read(lane_losses(logits, &targets))).unwrap()
+    }
+
+    #[test]
+    fn perturbed_tensors_made_on_the_fly_give_the_full_copy_losses_and_hold_a_layer_at_a_time() {
+        let job = Arc::new(Job::tiny_lm());
+        let mut replica = Replica::new(job.clone(), cpu_device());
+        // Away from the initial weights, so every tensor's values are θ's own.
+        replica.apply_steps(&[(replica.seed(PeerId(1), Counter(0)), 0.01)]);
+        let batch = corpus_dataset(Corpus::Tales, 32, 1).train.rows(0..8);
+        let (peer, counters) = (PeerId(4), [Counter(0), Counter(1), Counter(2)]);
+        let made_before = crate::weights::PerturbedMade::so_far();
+        let proposals = block_on(replica.propose_lanes(peer, &counters, &batch)).unwrap();
+        let made = crate::weights::PerturbedMade::so_far();
+
+        let eps = job.hyper().epsilon;
+        let lanes: Vec<_> = counters
+            .iter()
+            .flat_map(|&c| [(replica.seed(peer, c), eps), (replica.seed(peer, c), -eps)])
+            .collect();
+        let losses = full_copy_losses(&replica, &lanes, &batch);
+        for (p, pair) in proposals.iter().zip(losses.chunks_exact(2)) {
+            assert_eq!(
+                (p.loss_plus.to_bits(), p.loss_minus.to_bits()),
+                (pair[0].to_bits(), pair[1].to_bits()),
+                "{p:?} against {pair:?}"
+            );
+        }
+
+        // At most one tensor's 2K copies at once, never a copy of θ per lane.
+        let layout = job.model.layout();
+        let d = layout.d();
+        let largest_tensor = layout.params().iter().map(|p| p.len()).max().unwrap();
+        assert!(largest_tensor * 4 < d, "the bound below means something");
+        assert!(
+            made.largest <= lanes.len() * largest_tensor * size_of::<f32>(),
+            "{made:?}"
+        );
+        // Each tensor once a step; the token table twice (embedding, then readout).
+        let wte = layout.get("wte.weight").unwrap().len();
+        assert!(
+            made.bytes - made_before.bytes <= lanes.len() * (d + wte) * size_of::<f32>(),
+            "{made:?}"
+        );
+    }
 
     #[test]
     fn evaluation_in_passes_is_the_row_weighted_mean() {

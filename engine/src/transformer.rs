@@ -11,7 +11,7 @@
 
 use crate::layout::ParamLayout;
 use crate::weights::Weights;
-use burn::tensor::{Int, Tensor, TensorData, activation};
+use burn::tensor::{Tensor, TensorData, activation};
 use serde::{Deserialize, Serialize};
 
 /// GPT-2's LayerNorm epsilon.
@@ -110,7 +110,7 @@ pub fn last_logits(
     dims: &Dims,
     weights: &Weights,
     tokens: Tensor<2>,
-    readout: Option<Tensor<1, Int>>,
+    readout: Option<&[u32]>,
 ) -> Tensor<3> {
     let [batch, t] = tokens.dims();
     let h = hidden(dims, weights, tokens);
@@ -128,33 +128,47 @@ pub fn all_logits(dims: &Dims, weights: &Weights, tokens: Tensor<2>) -> Tensor<3
     tied_output(dims, weights, h, None)
 }
 
+/// Rows of the token embedding the output takes at once where the tensors are made as the
+/// pass reads them: GPT-2's 50 257 × 768 table would otherwise be made whole for every lane
+/// (154 MB each), the largest tensor of the model by far.
+const OUTPUT_ROWS_AT_ONCE: usize = 4096;
+
 /// Final LayerNorm, then the product with the token embedding: `[lanes, n, width] → [lanes, n,
 /// vocab]`, or with the `readout` tokens' rows of it only.
-fn tied_output(
-    dims: &Dims,
-    params: &Weights,
-    h: Tensor<3>,
-    readout: Option<Tensor<1, Int>>,
-) -> Tensor<3> {
+fn tied_output(dims: &Dims, params: &Weights, h: Tensor<3>, readout: Option<&[u32]>) -> Tensor<3> {
     let w = dims.width;
     let h = layer_norm(
         h,
         params.vector("ln_f.weight", w),
         params.vector("ln_f.bias", w),
     );
-    let mut wte = params.matrix("wte.weight", dims.vocab, w);
-    if let Some(rows) = readout {
-        wte = wte.select(1, rows);
-    }
     let [lanes, n, _] = h.dims();
-    let [table_lanes, outputs, _] = wte.dims();
-    match (lanes, table_lanes) {
-        // A frozen embedding under many lanes: one product over every lane's rows.
-        (lanes, 1) if lanes > 1 => h
-            .reshape([1, lanes * n, w])
-            .matmul(wte.swap_dims(1, 2))
-            .reshape([lanes, n, outputs]),
-        _ => h.matmul(wte.swap_dims(1, 2)),
+    let times = |table: Tensor<3>| {
+        let [table_lanes, outputs, _] = table.dims();
+        match (lanes, table_lanes) {
+            // A frozen embedding under many lanes: one product over every lane's rows.
+            (lanes, 1) if lanes > 1 => h
+                .clone()
+                .reshape([1, lanes * n, w])
+                .matmul(table.swap_dims(1, 2))
+                .reshape([lanes, n, outputs]),
+            _ => h.clone().matmul(table.swap_dims(1, 2)),
+        }
+    };
+    let table = "wte.weight";
+    match readout {
+        Some(ids) => times(params.rows_of(table, dims.vocab, w, ids)),
+        None if params.made_on_the_fly() && dims.vocab > OUTPUT_ROWS_AT_ONCE => {
+            let parts = (0..dims.vocab)
+                .step_by(OUTPUT_ROWS_AT_ONCE)
+                .map(|start| {
+                    let end = (start + OUTPUT_ROWS_AT_ONCE).min(dims.vocab);
+                    times(params.row_range(table, dims.vocab, w, start..end))
+                })
+                .collect();
+            Tensor::cat(parts, 2)
+        }
+        None => times(params.matrix(table, dims.vocab, w)),
     }
 }
 
@@ -168,8 +182,8 @@ fn hidden(dims: &Dims, params: &Weights, tokens: Tensor<2>) -> Tensor<3> {
     // A frozen tensor has one lane that every lane shares: the stream takes as many lanes as
     // the tensors that made it.
     let codes = tokens.reshape([batch * t]).int();
-    let tok = params.matrix("wte.weight", dims.vocab, w).select(1, codes);
-    let pos = params.matrix("wpe.weight", dims.context, w).narrow(1, 0, t);
+    let tok = params.embedding("wte.weight", dims.vocab, w, codes);
+    let pos = params.row_range("wpe.weight", dims.context, w, 0..t);
     let (tok_lanes, pos_lanes) = (tok.dims()[0], pos.dims()[0]);
     let lanes = tok_lanes.max(pos_lanes);
     let mut h = (tok.reshape([tok_lanes, batch, t, w]) + pos.reshape([pos_lanes, 1, t, w]))

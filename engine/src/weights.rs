@@ -4,10 +4,45 @@
 //! Every tensor comes with a leading lane dimension: `lanes` for a trained tensor, 1 for a
 //! frozen one, which broadcasts (every lane shares the base; it is never copied per lane).
 
+use crate::direction::perturb_part_into;
 use crate::layout::ParamLayout;
 use crate::trained::{lora_a, lora_b};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use protocol::DirectionSeed;
+use std::cell::Cell;
 use std::collections::HashMap;
+
+thread_local! {
+    /// What [`Trained::Perturbed`] has made on this thread.
+    static MADE: Cell<PerturbedMade> = const { Cell::new(PerturbedMade { bytes: 0, largest: 0 }) };
+}
+
+/// The perturbed tensors made on the fly on one thread so far: what the tests that bound a
+/// step's memory read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PerturbedMade {
+    /// Bytes of every tensor made.
+    pub bytes: usize,
+    /// Bytes of the largest one (all its lanes).
+    pub largest: usize,
+}
+
+impl PerturbedMade {
+    /// So far, on this thread.
+    pub fn so_far() -> PerturbedMade {
+        MADE.with(Cell::get)
+    }
+
+    fn add(bytes: usize) {
+        MADE.with(|made| {
+            let was = made.get();
+            made.set(PerturbedMade {
+                bytes: was.bytes + bytes,
+                largest: was.largest.max(bytes),
+            })
+        });
+    }
+}
 
 /// The trained tensors of a pass.
 #[derive(Clone, Copy)]
@@ -26,6 +61,19 @@ pub enum Trained<'a> {
         layout: &'a ParamLayout,
         tensors: &'a [Tensor<2>],
     },
+    /// θ on the host and the lanes' perturbations `(seed, scale)`: each tensor's `[lanes,
+    /// len]` is made from its slice of θ when the pass reads it, and dropped once used, so a
+    /// pass holds one layer's perturbed copies rather than `lanes` copies of θ. A lane of scale
+    /// 0 is θ itself.
+    Perturbed {
+        layout: &'a ParamLayout,
+        theta: &'a [f32],
+        lanes: &'a [(DirectionSeed, f32)],
+        device: &'a Device,
+        /// The pass's inputs as the host holds them: the token codes whose rows of a table
+        /// ([`Weights::embedding`]) are all a pass reads of it.
+        inputs: &'a [f32],
+    },
 }
 
 impl Trained<'_> {
@@ -34,6 +82,7 @@ impl Trained<'_> {
         match self {
             Trained::Flat { thetas, .. } => thetas.dims()[0],
             Trained::Split { tensors, .. } => tensors[0].dims()[0],
+            Trained::Perturbed { lanes, .. } => lanes.len(),
         }
     }
 
@@ -41,13 +90,16 @@ impl Trained<'_> {
         match self {
             Trained::Flat { thetas, .. } => thetas.device(),
             Trained::Split { tensors, .. } => tensors[0].device(),
+            Trained::Perturbed { device, .. } => (*device).clone(),
         }
     }
 
     /// Tensor `name`, `[lanes, len]`, if it trains.
     fn get(&self, name: &str) -> Option<Tensor<2>> {
         let layout = match self {
-            Trained::Flat { layout, .. } | Trained::Split { layout, .. } => layout,
+            Trained::Flat { layout, .. }
+            | Trained::Split { layout, .. }
+            | Trained::Perturbed { layout, .. } => layout,
         };
         let (index, spec) = layout
             .params()
@@ -57,7 +109,51 @@ impl Trained<'_> {
         Some(match self {
             Trained::Flat { thetas, .. } => (*thetas).clone().narrow(1, spec.offset, spec.len()),
             Trained::Split { tensors, .. } => tensors[index].clone(),
+            Trained::Perturbed { .. } => {
+                return self
+                    .perturbed_rows(name, spec.len(), [0])
+                    .map(|t| t.reshape([self.lanes(), spec.len()]));
+            }
         })
+    }
+
+    /// Where the tensors are made as the pass reads them: rows `rows` (each `width` long) of
+    /// tensor `name`, `[lanes, rows, width]`, made alone. `None` if `name` does not train or the
+    /// tensors are not made on the fly.
+    fn perturbed_rows(
+        &self,
+        name: &str,
+        width: usize,
+        rows: impl IntoIterator<Item = usize>,
+    ) -> Option<Tensor<3>> {
+        let Trained::Perturbed {
+            layout,
+            theta,
+            lanes,
+            device,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let spec = layout.get(name)?;
+        let rows: Vec<usize> = rows.into_iter().collect();
+        let per_lane = rows.len() * width;
+        let mut copies = vec![0.0f32; lanes.len() * per_lane];
+        for ((seed, scale), lane) in lanes.iter().zip(copies.chunks_exact_mut(per_lane)) {
+            for (&row, out) in rows.iter().zip(lane.chunks_exact_mut(width)) {
+                let first = spec.offset + row * width;
+                let part = &theta[first..first + width];
+                if *scale == 0.0 {
+                    out.copy_from_slice(part);
+                } else {
+                    perturb_part_into(part, first, seed, *scale, out);
+                }
+            }
+        }
+        PerturbedMade::add(copies.len() * size_of::<f32>());
+        let shape = [lanes.len(), rows.len(), width];
+        Some(Tensor::from_data(TensorData::new(copies, shape), *device))
     }
 }
 
@@ -152,6 +248,60 @@ impl<'a> Weights<'a> {
         let t = self.get(name);
         let lanes = t.dims()[0];
         t.reshape([lanes, rows, cols])
+    }
+
+    /// Whether the trained tensors are made as the pass reads them (so that reading a table
+    /// in parts holds less at once).
+    pub fn made_on_the_fly(&self) -> bool {
+        matches!(self.trained, Trained::Perturbed { .. })
+    }
+
+    /// Rows `codes` of the table `name` (`[rows, width]`), `[lanes or 1, codes, width]`:
+    /// an embedding lookup. `codes` are the pass's inputs, in order; where tensors are made on
+    /// the fly only those rows are.
+    pub fn embedding(
+        &self,
+        name: &str,
+        rows: usize,
+        width: usize,
+        codes: Tensor<1, Int>,
+    ) -> Tensor<3> {
+        if let Trained::Perturbed { inputs, .. } = self.trained {
+            let ids = inputs.iter().map(|&code| code as usize);
+            if let Some(made) = self.trained.perturbed_rows(name, width, ids) {
+                return made;
+            }
+        }
+        self.matrix(name, rows, width).select(1, codes)
+    }
+
+    /// Rows `ids` of the table `name` (`[rows, width]`): `[lanes or 1, ids, width]`.
+    pub fn rows_of(&self, name: &str, rows: usize, width: usize, ids: &[u32]) -> Tensor<3> {
+        if let Some(made) =
+            self.trained
+                .perturbed_rows(name, width, ids.iter().map(|&id| id as usize))
+        {
+            return made;
+        }
+        let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+        let n = ids.len();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device());
+        self.matrix(name, rows, width).select(1, ids)
+    }
+
+    /// Rows `range` of the table `name` (`[rows, width]`): `[lanes or 1, range, width]`.
+    pub fn row_range(
+        &self,
+        name: &str,
+        rows: usize,
+        width: usize,
+        range: std::ops::Range<usize>,
+    ) -> Tensor<3> {
+        if let Some(made) = self.trained.perturbed_rows(name, width, range.clone()) {
+            return made;
+        }
+        self.matrix(name, rows, width)
+            .narrow(1, range.start, range.len())
     }
 
     /// `[lanes or 1, 1, len]`, to broadcast over rows.
