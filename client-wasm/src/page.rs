@@ -18,9 +18,6 @@ const PROGRESS_EVERY_MS: f64 = 250.0;
 /// time: on a slow adapter evaluating the model costs as much as several contributions.
 const MODEL_EVERY_MS: f64 = 1_000.0;
 const MODEL_SHARE: f64 = 0.2;
-/// Most input values (rows × features) of the test split the page evaluates on: all of a
-/// point set's, 4 096 windows of an 8-byte char LM's, 1 024 of the tiny transformer's.
-const EVAL_VALUES: usize = 32_768;
 
 /// Held-out examples a prompt classifier's page shows classified.
 const EXAMPLES: usize = 4;
@@ -86,10 +83,7 @@ impl<'a> Page<'a> {
         let replica = &peer.replica;
         // A bounded slice of the test split: the figure is for a person watching, and a
         // transformer's whole split (12 000 windows) would keep the tab from training for a minute.
-        let rows = (EVAL_VALUES / self.data.features().max(1))
-            .max(1)
-            .min(self.data.test.len());
-        let eval = match replica.evaluate(&self.data.test.rows(0..rows)).await {
+        let eval = match replica.evaluate(&self.data.test.held_out_slice()).await {
             Ok(eval) => eval,
             Err(e) => return crate::console::error(&format!("evaluating the model: {e}")),
         };

@@ -140,7 +140,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let eval = block_on(sim.evaluate(&data.test))?;
+    let held_out = data.test.held_out_slice();
+    let eval = block_on(sim.evaluate(&held_out))?;
     let hashes: Vec<String> = block_on(sim.hashes())?.iter().map(|h| h.to_hex()).collect();
     let traffic = sim.traffic();
     let exchanged = traffic.uplink + traffic.downlink;
@@ -152,9 +153,11 @@ pub fn run(args: Args) -> Result<()> {
         job.model.layout().d()
     );
     println!(
-        "test accuracy {:.2} %, test loss {:.4}",
+        "test accuracy {:.2} %, test loss {:.4} (on {} of {} held-out rows)",
         eval.accuracy * 100.0,
-        eval.loss
+        eval.loss,
+        held_out.len(),
+        data.test.len()
     );
     if job.model.is_language_model() {
         println!(

@@ -367,7 +367,12 @@ async fn report(peer: &Peer, state: &PeerState, traffic: Traffic, started_from: 
     let eval = if peer.data.test.is_empty() {
         None
     } else {
-        Some(state.replica.evaluate(&peer.data.test).await?)
+        Some(
+            state
+                .replica
+                .evaluate(&peer.data.test.held_out_slice())
+                .await?,
+        )
     };
     println!(
         "peer {} at version {}: {} contributions accepted, {} rejected, {} reconnects",
