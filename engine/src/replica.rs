@@ -606,6 +606,49 @@ mod tests {
     }
 
     #[test]
+    fn a_tied_output_made_in_parts_gives_the_full_copy_losses() {
+        // More tokens than the output takes at once: the product with the embedding is made
+        // in parts, each part's rows perturbed alone.
+        let job = Arc::new(
+            Job::from_toml(
+                "[job]\nname = \"wide-vocabulary\"\n[model]\nkind = \"transformer\"\n\
+                 layers = 1\nwidth = 8\nheads = 2\ncontext = 8\n[task]\nfeatures = 8\n\
+                 classes = 9000\ndataset = \"tales\"\n",
+            )
+            .unwrap(),
+        );
+        let mut replica = Replica::new(job.clone(), cpu_device());
+        replica.apply_steps(&[(replica.seed(PeerId(1), Counter(0)), 0.01)]);
+        let batch = corpus_dataset(Corpus::Tales, 8, 1).train.rows(0..4);
+        let counters = [Counter(7), Counter(8)];
+        let proposals = block_on(replica.propose_lanes(PeerId(2), &counters, &batch)).unwrap();
+        let eps = job.hyper().epsilon;
+        let lanes: Vec<_> = counters
+            .iter()
+            .flat_map(|&c| {
+                [
+                    (replica.seed(PeerId(2), c), eps),
+                    (replica.seed(PeerId(2), c), -eps),
+                ]
+            })
+            .collect();
+        let losses = full_copy_losses(&replica, &lanes, &batch);
+        let ours: Vec<f32> = proposals
+            .iter()
+            .flat_map(|p| [p.loss_plus, p.loss_minus])
+            .collect();
+        // Each logit is the same dot product either way (bit for bit on this machine); allow
+        // for a matrix product that orders its sums differently for another shape. The
+        // forward pass need not agree across peers: only the update must.
+        for (a, b) in ours.iter().zip(&losses) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs(),
+                "{ours:?} against {losses:?}"
+            );
+        }
+    }
+
+    #[test]
     fn evaluation_in_passes_is_the_row_weighted_mean() {
         let job = Job::from_toml(
             "[job]\nname = \"eval\"\n[model]\nkind = \"char_lm\"\nembedding = 4\nhidden = [16]\n\
