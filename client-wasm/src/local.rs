@@ -181,8 +181,15 @@ impl LocalSwarm {
     /// Peer 0's model on the test split and over a `size × size` grid.
     pub fn model(&self, size: u32) -> Result<JsValue, JsError> {
         let replica = self.sim.replica(0);
-        let eval =
-            block_on(replica.evaluate(&self.data.test.held_out_slice())).map_err(engine_error)?;
+        let eval = block_on(
+            replica.evaluate(
+                &self
+                    .data
+                    .test
+                    .held_out_slice(replica.job().model.layout().d(), engine::HELD_OUT_VALUES),
+            ),
+        )
+        .map_err(engine_error)?;
         let extent = extent_of(&self.data.train.x);
         let probs = block_on(replica.predict(&grid_points(extent, size))).map_err(engine_error)?;
         to_js(&ModelView {

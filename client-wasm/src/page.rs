@@ -83,7 +83,15 @@ impl<'a> Page<'a> {
         let replica = &peer.replica;
         // A bounded slice of the test split: the figure is for a person watching, and a
         // transformer's whole split (12 000 windows) would keep the tab from training for a minute.
-        let eval = match replica.evaluate(&self.data.test.held_out_slice()).await {
+        let eval = match replica
+            .evaluate(
+                &self
+                    .data
+                    .test
+                    .held_out_slice(self.job.model.layout().d(), engine::HELD_OUT_VALUES),
+            )
+            .await
+        {
             Ok(eval) => eval,
             Err(e) => return crate::console::error(&format!("evaluating the model: {e}")),
         };

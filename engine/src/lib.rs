@@ -38,7 +38,7 @@ pub mod transformer;
 pub mod weights;
 
 pub use data::{BatchSampler, Builtin, DataSource, Dataset, Split};
-pub use dataset::HELD_OUT_VALUES;
+pub use dataset::{HELD_OUT_VALUES, HELD_OUT_WORK};
 pub use job::{CommitteeSpec, HyperParams, Job, JobConfig};
 pub use model::{Model, ModelSpec};
 pub use replica::{EngineError, Evaluation, Proposal, Replica};

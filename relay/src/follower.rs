@@ -329,12 +329,10 @@ fn held_out(job: &Job) -> Option<Split> {
         }
     };
     match engine::data::for_job(job, &source, None, HELD_OUT_SEED) {
-        Ok(data) => {
-            let rows = (HELD_OUT_VALUES / data.features().max(1))
-                .max(1)
-                .min(data.test.len());
-            (rows > 0).then(|| data.test.rows(0..rows))
-        }
+        Ok(data) => (!data.test.is_empty()).then(|| {
+            data.test
+                .held_out_slice(job.model.layout().d(), HELD_OUT_VALUES)
+        }),
         Err(e) => {
             tracing::warn!("no held-out evaluation: {e}");
             None

@@ -140,7 +140,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let held_out = data.test.held_out_slice();
+    let held_out = data
+        .test
+        .held_out_slice(job.model.layout().d(), engine::HELD_OUT_VALUES);
     let eval = block_on(sim.evaluate(&held_out))?;
     let hashes: Vec<String> = block_on(sim.hashes())?.iter().map(|h| h.to_hex()).collect();
     let traffic = sim.traffic();

@@ -370,7 +370,10 @@ async fn report(peer: &Peer, state: &PeerState, traffic: Traffic, started_from: 
         Some(
             state
                 .replica
-                .evaluate(&peer.data.test.held_out_slice())
+                .evaluate(&peer.data.test.held_out_slice(
+                    state.replica.job().model.layout().d(),
+                    engine::HELD_OUT_VALUES,
+                ))
                 .await?,
         )
     };
