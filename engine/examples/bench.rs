@@ -353,7 +353,8 @@ fn resident() -> Option<(u64, u64)> {
 /// One CPU peer on the GPT-2-small shape (12 layers, width 768, 12 heads, 50 257 tokens,
 /// random weights from the seed), batch 4 × 32 tokens: forward, ZO step, applying one entry,
 /// and the peak resident memory of the process against θ's bytes (each perturbed tensor is
-/// made as the pass reads it).
+/// made as the pass reads it); beside them PyTorch's forward and MeZO step where torch
+/// imports (our step is compared with the apply included, as MeZO's includes its update).
 fn gpt2_small_step_figures() {
     let job = Arc::new(
         Job::from_toml(
@@ -396,6 +397,19 @@ fn gpt2_small_step_figures() {
         ms(apply),
         d as f64 / apply.as_secs_f64()
     );
+    match torch_zo_seconds() {
+        Some((torch_forward, torch_step)) => {
+            println!(
+                "  PyTorch (same cores): forward {:.0} ms, MeZO step {:.0} ms; forward throughput \
+                 ours/PyTorch {:.2} (goal ≥ 0.5), step {:.2}× PyTorch's (goal ≥ 2)",
+                torch_forward * 1e3,
+                torch_step * 1e3,
+                torch_forward / forward.as_secs_f64(),
+                torch_step / (step + apply).as_secs_f64()
+            );
+        }
+        None => println!("  (no PyTorch figures: python3 cannot import torch here)"),
+    }
     if let Some((_, peak)) = resident() {
         let theta = (d * size_of::<f32>()) as f64;
         println!(
@@ -406,6 +420,25 @@ fn gpt2_small_step_figures() {
         );
     }
     println!();
+}
+
+/// PyTorch's forward pass and MeZO-style step on the GPT-2-small shape, batch 4 × 32, in
+/// seconds (`tests/reference/zo_torch.py`), or `None` where python3 cannot import torch.
+fn torch_zo_seconds() -> Option<(f64, f64)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/zo_torch.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--layers", "12", "--width", "768", "--heads", "12"])
+        .args(["--context", "32", "--vocab", "50257", "--batch", "4"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut figures = text.lines().last()?.split_whitespace();
+    Some((figures.next()?.parse().ok()?, figures.next()?.parse().ok()?))
 }
 
 /// Parameters × entries per second when applying batches of 1, 16 and 256 entries.

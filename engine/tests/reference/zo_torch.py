@@ -1,0 +1,89 @@
+"""PyTorch's forward pass and a MeZO-style zeroth-order step for a GPT-2 configuration, the
+yardstick for one onebyte peer (`Replica::batch_loss`, `Replica::propose`).
+
+The model is pretrain_torch.py's (the architecture of engine/src/transformer.rs). The loss is
+the next-token cross-entropy at each window's last position, as a onebyte language-model job
+reads it. The step is MeZO's: for every parameter draw z ~ N(0, 1) from a seeded generator and
+add εz in place, take the loss, subtract 2εz (z drawn again from the same seed), take the loss,
+add εz back, then subtract lr·g·z. Prints "forward_s step_s" as the last line, each the median
+of a few runs on all of this machine's cores. `cargo xtask bench` runs it where torch is
+installed; nothing in CI needs it.
+
+    python3 zo_torch.py --layers 12 --width 768 --heads 12 --context 32 --vocab 50257 --batch 4
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pretrain_torch import Gpt2  # noqa: E402
+
+
+def last_position_loss(model, tokens, targets):
+    positions = torch.arange(tokens.shape[1])
+    h = model.wte(tokens) + model.wpe(positions)
+    for block in model.blocks:
+        h = block(h)
+    logits = model.ln_f(h[:, -1]) @ model.wte.weight.T
+    return F.cross_entropy(logits, targets)
+
+
+def perturb(params, seed, scale):
+    generator = torch.Generator().manual_seed(seed)
+    for p in params:
+        z = torch.randn(p.shape, generator=generator)
+        p.add_(z, alpha=scale)
+
+
+def median_seconds(f, runs):
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for name in ["layers", "width", "heads", "context", "vocab", "batch"]:
+        p.add_argument(f"--{name}", type=int, required=True)
+    p.add_argument("--runs", type=int, default=3)
+    a = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model = Gpt2(a.layers, a.width, a.heads, a.context, a.vocab)
+    params = [q for q in model.parameters()]
+    tokens = torch.randint(0, a.vocab, (a.batch, a.context))
+    targets = torch.randint(0, a.vocab, (a.batch,))
+    eps, lr = 1e-3, 1e-5
+    seeds = iter(range(1, 1 << 30))
+
+    @torch.no_grad()
+    def forward():
+        last_position_loss(model, tokens, targets).item()
+
+    @torch.no_grad()
+    def step():
+        seed = next(seeds)
+        perturb(params, seed, eps)
+        plus = last_position_loss(model, tokens, targets).item()
+        perturb(params, seed, -2 * eps)
+        minus = last_position_loss(model, tokens, targets).item()
+        perturb(params, seed, eps)
+        g = (plus - minus) / (2 * eps)
+        perturb(params, seed, -lr * g)
+
+    forward()
+    step()
+    print(f"{median_seconds(forward, a.runs)} {median_seconds(step, a.runs)}")
+
+
+if __name__ == "__main__":
+    main()
