@@ -73,6 +73,10 @@ pub fn perturb_part_into(
     out: &mut [f32],
 ) {
     assert_eq!(part.len(), out.len(), "scratch buffer must match the part");
+    if part.len() <= BLOCK {
+        // Not worth sending to other cores.
+        return perturb_run(part, first, seed, scale, out);
+    }
     // Pieces that start on a block of θ (the first may start inside one).
     let head = ((BLOCK - first % BLOCK) % BLOCK).min(part.len());
     perturb_run(&part[..head], first, seed, scale, &mut out[..head]);

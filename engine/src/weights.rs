@@ -138,6 +138,11 @@ impl Trained<'_> {
         };
         let spec = layout.get(name)?;
         let rows: Vec<usize> = rows.into_iter().collect();
+        let held = spec.len() / width;
+        if let Some(row) = rows.iter().find(|&&row| row >= held) {
+            // As a lookup in the whole tensor would: never a row of the tensor after it.
+            panic!("row {row} of `{name}` is outside its {held} rows");
+        }
         let per_lane = rows.len() * width;
         let mut copies = vec![0.0f32; lanes.len() * per_lane];
         for ((seed, scale), lane) in lanes.iter().zip(copies.chunks_exact_mut(per_lane)) {
@@ -266,7 +271,12 @@ impl<'a> Weights<'a> {
         width: usize,
         codes: Tensor<1, Int>,
     ) -> Tensor<3> {
-        if let Trained::Perturbed { inputs, .. } = self.trained {
+        // Rows alone where the batch reads few of a large table (GPT-2's 50 257 tokens); a
+        // small table read all over (a byte model's 256) is made whole: one draw of each
+        // direction word rather than one a row.
+        if let Trained::Perturbed { inputs, .. } = self.trained
+            && inputs.len() * 4 < rows
+        {
             let ids = inputs.iter().map(|&code| code as usize);
             if let Some(made) = self.trained.perturbed_rows(name, width, ids) {
                 return made;
