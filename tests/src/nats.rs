@@ -42,7 +42,39 @@ impl NatsServer {
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         self.child = Some(spawn(&self.config, &self.dir)?);
-        wait_healthy(self.monitor)
+        self.wait_healthy()
+    }
+
+    /// Waits until the server's `/healthz` answers 200: it listens, and its JetStream is ready
+    /// (in a cluster: a meta leader is elected and this server is current with it). A server
+    /// that exits (a port taken) fails at once, with the end of its log.
+    fn wait_healthy(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if healthz(self.monitor).unwrap_or(false) {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                let log = std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!(
+                    "nats-server {} exited ({status}): {}",
+                    self.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "nats-server {} (monitor port {}) was not healthy within 30 s",
+            self.name,
+            self.monitor
+        )
     }
 
     pub fn is_running(&self) -> bool {
@@ -74,7 +106,30 @@ impl Nats {
         Nats::start(n)
     }
 
+    /// Ports are free when drawn but another test's process may take one before a server binds
+    /// it: a start that does not come up healthy is tried again on fresh ports.
     fn start(n: usize) -> Result<Nats> {
+        let mut attempt = 1;
+        loop {
+            match Nats::start_once(n) {
+                Err(e) if attempt < 3 => {
+                    eprintln!("starting {n} nats-server(s), attempt {attempt}: {e:#}; again");
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn start_once(n: usize) -> Result<Nats> {
+        // A cluster name of its own: servers of two tests' clusters never join each other,
+        // whatever ports they were given.
+        static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let cluster = format!(
+            "onebyte-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let dir = tempfile::tempdir()?;
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
@@ -97,7 +152,7 @@ impl Nats {
                     .map(|(_, (_, c, _))| format!("\"nats-route://127.0.0.1:{c}\""))
                     .collect();
                 config.push_str(&format!(
-                    "cluster {{ name: onebyte, host: 127.0.0.1, port: {cluster_port}, \
+                    "cluster {{ name: {cluster}, host: 127.0.0.1, port: {cluster_port}, \
                      routes: [{}] }}\n",
                     routes.join(", ")
                 ));
@@ -114,8 +169,8 @@ impl Nats {
                 child: Some(child),
             });
         }
-        for server in &servers {
-            wait_healthy(server.monitor)?;
+        for server in &mut servers {
+            server.wait_healthy()?;
         }
         Ok(Nats { servers, _dir: dir })
     }
@@ -164,19 +219,6 @@ fn spawn(config: &Path, dir: &Path) -> Result<Child> {
             "could not start nats-server: these tests need NATS's server on the PATH \
              (`cargo xtask test` installs Debian's nats-server)",
         )
-}
-
-/// Waits until the server's `/healthz` answers 200: it listens, and its JetStream is ready
-/// (in a cluster: a meta leader is elected and this server is current with it).
-fn wait_healthy(monitor: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if healthz(monitor).unwrap_or(false) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nats-server (monitor port {monitor}) was not healthy within 30 s")
 }
 
 fn healthz(monitor: u16) -> std::io::Result<bool> {
