@@ -460,8 +460,8 @@ impl Replica {
         Ok(tokens.split_off(prompt.len()))
     }
 
-    /// Logits `[lanes, batch, classes]` on `x` of `θ + scale·z(seed)` for each lane; θ itself
-    /// is not touched. On the host each tensor's copies are made as the pass reads it; on the
+    /// Logits `[lanes, batch, classes]` on `inputs` (rows × features, row-major) of
+    /// `θ + scale·z(seed)` for each lane; θ itself is not touched. On the host each tensor's copies are made as the pass reads it; on the
     /// GPU the copies of θ are made there and never leave it.
     fn forward_lanes(&self, lanes: &[(DirectionSeed, f32)], inputs: &[f32]) -> Tensor<3> {
         let model = &self.job.model;
@@ -489,7 +489,7 @@ impl Replica {
         }
     }
 
-    /// Logits `[batch, classes]` of θ itself on `x`.
+    /// Logits `[batch, classes]` of θ itself on `inputs`.
     fn forward(&self, inputs: &[f32]) -> Tensor<2> {
         let batch = inputs.len() / self.job.model.features();
         self.forward_lanes(&[UNPERTURBED], inputs)
