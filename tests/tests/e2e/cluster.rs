@@ -56,29 +56,22 @@ async fn workers_on_two_edges_train_spirals_with_equal_hashes() {
     // Both edges serve the one log.
     assert_eq!(edges[0].log().await.unwrap(), edges[1].log().await.unwrap());
     // The host pauses through one edge; the sequencer decides it, and every edge hears it.
-    assert_eq!(
-        edges[1]
-            .admin_post("/api/admin/pause", ADMIN)
-            .await
-            .unwrap(),
-        200
-    );
-    edges[0]
-        .wait_for_status(e2e::WAIT, "the other edge to report the pause", |s| {
-            s["paused"] == true
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        edges[0]
-            .admin_post("/api/admin/resume", ADMIN)
-            .await
-            .unwrap(),
-        200
-    );
-    edges[1]
-        .wait_for_status(e2e::WAIT, "the first edge to report the job running", |s| {
-            s["paused"] == false
+    set_paused(&edges[1], &edges[0], true).await;
+    set_paused(&edges[0], &edges[1], false).await;
+}
+
+/// The host pauses (or resumes) the job through the admin API of `through`; waits until
+/// `heard_by` reports it.
+async fn set_paused(through: &Relay, heard_by: &Relay, paused: bool) {
+    let path = if paused {
+        "/api/admin/pause"
+    } else {
+        "/api/admin/resume"
+    };
+    assert_eq!(through.admin_post(path, ADMIN).await.unwrap(), 200);
+    heard_by
+        .wait_for_status(e2e::WAIT, &format!("paused = {paused}"), |s| {
+            s["paused"] == paused
         })
         .await
         .unwrap();
@@ -281,17 +274,7 @@ async fn a_standby_sequencer_takes_over_when_the_active_one_is_killed() {
     drop(socket);
 
     // The host's pause outlives a takeover: the next sequencer reads it from JetStream.
-    assert_eq!(
-        edges[0]
-            .admin_post("/api/admin/pause", ADMIN)
-            .await
-            .unwrap(),
-        200
-    );
-    edges[1]
-        .wait_for_status(e2e::WAIT, "the pause", |s| s["paused"] == true)
-        .await
-        .unwrap();
+    set_paused(&edges[0], &edges[1], true).await;
     let third = SequencerProcess::start(&dir.path().join("s3.db"), &cluster).unwrap();
     candidates[1 - active].kill();
     let deadline = tokio::time::Instant::now() + e2e::WAIT;
