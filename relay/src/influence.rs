@@ -32,6 +32,13 @@ pub const MIN_SAMPLES: usize = 64;
 const RETUNE_EVERY: u32 = 64;
 /// A peer is judged on this many of its latest contributions.
 pub const JUDGED_OVER: u32 = 64;
+/// Nobody is quarantined while fewer peers than this sent the window's contributions. A
+/// quarantine says a peer's bytes lie outside everyone else's; alone (or with one other) a
+/// peer's own median sets most of the bound, and when its magnitudes rise together (a harder
+/// stretch of training) its next contributions all exceed a bound retuned only every
+/// [`RETUNE_EVERY`] admissions. An honest peer alone with a relay was quarantined that way
+/// after a few thousand contributions. It is still clipped.
+pub const MIN_PEERS_JUDGED: usize = 3;
 
 /// The host's policy (`--clip-factor`, `--quarantine-share`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -163,6 +170,7 @@ impl Influence {
         record.seen = (record.seen + 1).min(JUDGED_OVER);
         let share = self.config.quarantine_share;
         let quarantined = share > 0.0
+            && self.in_window.len() >= MIN_PEERS_JUDGED
             && record.seen == JUDGED_OVER
             && record.clipped.count_ones() as f32 >= share * JUDGED_OVER as f32;
         if quarantined {
@@ -364,6 +372,33 @@ mod tests {
         assert!((0..20).all(|p| !inf.is_quarantined(PeerId(p))));
         assert!(inf.release(attacker));
         assert!(!inf.is_quarantined(attacker));
+    }
+
+    #[test]
+    fn a_peer_alone_whose_magnitudes_jump_is_clipped_but_not_quarantined() {
+        let q = Quantizer::default();
+        let mut inf = Influence::new(ON, q, []);
+        let alone = PeerId(1);
+        let mut clipped = 0;
+        for i in 0..10 * JUDGED_OVER {
+            // Its magnitudes grow eight-fold after a while, and stay there.
+            let g = if i < 4 * JUDGED_OVER { 0.1 } else { 0.8 };
+            let a = inf.admit(alone, q.encode(if i % 2 == 0 { g } else { -g }));
+            clipped += u32::from(a.clipped);
+            assert!(!a.quarantined, "quarantined at {i}");
+        }
+        assert!(clipped >= JUDGED_OVER / 2, "clipped {clipped}");
+        // The same jump among three peers, one of them alone in it, does quarantine it.
+        let mut inf = Influence::new(ON, q, []);
+        let mut tipped = false;
+        for i in 0..10 * JUDGED_OVER {
+            for peer in [PeerId(2), PeerId(3)] {
+                inf.admit(peer, q.encode(0.1));
+            }
+            let g = if i < 2 * JUDGED_OVER { 0.1 } else { 0.8 };
+            tipped |= inf.admit(alone, q.encode(g)).quarantined;
+        }
+        assert!(tipped && inf.is_quarantined(alone));
     }
 
     #[test]
