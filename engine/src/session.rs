@@ -94,18 +94,18 @@ pub enum SessionEnd {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Received {
     /// The relay admitted this peer; the log stood at `head`.
-    Welcome {
-        peer: PeerId,
-        head: Version,
-    },
+    Welcome { peer: PeerId, head: Version },
     /// The counter table arrived: the log stream starts now.
     Streaming,
     /// Log entries were applied; `hashes` are the weight hashes at the boundaries crossed (each
     /// already queued as a `HashReport`).
     Applied {
         entries: usize,
+        /// How many of them were this peer's contributions in flight: accepted.
+        accepted: usize,
         hashes: Vec<(Version, WeightHash)>,
     },
+    /// A committee vote was logged.
     Accepted,
     Rejected {
         reason: RejectReason,
@@ -325,13 +325,16 @@ impl Session {
                 let room = peer.until_version.map_or(usize::MAX, |v| {
                     v.saturating_sub(peer.replica.version().0) as usize
                 });
+                let accepted = self.accepted_in(peer, &entries);
                 let entries = &entries[..room.min(entries.len())];
                 let hashes = self.apply(peer, entries).await?;
                 Ok(Received::Applied {
                     entries: entries.len(),
+                    accepted,
                     hashes,
                 })
             }
+            // A committee vote's answer (a contribution's is its entry in the log).
             (Phase::Live, Message::Accepted { counter, .. }) => {
                 self.answered(counter);
                 self.behind = None;
@@ -371,6 +374,26 @@ impl Session {
                 _ => Ok(Received::Nothing),
             },
         }
+    }
+
+    /// Counts this peer's contributions among `entries` as accepted and takes them out of the
+    /// window: the relay logs a contribution and says nothing else (only durable entries are
+    /// ever sent). Entries of an earlier connection are not in the window and count nowhere.
+    fn accepted_in(&mut self, peer: &mut PeerState, entries: &[LogEntry]) -> usize {
+        let Some(id) = peer.id.filter(|_| !self.in_flight.is_empty()) else {
+            return 0;
+        };
+        let mut accepted = 0;
+        for entry in entries.iter().filter(|e| e.peer == id) {
+            if self.answered(entry.counter).is_some() {
+                accepted += 1;
+            }
+        }
+        if accepted > 0 {
+            self.behind = None;
+            peer.accepted += accepted as u64;
+        }
+        accepted
     }
 
     /// Applies entries, stopping at each hash boundary to hash θ and queue a `HashReport`.
@@ -486,6 +509,10 @@ mod tests {
     use crate::{Builtin, Job, block_on, cpu_device};
     use std::sync::Arc;
 
+    /// The peer under test: beyond the 16 peers of `synthetic_log`, so no synthetic entry is
+    /// taken for its own.
+    const ME: PeerId = PeerId(40);
+
     fn welcomed(head: u64) -> (PeerState, Session) {
         welcomed_with(head, 1, 2)
     }
@@ -494,7 +521,7 @@ mod tests {
         welcomed_on(Job::demo(), head, lanes, window)
     }
 
-    /// A peer on `job` that the relay welcomed (id 3, next counter 10) at `head`.
+    /// A peer on `job` that the relay welcomed (id [`ME`], next counter 10) at `head`.
     fn welcomed_on(job: Job, head: u64, lanes: usize, window: usize) -> (PeerState, Session) {
         let replica = Replica::new(Arc::new(job), cpu_device());
         let mut peer = PeerState::new(replica);
@@ -505,7 +532,7 @@ mod tests {
             [Message::Hello { resume: None, .. }]
         ));
         let welcome = Message::Welcome {
-            peer: PeerId(3),
+            peer: ME,
             job: peer.replica.job().id,
             version: Version(head),
             next_counter: Counter(10),
@@ -529,7 +556,12 @@ mod tests {
         let mut cursor = LogCursor::new(Version(0), []);
         let batch = cursor.pack(&log);
         let received = block_on(session.receive(&mut peer, batch)).unwrap();
-        let Received::Applied { entries, hashes } = received else {
+        let Received::Applied {
+            entries,
+            accepted: 0,
+            hashes,
+        } = received
+        else {
             panic!("expected Applied, got {received:?}");
         };
         assert_eq!(entries, 300);
@@ -551,13 +583,54 @@ mod tests {
             [Message::Contribute { counter: a, .. }, Message::Contribute { counter: b, .. }]
                 if *a == Serial::of(10) && *b == Serial::of(11)
         ));
-        let accepted = Message::Accepted {
-            counter: Counter(10),
-            version: Version(300),
-        };
-        block_on(session.receive(&mut peer, accepted)).unwrap();
-        assert_eq!(peer.accepted, 1);
+        // Its own entry in the log is its acceptance: counter 10, between two of others'.
+        let logged = [
+            LogEntry {
+                peer: PeerId(4),
+                counter: Counter(0),
+                byte: 1,
+            },
+            LogEntry {
+                peer: ME,
+                counter: Counter(10),
+                byte: 2,
+            },
+            LogEntry {
+                peer: PeerId(4),
+                counter: Counter(1),
+                byte: 3,
+            },
+        ];
+        let received = block_on(session.receive(&mut peer, cursor.pack(&logged))).unwrap();
+        assert!(
+            matches!(
+                received,
+                Received::Applied {
+                    entries: 3,
+                    accepted: 1,
+                    ..
+                }
+            ),
+            "{received:?}"
+        );
+        assert_eq!((peer.accepted, session.in_flight()), (1, 1));
+        assert_eq!(peer.replica.version(), Version(303));
         assert!(session.ready_to_contribute(&peer));
+    }
+
+    #[test]
+    fn own_entries_of_an_earlier_connection_count_as_nothing_accepted() {
+        let (mut peer, mut session) = welcomed(0);
+        let mut cursor = LogCursor::new(Version(0), []);
+        // Counter 3 was this peer's before it reconnected: not in this session's window.
+        let earlier = [LogEntry {
+            peer: ME,
+            counter: Counter(3),
+            byte: 1,
+        }];
+        let received = block_on(session.receive(&mut peer, cursor.pack(&earlier))).unwrap();
+        assert!(matches!(received, Received::Applied { accepted: 0, .. }));
+        assert_eq!(peer.accepted, 0);
     }
 
     #[test]
@@ -570,7 +643,7 @@ mod tests {
             Err(SessionEnd::Resync(_))
         ));
         let again = Message::Welcome {
-            peer: PeerId(3),
+            peer: ME,
             job: peer.replica.job().id,
             version: Version(0),
             next_counter: Counter(0),
@@ -626,11 +699,12 @@ mod tests {
         .unwrap();
         assert_eq!(peer.replica.version(), Version(bound + 1));
         assert!(session.ready_to_contribute(&peer));
-        let accepted = Message::Accepted {
+        let accepted = LogEntry {
+            peer: ME,
             counter: Counter(12),
-            version: Version(100),
+            byte: 0,
         };
-        block_on(session.receive(&mut peer, accepted)).unwrap();
+        block_on(session.receive(&mut peer, cursor.pack(&[accepted]))).unwrap();
         assert_eq!(
             session.behind(),
             None,
@@ -677,7 +751,7 @@ mod tests {
             })
             .collect();
         assert_eq!(sent, expected);
-        let own = block_on(other.propose_lanes(PeerId(3), &rounds, &data.train)).unwrap();
+        let own = block_on(other.propose_lanes(ME, &rounds, &data.train)).unwrap();
         assert_ne!(
             own.iter().map(|p| p.g).collect::<Vec<_>>(),
             shared.iter().map(|p| p.g).collect::<Vec<_>>()
@@ -745,7 +819,7 @@ mod tests {
         for (i, g) in noised.iter().enumerate() {
             // The session's counters start at the Welcome's 10.
             let counter = [Counter(10 + i as u64)];
-            let p = block_on(clean.propose_lanes(PeerId(3), &counter, &batch)).unwrap();
+            let p = block_on(clean.propose_lanes(ME, &counter, &batch)).unwrap();
             assert!(p[0].g.abs() <= spec.clip, "clipped mean {}", p[0].g);
             diffs.push(f64::from(g - p[0].g));
         }

@@ -30,4 +30,5 @@ pub use url::{RelayUrlError, RelayUrls, websocket_with_backend};
 pub const HASH_REPORT_INTERVAL: u64 = 256;
 
 /// Version of the wire format. A peer and a relay that disagree refuse each other in `Hello`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// (4: a contribution's acceptance is its entry in the log; `Accepted` answers votes only.)
+pub const PROTOCOL_VERSION: u16 = 4;

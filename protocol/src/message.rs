@@ -148,7 +148,10 @@ pub enum Message {
         base_version: Serial,
         byte: u8,
     },
-    /// The contribution `counter` is durable at log position `version`.
+    /// The committee round `counter` this peer voted on is durable at log position `version`.
+    /// A contribution gets no such answer: its entry in the log (this peer's id and counter in a
+    /// `LogBatch`, which only ever carries durable entries) is its acceptance, so a peer reads
+    /// one message per batch rather than one per contribution.
     Accepted { counter: Counter, version: Version },
     /// The contribution `counter` was not logged.
     Rejected {

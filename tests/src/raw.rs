@@ -4,8 +4,8 @@
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
-    Counter, JobId, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId, ResumeSecret, Serial,
-    Version, varint,
+    Counter, JobId, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId, RejectReason,
+    ResumeSecret, Serial, Version, varint,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -137,9 +137,11 @@ pub struct RawPeer {
     pub secret: ResumeSecret,
     pub next_counter: Counter,
     pub cursor: LogCursor,
-    /// `(counter, version)` of every `Accepted` seen.
+    /// `(counter, version)` of each of its contributions seen in the log: its acceptance.
     pub accepted: Vec<(Counter, Version)>,
     pub rejected: u64,
+    /// Why the latest contribution was turned down.
+    pub last_rejection: Option<RejectReason>,
 }
 
 impl RawPeer {
@@ -174,6 +176,7 @@ impl RawPeer {
             cursor,
             accepted: Vec::new(),
             rejected: 0,
+            last_rejection: None,
         })
     }
 
@@ -195,12 +198,18 @@ impl RawPeer {
                 first_version,
                 entries,
             }) => {
-                self.cursor.unpack(first_version, &entries)?;
+                let entries = self.cursor.unpack(first_version, &entries)?;
+                let at = (first_version.0..).map(Version);
+                for (entry, version) in entries.iter().zip(at) {
+                    if entry.peer == self.id {
+                        self.accepted.push((entry.counter, version));
+                    }
+                }
             }
-            Received::Message(Message::Accepted { counter, version }) => {
-                self.accepted.push((counter, version));
+            Received::Message(Message::Rejected { reason, .. }) => {
+                self.rejected += 1;
+                self.last_rejection = Some(reason);
             }
-            Received::Message(Message::Rejected { .. }) => self.rejected += 1,
             Received::Message(_) => {}
             Received::Closed(..) | Received::Gone => return Ok(false),
         }

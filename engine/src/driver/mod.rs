@@ -407,8 +407,15 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
         let now = self.clock.now_ms();
         self.tally.received(began, now, !session.catching_up(peer));
         match received {
-            Ok(Received::Applied { hashes, .. }) if !hashes.is_empty() => {
-                self.host.event(Event::Hashes(&hashes));
+            Ok(Received::Applied {
+                accepted, hashes, ..
+            }) => {
+                if accepted > 0 {
+                    self.answered_at = now;
+                }
+                if !hashes.is_empty() {
+                    self.host.event(Event::Hashes(&hashes));
+                }
             }
             Ok(Received::Accepted) => self.answered_at = now,
             Ok(Received::Rejected { reason, detail }) => {

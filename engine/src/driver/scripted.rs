@@ -4,13 +4,14 @@
 //! where a real network could not make them happen on cue.)
 
 use super::{Clock, Connection, Host, Incoming, Transport};
-use protocol::{Message, Version};
+use protocol::{LogCursor, LogEntry, Message, PeerId, Version};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
 /// Plays one script per connection, in order; a connection whose script has run out waits for
-/// ever. Every `Contribute` is answered with `Accepted`. Records what the peer sent.
+/// ever. Every `Contribute` is logged at once: the next frame is a `LogBatch` with its entry
+/// (a relay's acceptance). Records what the peer sent.
 pub struct ScriptedRelay {
     scripts: VecDeque<Vec<Incoming>>,
     snapshot: Vec<u8>,
@@ -46,6 +47,8 @@ impl Transport for ScriptedRelay {
         Ok(ScriptedConnection {
             script: script.into(),
             sent: self.sent.clone(),
+            peer: None,
+            log: None,
         })
     }
 
@@ -57,22 +60,51 @@ impl Transport for ScriptedRelay {
 pub struct ScriptedConnection {
     script: VecDeque<Incoming>,
     sent: Rc<RefCell<Vec<Vec<Message>>>>,
+    /// The id the script's `Welcome` gave the peer.
+    peer: Option<PeerId>,
+    /// The log as the script streamed it so far (from its `CounterTable`), to pack answers.
+    log: Option<LogCursor>,
+}
+
+impl ScriptedConnection {
+    /// Follows what the peer is told: its id, and the log's position.
+    fn heard(&mut self, incoming: &Incoming) {
+        let Incoming::Frame(bytes) = incoming else {
+            return;
+        };
+        match Message::decode(bytes) {
+            Ok(Message::Welcome { peer, .. }) => self.peer = Some(peer),
+            Ok(Message::CounterTable { version, entries }) => {
+                self.log = Some(LogCursor::from_table(version, &entries));
+            }
+            Ok(Message::LogBatch {
+                first_version,
+                entries,
+            }) => {
+                // Its own answers were packed by this cursor already.
+                if let Some(log) = self.log.as_mut().filter(|l| l.version() == first_version) {
+                    log.unpack(first_version, &entries)
+                        .expect("the script's log is consistent");
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Connection for ScriptedConnection {
     async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
         let msg = Message::decode(&frame).map_err(|e| e.to_string())?;
-        if let Message::Contribute {
-            counter,
-            base_version,
-            ..
-        } = &msg
+        if let (Message::Contribute { counter, byte, .. }, Some(peer), Some(log)) =
+            (&msg, self.peer, &mut self.log)
         {
-            let accepted = Message::Accepted {
+            let entry = LogEntry {
+                peer,
                 counter: protocol::Counter(u64::from(counter.0)),
-                version: Version(u64::from(base_version.0)),
+                byte: *byte,
             };
-            self.script.push_front(Incoming::Frame(accepted.encode()));
+            self.script
+                .push_front(Incoming::Frame(log.pack(&[entry]).encode()));
         }
         self.sent
             .borrow_mut()
@@ -84,7 +116,10 @@ impl Connection for ScriptedConnection {
 
     async fn recv(&mut self) -> Incoming {
         match self.script.pop_front() {
-            Some(incoming) => incoming,
+            Some(incoming) => {
+                self.heard(&incoming);
+                incoming
+            }
             None => std::future::pending().await,
         }
     }
@@ -189,8 +224,9 @@ pub struct Outcome {
 pub const SECRET: protocol::ResumeSecret = protocol::ResumeSecret([5; 16]);
 
 /// The demo job's peer 5 catches up to version 300 and the line drops; it reconnects, resumes
-/// its id from 300, catches up to 512, has two contributions accepted and leaves. Run natively
-/// and in wasm; each suite asserts on the [`Outcome`].
+/// its id from 300, catches up to 512, has two contributions accepted (each logged at once, so
+/// the second is computed at 513) and leaves. Run natively and in wasm; each suite asserts on
+/// the [`Outcome`].
 pub async fn lost_connection_scenario(token: &str) -> Outcome {
     use protocol::{Counter, LogCursor, PeerId};
     let job = std::sync::Arc::new(crate::Job::demo());

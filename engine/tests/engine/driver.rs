@@ -58,7 +58,8 @@ fn the_driver_resumes_its_peer_id_after_a_lost_connection() {
     assert_eq!(reports(&outcome.sent[0]), [256]);
     assert_eq!(reports(&outcome.sent[1]), [512]);
     assert_eq!(outcome.host.hashes[1].1, outcome.expected_hash);
-    // Caught up, it contributed exactly its budget on the weights at 512, and nothing before.
+    // Caught up, it contributed exactly its budget, and nothing before: the first on the
+    // weights at 512, the second after applying the first's entry, its acceptance.
     let contributed: Vec<(u16, u16)> = outcome
         .sent
         .iter()
@@ -72,9 +73,9 @@ fn the_driver_resumes_its_peer_id_after_a_lost_connection() {
             _ => None,
         })
         .collect();
-    assert_eq!(contributed, [(0, 512), (1, 512)]);
+    assert_eq!(contributed, [(0, 512), (1, 513)]);
     assert_eq!(outcome.peer.accepted, 2);
-    assert_eq!(outcome.peer.replica.version(), Version(512));
+    assert_eq!(outcome.peer.replica.version(), Version(514));
 }
 
 fn peer_on(job: &Arc<Job>) -> (PeerState, Vec<u8>) {

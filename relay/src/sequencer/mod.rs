@@ -42,8 +42,9 @@ impl From<StoreError> for SequencerError {
     }
 }
 
-/// Frames for one peer that must reach it only after the log up to `after` has (an
-/// `Accepted` after the batch that holds its entry).
+/// Frames for one peer that must reach it only after the log up to `after` has (a vote's
+/// `Accepted` after the batch that holds the round's entry; a `Rejected` after its tick's
+/// batch).
 #[derive(Debug)]
 pub struct Outgoing {
     pub after: Version,
@@ -536,6 +537,7 @@ impl Sequencer {
         };
         let at = self.log(tick, entry);
         for voter in decided.voters {
+            tick.logged.push(voter);
             tick.acks.push((voter, decided.round, at));
         }
     }
@@ -624,8 +626,9 @@ impl Sequencer {
                 counter,
                 byte: admitted.byte,
             };
-            let at = self.log(tick, entry);
-            tick.acks.push((p.peer, counter, at));
+            // The peer reads its acceptance from its entry in the log it is sent anyway.
+            self.log(tick, entry);
+            tick.logged.push(p.peer);
             return;
         };
         let voted = committees.vote(p.peer, counter, admitted.byte);
@@ -677,6 +680,7 @@ impl Sequencer {
         }
         let Tick {
             entries,
+            logged,
             acks,
             rejections,
             clipped,
@@ -701,7 +705,7 @@ impl Sequencer {
             .rejected
             .fetch_add(rejections.len() as u64, Relaxed);
         self.stats.board.verdicts(
-            &per_peer(acks.iter().map(|(peer, ..)| *peer)),
+            &per_peer(logged.iter().copied()),
             &per_peer(rejections.iter().map(|(peer, _)| *peer)),
         );
         self.stats.board.clipped(&per_peer(clipped.iter().copied()));
@@ -760,7 +764,11 @@ impl Sequencer {
 #[derive(Default)]
 struct Tick {
     entries: Vec<LogEntry>,
-    /// Who hears `Accepted`, for which counter (or round), at which position.
+    /// Whose contribution or vote each logged entry took (a vote's round counts for every
+    /// voter).
+    logged: Vec<PeerId>,
+    /// Committee voters who hear `Accepted`: for which round, at which position. A contributor
+    /// hears nothing; its entry in the log is its acceptance.
     acks: Vec<(PeerId, Counter, Version)>,
     rejections: Vec<(PeerId, Message)>,
     clipped: Vec<PeerId>,

@@ -111,6 +111,21 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Waits until the log holds `head` entries.
+    async fn logged(&self, head: Version) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.log.head() < head {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the log stayed at {} short of {head}",
+                self.log.head()
+            );
+            tokio::time::sleep(StdDuration::from_millis(2)).await;
+        }
+    }
+}
+
 impl TestPeer {
     /// The next answer, decoded, with the version it waits for.
     async fn answer(&mut self) -> (Version, Message) {
@@ -179,21 +194,31 @@ async fn admission_refuses_a_full_relay_a_wrong_secret_and_a_log_it_does_not_hav
 async fn a_contribution_is_durable_before_it_is_accepted_and_stale_ones_are_rejected() {
     let h = start(config()).await;
     let mut peer = h.join().await;
+    let mut subscription = h.log.subscribe(Version(0));
     for counter in 0..10 {
         h.contribute(&peer, counter, counter, 3).await;
-        let (after, answer) = peer.answer().await;
-        let Message::Accepted { version, .. } = answer else {
-            panic!("{answer:?}")
-        };
-        assert_eq!(version, Version(counter));
-        // The answer waits for the batch that holds its entry, and that entry is on disk.
-        assert_eq!(after, Version(counter + 1));
+        // Its acceptance is its entry in the log as peers are sent it, and that entry is on
+        // disk by then.
+        let chunk = tokio::time::timeout(WAIT, subscription.next())
+            .await
+            .expect("the entry in time")
+            .unwrap();
+        assert_eq!(chunk.first, Version(counter));
+        let entry = chunk.entries[0];
+        assert_eq!(
+            (entry.peer, entry.counter),
+            (peer.joined.peer, Counter(counter))
+        );
         let on_disk: i64 = rusqlite::Connection::open(&h.path)
             .unwrap()
             .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
             .unwrap();
-        assert!(on_disk as u64 > version.0);
+        assert!(on_disk as u64 > counter);
     }
+    assert!(
+        peer.answers.try_recv().is_err(),
+        "an accepted contribution is not answered besides"
+    );
     // Computed at version 1 with the log at 10: 9 behind, the bound is 8.
     h.contribute(&peer, 10, 1, 3).await;
     let (_, answer) = peer.answer().await;
@@ -277,7 +302,7 @@ async fn a_paused_job_rejects_contributions_and_says_so_to_the_sockets() {
     h.pause(false).await;
     assert!(!h.standing.borrow().paused);
     h.contribute(&peer, 0, 0, 3).await;
-    assert!(matches!(peer.answer().await.1, Message::Accepted { .. }));
+    h.logged(Version(1)).await;
 }
 
 #[tokio::test]
@@ -291,16 +316,14 @@ async fn an_outsized_contribution_is_logged_clipped() {
     for counter in 0..40 {
         for peer in &mut peers[..2] {
             h.contribute(peer, counter, 0, 10).await;
-            assert!(matches!(peer.answer().await.1, Message::Accepted { .. }));
         }
     }
+    h.logged(Version(80)).await;
     let outsized = 127u8;
     h.contribute(&peers[2], 0, 0, outsized).await;
-    let (_, answer) = peers[2].answer().await;
-    let Message::Accepted { version, .. } = answer else {
-        panic!("{answer:?}")
-    };
-    let logged = h.log.read(version, version.next()).await.unwrap()[0];
+    h.logged(Version(81)).await;
+    let logged = h.log.read(Version(80), Version(81)).await.unwrap()[0];
+    assert_eq!(logged.peer, peers[2].joined.peer);
     let q = Quantizer::default();
     assert!(
         q.magnitude(logged.byte) < q.magnitude(outsized),

@@ -304,15 +304,14 @@ async fn a_standby_sequencer_takes_over_when_the_active_one_is_killed() {
                 }
                 peer.contribute(0).await.ok()?;
                 loop {
-                    match e2e::raw::receive(&mut peer.socket).await {
-                        e2e::raw::Received::Message(protocol::Message::Rejected {
-                            reason, ..
-                        }) => return Some(Some(reason)),
-                        e2e::raw::Received::Message(protocol::Message::Accepted { .. }) => {
-                            return Some(None);
-                        }
-                        e2e::raw::Received::Message(_) => {}
-                        _ => return None,
+                    if !peer.pump().await.ok()? {
+                        return None;
+                    }
+                    if let Some(reason) = peer.last_rejection {
+                        return Some(Some(reason));
+                    }
+                    if !peer.accepted.is_empty() {
+                        return Some(None);
                     }
                 }
             };
