@@ -229,7 +229,8 @@ function onProgress(p) {
   $('privacy-figure').hidden = p.privacyEpsilon == null;
   if (p.privacyEpsilon != null) $('privacy').textContent = `ε ${p.privacyEpsilon.toFixed(2)} · δ ${p.privacyDelta.toExponential(0)}`;
   $('rate').textContent = p.contributionsPerS.toFixed(1);
-  $('step-ms').textContent = p.stepMs == null ? '–' : p.stepMs.toFixed(0);
+  // A small model's CPU step takes a fraction of a millisecond.
+  $('step-ms').textContent = p.stepMs == null ? '–' : p.stepMs < 10 ? p.stepMs.toPrecision(2) : p.stepMs.toFixed(0);
   $('busy').textContent = p.busyShare == null ? '–' : Math.round(100 * p.busyShare);
   $('bytes-sent').textContent = formatBytes(p.bytesSent);
   $('bytes-received').textContent = formatBytes(p.bytesReceived);

@@ -30,7 +30,8 @@ pub struct Options {
     /// Contributions per step (0: measured).
     #[serde(default)]
     pub lanes: usize,
-    /// Contributions in flight at most (0: 32, or half the job's staleness bound if less).
+    /// Contributions in flight at most (0: adapts to two round trips of the tab's steps, 32 to
+    /// 256, at most half the job's staleness bound).
     #[serde(default)]
     pub window: usize,
     #[serde(default = "default_throttle")]

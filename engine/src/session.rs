@@ -22,6 +22,7 @@
 
 use crate::data::Split;
 use crate::replica::{Proposal, Replica};
+use protocol::message::MAX_RUN;
 use protocol::{
     Counter, HASH_REPORT_INTERVAL, LogCursor, LogEntry, Message, PROTOCOL_VERSION, PeerId,
     RejectReason, Resume, ResumeSecret, Serial, Version, WeightHash,
@@ -33,9 +34,12 @@ pub const LOSS_REPORT_EVERY: u64 = 64;
 /// Assignments a session keeps at most: the relay hands out a few at a time, so more is a
 /// relay gone wrong, and the oldest are the first to have closed.
 const MAX_ASSIGNED: usize = 1024;
-/// Contributions in flight by default (or half the staleness bound, if less): enough to keep
-/// computing across a round trip, few enough that a fast peer's contributions stay fresh.
+/// Contributions in flight at first when the window adapts (or half the staleness bound, if
+/// less): enough to keep computing across a round trip, few enough that a fast peer's
+/// contributions stay fresh.
 pub const DEFAULT_WINDOW: u64 = 32;
+/// Most contributions in flight an adapting window grows to (or half the staleness bound).
+pub const MAX_WINDOW: u64 = 256;
 
 /// What a peer keeps across connections: its replica, its identity and its tallies.
 #[derive(Debug)]
@@ -135,6 +139,8 @@ pub struct Session {
     /// Contributions sent and not yet answered: counter and base version, oldest first.
     in_flight: VecDeque<(Counter, Version)>,
     window: usize,
+    /// The most [`Session::fit_window`] may set; `None`: the window was fixed by the host.
+    adapts_up_to: Option<usize>,
     sent: u64,
     /// How many versions late the latest answered contribution was, when it was turned down as
     /// stale; `None` once one is accepted.
@@ -155,14 +161,17 @@ pub struct Session {
 
 impl Session {
     /// Starts a connection: queues the `Hello` for `peer`'s replica. At most `window`
-    /// contributions are in flight (`0`: [`DEFAULT_WINDOW`], or half the job's staleness bound
-    /// if less), and never fewer than
-    /// one step's lanes.
+    /// contributions are in flight, never fewer than one step's lanes; `0`: the window adapts
+    /// ([`Session::fit_window`]), from [`DEFAULT_WINDOW`] up to [`MAX_WINDOW`], never beyond
+    /// half the job's staleness bound.
     pub fn new(peer: &PeerState, token: &str, window: usize) -> Self {
-        let window = if window == 0 {
-            (peer.replica.job().hyper().staleness_bound / 2).min(DEFAULT_WINDOW) as usize
+        let half_bound = (peer.replica.job().hyper().staleness_bound / 2).max(1);
+        let lanes = peer.lanes.max(1);
+        let (window, adapts_up_to) = if window == 0 {
+            let most = (half_bound.min(MAX_WINDOW) as usize).max(lanes);
+            (half_bound.min(DEFAULT_WINDOW) as usize, Some(most))
         } else {
-            window
+            (window, None)
         };
         let from = peer.replica.version();
         let hello = Message::Hello {
@@ -182,7 +191,8 @@ impl Session {
             start: from,
             head: from,
             in_flight: VecDeque::new(),
-            window: window.max(peer.lanes).max(1),
+            window: window.max(lanes),
+            adapts_up_to,
             sent: 0,
             behind: None,
             resume_at: from,
@@ -226,6 +236,23 @@ impl Session {
     /// The most contributions in flight at once.
     pub fn window(&self) -> usize {
         self.window
+    }
+
+    /// Sizes an adapting window to cover `round_trips` of this peer's own pace: a contribution
+    /// takes `contribution_ms` to compute and `round_trip_ms` to be answered, so that many in
+    /// flight keep it computing while answers travel, and no more keeps its contributions as
+    /// fresh as they can be. Within [`DEFAULT_WINDOW`]'s floor (or less, for a small
+    /// staleness bound) and the most set at the start; a fixed window stays as it is.
+    pub fn fit_window(&mut self, contribution_ms: f64, round_trip_ms: f64, round_trips: f64) {
+        let Some(most) = self.adapts_up_to else {
+            return;
+        };
+        if !(contribution_ms > 0.0 && round_trip_ms >= 0.0) {
+            return;
+        }
+        let floor = (DEFAULT_WINDOW as usize).min(most);
+        let wanted = (round_trips * round_trip_ms / contribution_ms).ceil();
+        self.window = (wanted.min(most as f64) as usize).max(floor);
     }
 
     /// How many versions behind the log this peer's latest answered contribution arrived, when
@@ -376,6 +403,41 @@ impl Session {
         }
     }
 
+    /// Queues one contribution: it extends the run the outbox ends with when it comes next
+    /// (the following counter, the same base version), so the lanes of a step, and steps that
+    /// run back to back before the outbox is sent, go out as one `Contribute`.
+    fn queue_contribution(&mut self, proposal: &Proposal) {
+        let counter = Serial::of(proposal.counter.0);
+        let base = Serial::of(proposal.base_version.0);
+        if let Some(Message::Contribute {
+            counter: first,
+            base_version,
+            bytes,
+        }) = self.outbox.last_mut()
+            && *base_version == base
+            && first.0.wrapping_add(bytes.len() as u16) == counter.0
+            && (bytes.len() as u64) < MAX_RUN
+        {
+            bytes.push(proposal.byte);
+            return;
+        }
+        self.outbox.push(Message::Contribute {
+            counter,
+            base_version: base,
+            bytes: vec![proposal.byte],
+        });
+    }
+
+    /// Whether the outbox holds contributions and nothing else (which may wait to be sent
+    /// together with the next step's).
+    pub fn only_contributions_queued(&self) -> bool {
+        !self.outbox.is_empty()
+            && self
+                .outbox
+                .iter()
+                .all(|m| matches!(m, Message::Contribute { .. }))
+    }
+
     /// Counts this peer's contributions among `entries` as accepted and takes them out of the
     /// window: the relay logs a contribution and says nothing else (only durable entries are
     /// ever sent). Entries of an earlier connection are not in the window and count nowhere.
@@ -470,29 +532,31 @@ impl Session {
             }
         }
         for proposal in &proposals {
-            self.outbox.push(if self.committee {
-                Message::Vote {
+            if self.committee {
+                self.outbox.push(Message::Vote {
                     round: proposal.counter,
                     base_version: Serial::of(proposal.base_version.0),
                     byte: proposal.byte,
-                }
+                });
             } else {
-                Message::Contribute {
-                    counter: Serial::of(proposal.counter.0),
-                    base_version: Serial::of(proposal.base_version.0),
-                    byte: proposal.byte,
-                }
-            });
+                self.queue_contribution(proposal);
+            }
             self.in_flight
                 .push_back((proposal.counter, proposal.base_version));
             self.sent += 1;
             peer.last_loss = Some(proposal.loss);
             // A private peer's loss would be one more release of its data.
             if !private && self.sent.is_multiple_of(LOSS_REPORT_EVERY) {
-                self.outbox.push(Message::LossReport {
-                    version: proposal.base_version,
-                    loss: proposal.loss,
-                });
+                // Before the run being gathered, which may grow yet (the relay takes loss
+                // reports in any order).
+                let at = self.outbox.len().saturating_sub(1);
+                self.outbox.insert(
+                    at,
+                    Message::LossReport {
+                        version: proposal.base_version,
+                        loss: proposal.loss,
+                    },
+                );
             }
         }
         if !self.committee {
@@ -577,12 +641,16 @@ mod tests {
         block_on(session.contribute(&mut peer, &data.train)).unwrap();
         block_on(session.contribute(&mut peer, &data.train)).unwrap();
         assert!(!session.ready_to_contribute(&peer), "the window is 2");
+        // Two steps at one version before the outbox was sent: one run, counters 10 and 11.
         let sent = session.take_outbox();
-        assert!(matches!(
-            sent.as_slice(),
-            [Message::Contribute { counter: a, .. }, Message::Contribute { counter: b, .. }]
-                if *a == Serial::of(10) && *b == Serial::of(11)
-        ));
+        assert!(
+            matches!(
+                sent.as_slice(),
+                [Message::Contribute { counter, bytes, .. }]
+                    if *counter == Serial::of(10) && bytes.len() == 2
+            ),
+            "{sent:?}"
+        );
         // Its own entry in the log is its acceptance: counter 10, between two of others'.
         let logged = [
             LogEntry {
@@ -616,6 +684,59 @@ mod tests {
         assert_eq!((peer.accepted, session.in_flight()), (1, 1));
         assert_eq!(peer.replica.version(), Version(303));
         assert!(session.ready_to_contribute(&peer));
+    }
+
+    #[test]
+    fn an_adapting_window_covers_two_round_trips_within_its_bounds() {
+        // The demo job's staleness bound is 1024: the window may grow to 256.
+        let (_, mut session) = welcomed_with(0, 1, 0);
+        assert_eq!(session.window(), 32);
+        // 0.25 ms a contribution, 20 ms to an answer: 160 in flight cover two round trips.
+        session.fit_window(0.25, 20.0, 2.0);
+        assert_eq!(session.window(), 160);
+        session.fit_window(0.01, 20.0, 2.0);
+        assert_eq!(session.window(), 256);
+        // A slow peer keeps the floor: its contributions are fresh anyway.
+        session.fit_window(500.0, 20.0, 2.0);
+        assert_eq!(session.window(), 32);
+        // A window the host fixed stays.
+        let (_, mut fixed) = welcomed_with(0, 1, 3);
+        fixed.fit_window(0.25, 20.0, 2.0);
+        assert_eq!(fixed.window(), 3);
+        // A small staleness bound caps it at half.
+        let mut config = Job::demo().config;
+        config.hyper.staleness_bound = 40;
+        let (_, mut tight) = welcomed_on(Job::new(config).unwrap(), 0, 1, 0);
+        tight.fit_window(0.25, 20.0, 2.0);
+        assert_eq!(tight.window(), 20);
+    }
+
+    #[test]
+    fn steps_at_one_version_go_out_as_one_run_and_a_new_version_starts_another() {
+        let (mut peer, mut session) = welcomed_with(0, 1, 1_000);
+        let data = Builtin::Spirals.generate(64, 8, 1);
+        for _ in 0..100 {
+            block_on(session.contribute(&mut peer, &data.train)).unwrap();
+        }
+        // The 64th step's loss report does not split the run.
+        let mut cursor = LogCursor::new(Version(0), []);
+        block_on(session.receive(&mut peer, cursor.pack(&synthetic_log(1, 1)))).unwrap();
+        block_on(session.contribute(&mut peer, &data.train)).unwrap();
+        let sent = session.take_outbox();
+        let runs: Vec<(u16, u16, usize)> = sent
+            .iter()
+            .filter_map(|m| match m {
+                Message::Contribute {
+                    counter,
+                    base_version,
+                    bytes,
+                } => Some((counter.0, base_version.0, bytes.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(runs, [(10, 0, 100), (110, 1, 1)]);
+        assert_eq!(sent.len(), 3, "and one loss report: {sent:?}");
+        assert!(matches!(sent[0], Message::LossReport { .. }));
     }
 
     #[test]
@@ -663,15 +784,13 @@ mod tests {
         let data = Builtin::Spirals.generate(64, 8, 1);
         let step = block_on(session.contribute(&mut peer, &data.train)).unwrap();
         assert_eq!(step.len(), 4);
+        // The four lanes travel as one run from counter 10, in lane order.
         let sent = session.take_outbox();
-        let counters: Vec<Serial> = sent
-            .iter()
-            .map(|m| match m {
-                Message::Contribute { counter, .. } => *counter,
-                other => panic!("expected Contribute, got {other:?}"),
-            })
-            .collect();
-        assert_eq!(counters, (10..14).map(Serial::of).collect::<Vec<_>>());
+        let [Message::Contribute { counter, bytes, .. }] = sent.as_slice() else {
+            panic!("expected one Contribute, got {sent:?}");
+        };
+        assert_eq!(*counter, Serial::of(10));
+        assert_eq!(*bytes, step.iter().map(|p| p.byte).collect::<Vec<_>>());
         assert_eq!(session.in_flight(), 4);
 
         // The log moves on 100 versions; the relay turns counter 11 down as stale.
@@ -800,12 +919,10 @@ mod tests {
             noised.push(p[0].g);
         }
         let sent = session.take_outbox();
-        assert_eq!(
-            sent.len() as u64,
-            2 * LOSS_REPORT_EVERY,
-            "contributions only"
-        );
-        assert!(sent.iter().all(|m| matches!(m, Message::Contribute { .. })));
+        let [Message::Contribute { bytes, .. }] = sent.as_slice() else {
+            panic!("contributions only, as one run: {sent:?}");
+        };
+        assert_eq!(bytes.len() as u64, 2 * LOSS_REPORT_EVERY);
         let accountant = &peer.privacy.as_ref().unwrap().accountant;
         assert_eq!(accountant.steps(), 2 * LOSS_REPORT_EVERY);
         assert!(accountant.epsilon() > 0.0);

@@ -291,7 +291,7 @@ impl Simulation {
                 Message::Contribute {
                     counter: Serial::of(counter.0),
                     base_version: Serial::of(p.base_version.0),
-                    byte: p.byte,
+                    bytes: vec![p.byte],
                 },
                 self.exchange,
             );

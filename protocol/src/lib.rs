@@ -30,5 +30,6 @@ pub use url::{RelayUrlError, RelayUrls, websocket_with_backend};
 pub const HASH_REPORT_INTERVAL: u64 = 256;
 
 /// Version of the wire format. A peer and a relay that disagree refuse each other in `Hello`.
-/// (4: a contribution's acceptance is its entry in the log; `Accepted` answers votes only.)
+/// (4: a contribution's acceptance is its entry in the log, `Accepted` answers votes only;
+/// a `Contribute` may carry a run of estimates.)
 pub const PROTOCOL_VERSION: u16 = 4;

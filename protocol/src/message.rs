@@ -10,7 +10,8 @@
 //! |---|---|---|
 //! | `Hello` | peer → relay | 1 + 2 + v(job) + 1 + (v(peer) + 16)? + v(from) + v(len) + token |
 //! | `Welcome` | relay → peer | 1 + v(peer) + v(job) + v(version) + v(next_counter) + 16 |
-//! | `Contribute` | peer → relay | 1 + 2 + 2 + 1 (16-bit serials, see [`crate::serial`]) |
+//! | `Contribute`, one | peer → relay | 1 + 2 + 2 + 1 (16-bit serials, see [`crate::serial`]) |
+//! | `Contribute`, a run of n ≥ 2 | peer → relay | 1 + 2 + 2 + v(n) + n |
 //! | `Accepted` | relay → peer | 1 + v(counter) + v(version) |
 //! | `Rejected` | relay → peer | 1 + v(counter) + 1 + v(len) + detail |
 //! | `LogBatch` | relay → peers | 1 + v(first_version) + v(n) + Σ (v(2·peer+f) + [v(counter)] + 1) |
@@ -22,7 +23,8 @@
 //! | `Assign` | relay → peer | 1 + v(round) |
 //! | `Vote` | peer → relay | 1 + v(round) + 2 + 1 |
 //!
-//! A `Contribute` is always 6 bytes (12 on the wire). A `LogBatch` entry whose counter follows
+//! A `Contribute` of one estimate is 6 bytes (12 on the wire); a run of a step's lanes, or of
+//! steps computed back to back, approaches one byte per estimate. A `LogBatch` entry whose counter follows
 //! on from that peer's previous one (flag `f` clear, see [`crate::log`]) is 2 bytes for peers
 //! below 64 and 3 below 8 192. Decoding accepts exactly these layouts: unknown tags, short or
 //! trailing bytes, overlong varints and oversized lengths are errors, never panics.
@@ -34,6 +36,9 @@ use crate::{Counter, DecodeError, JobId, PeerId, Resume, ResumeSecret, Version, 
 pub const MAX_STRING: u64 = 1024;
 /// Most entries in one `LogBatch` accepted by the decoder.
 pub const MAX_BATCH: u64 = 65_536;
+/// Most estimates in one `Contribute` accepted by the decoder (a relay's frame limit, 4 KiB by
+/// default, holds about four times as many).
+pub const MAX_RUN: u64 = 1024;
 /// Most peers in one `CounterTable` accepted by the decoder: every peer id that ever
 /// contributed is in it, so it is far above any batch (and each takes at least two bytes of
 /// the frame, which bounds what decoding allocates).
@@ -141,12 +146,15 @@ pub enum Message {
         next_counter: Counter,
         secret: ResumeSecret,
     },
-    /// One gradient estimate: the direction's counter and the version it was computed at (low 16
-    /// bits of each), and the byte.
+    /// Gradient estimates along consecutive directions of this peer, all computed at one
+    /// version: the first direction's counter and that version (low 16 bits of each), then a
+    /// byte each, `bytes[i]` for counter + i (1 to [`MAX_RUN`] of them). One estimate has a
+    /// 6-byte form of its own; a run is how a step's lanes, or steps computed back to back,
+    /// travel as one message.
     Contribute {
         counter: Serial,
         base_version: Serial,
-        byte: u8,
+        bytes: Vec<u8>,
     },
     /// The committee round `counter` this peer voted on is durable at log position `version`.
     /// A contribution gets no such answer: its entry in the log (this peer's id and counter in a
@@ -206,6 +214,7 @@ mod tag {
     pub const COUNTER_TABLE: u8 = 0x0b;
     pub const ASSIGN: u8 = 0x0c;
     pub const VOTE: u8 = 0x0d;
+    pub const CONTRIBUTE_RUN: u8 = 0x0e;
 }
 
 impl Message {
@@ -276,12 +285,20 @@ impl Message {
             Message::Contribute {
                 counter,
                 base_version,
-                byte,
+                bytes,
             } => {
-                out.push(tag::CONTRIBUTE);
+                let run = bytes.len() != 1;
+                out.push(if run {
+                    tag::CONTRIBUTE_RUN
+                } else {
+                    tag::CONTRIBUTE
+                });
                 out.extend_from_slice(&counter.0.to_le_bytes());
                 out.extend_from_slice(&base_version.0.to_le_bytes());
-                out.push(*byte);
+                if run {
+                    varint::put(out, bytes.len() as u64);
+                }
+                out.extend_from_slice(bytes);
             }
             Message::Accepted { counter, version } => {
                 out.push(tag::ACCEPTED);
@@ -401,8 +418,30 @@ impl Message {
             tag::CONTRIBUTE => Message::Contribute {
                 counter: Serial(u16::from_le_bytes(take::<2>(r, "counter")?)),
                 base_version: Serial(u16::from_le_bytes(take::<2>(r, "base_version")?)),
-                byte: take::<1>(r, "byte")?[0],
+                bytes: vec![take::<1>(r, "byte")?[0]],
             },
+            tag::CONTRIBUTE_RUN => {
+                let counter = Serial(u16::from_le_bytes(take::<2>(r, "counter")?));
+                let base_version = Serial(u16::from_le_bytes(take::<2>(r, "base_version")?));
+                let n = get_count(r, MAX_RUN)?;
+                // One estimate has its own form: a run is two or more.
+                if n < 2 {
+                    return Err(DecodeError::OutOfRange {
+                        field: "run",
+                        value: n as u64,
+                    });
+                }
+                if r.len() < n {
+                    return Err(DecodeError::Truncated("run"));
+                }
+                let (bytes, rest) = r.split_at(n);
+                *r = rest;
+                Message::Contribute {
+                    counter,
+                    base_version,
+                    bytes: bytes.to_vec(),
+                }
+            }
             tag::ACCEPTED => Message::Accepted {
                 counter: Counter(varint::get(r, "counter")?),
                 version: Version(varint::get(r, "version")?),
@@ -602,11 +641,16 @@ mod tests {
                     next_counter: Counter(c),
                     secret: ResumeSecret(s),
                 }),
-            (any::<u16>(), any::<u16>(), any::<u8>()).prop_map(|(c, v, b)| Message::Contribute {
-                counter: Serial(c),
-                base_version: Serial(v),
-                byte: b
-            }),
+            (
+                any::<u16>(),
+                any::<u16>(),
+                proptest::collection::vec(any::<u8>(), 1..300)
+            )
+                .prop_map(|(c, v, bytes)| Message::Contribute {
+                    counter: Serial(c),
+                    base_version: Serial(v),
+                    bytes
+                }),
             (any::<u64>(), any::<u64>()).prop_map(|(c, v)| Message::Accepted {
                 counter: Counter(c),
                 version: Version(v)
@@ -694,10 +738,17 @@ mod tests {
         let contribute = Message::Contribute {
             counter: Serial::of(1 << 40),
             base_version: Serial::of(100_000),
-            byte: 0x81,
+            bytes: vec![0x81],
         };
         assert_eq!(contribute.encode().len(), 6);
         assert_eq!(crate::framing::client_frame_len(6), 12);
+        // A run of 64 (one step's lanes): 1 + 2 + 2 + 1 + 64.
+        let run = Message::Contribute {
+            counter: Serial::of(7),
+            base_version: Serial::of(9),
+            bytes: vec![3; 64],
+        };
+        assert_eq!(run.encode().len(), 70);
         let batch = Message::LogBatch {
             first_version: Version(1000),
             entries: vec![
@@ -711,6 +762,33 @@ mod tests {
         };
         // 1 tag + 2 (version 1000) + 1 (n = 64) + 64 × 3
         assert_eq!(batch.encode().len(), 1 + 2 + 1 + 64 * 3);
+    }
+
+    #[test]
+    fn a_run_is_two_to_max_run_estimates_and_one_has_its_own_form() {
+        let run = |n: u64| {
+            let mut bytes = vec![tag::CONTRIBUTE_RUN, 1, 0, 2, 0];
+            varint::put(&mut bytes, n);
+            bytes.extend(std::iter::repeat_n(5, n as usize));
+            bytes
+        };
+        assert!(Message::decode(&run(2)).is_ok());
+        assert!(Message::decode(&run(MAX_RUN)).is_ok());
+        assert!(matches!(
+            Message::decode(&run(1)),
+            Err(DecodeError::OutOfRange { field: "run", .. })
+        ));
+        assert!(Message::decode(&run(0)).is_err());
+        assert!(matches!(
+            Message::decode(&run(MAX_RUN + 1)),
+            Err(DecodeError::TooLong { .. })
+        ));
+        let one = Message::Contribute {
+            counter: Serial(1),
+            base_version: Serial(2),
+            bytes: vec![5],
+        };
+        assert_eq!(one.encode()[0], tag::CONTRIBUTE);
     }
 
     #[test]

@@ -448,10 +448,16 @@ impl PeerConnection<'_> {
             Message::Contribute {
                 counter,
                 base_version,
-                byte,
+                bytes,
             } => {
-                self.propose(Proposed::Contribution(counter), base_version, byte)
-                    .await
+                // A run: consecutive counters at one base, each its own contribution (and
+                // each counted against the rate limit).
+                for (i, byte) in bytes.into_iter().enumerate() {
+                    let counter = Serial(counter.0.wrapping_add(i as u16));
+                    self.propose(Proposed::Contribution(counter), base_version, byte)
+                        .await?;
+                }
+                Ok(())
             }
             Message::Vote {
                 round,

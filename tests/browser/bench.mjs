@@ -9,20 +9,24 @@ import { join, launch, pageStatus, scratch, sleep, startRelay, startWorker, wait
 const MEASURE_MS = 15_000;
 
 const JOBS = [
-  { name: 'demo (spirals MLP)', toml: null, data: 'builtin:spirals' },
+  // A native worker does the demo's 10 000 contributions in about a second: start-up would be
+  // most of it, so it does 50 000.
+  { name: 'demo (spirals MLP)', toml: null, data: 'builtin:spirals', native: 50_000 },
   {
     name: 'char LM (tales)',
     toml:
       '[job]\nname = "tales-lm"\n[model]\nkind = "char_lm"\nembedding = 8\nhidden = [64]\n' +
       '[task]\nfeatures = 8\nclasses = 256\ndataset = "tales"\n[hyper]\nbatch_size = 64\n',
     data: 'builtin:tales',
+    native: 10_000,
   },
 ];
 
 /** A scratch directory and a relay hosting `job` (its TOML, or the built-in demo). */
 async function relayFor(job) {
   const tmp = scratch();
-  const args = [];
+  // No per-peer rate limit in the way (2 000/s by default): the peer's own pace is measured.
+  const args = ['--rate-limit', '1000000'];
   if (job.toml) {
     const file = path.join(tmp.dir, 'job.toml');
     writeFileSync(file, job.toml);
@@ -45,6 +49,7 @@ async function measure(job, backend) {
     await sleep(MEASURE_MS);
     const last = await pageStatus(page);
     const seconds = (Date.now() - began) / 1000;
+    const rejected = last.rejected - first.rejected;
     const shown = await page.evaluate(() => ({
       busy: Number(document.getElementById('busy').textContent),
       stepMs: Number(document.getElementById('step-ms').textContent),
@@ -52,6 +57,7 @@ async function measure(job, backend) {
     return {
       backend: last.backend,
       perSecond: (last.accepted - first.accepted) / seconds,
+      rejected,
       busy: shown.busy,
       stepMs: shown.stepMs,
       state: last.state,
@@ -67,7 +73,7 @@ async function measure(job, backend) {
 async function measureNative(job) {
   const { tmp, relay } = await relayFor(job);
   try {
-    const contributions = 10_000;
+    const contributions = job.native;
     const began = Date.now();
     const report = await startWorker(relay.url, ['--contributions', String(contributions), '--data', job.data]).result;
     const seconds = (Date.now() - began) / 1000;
@@ -81,18 +87,18 @@ async function measureNative(job) {
 console.log(`the page alone with a relay, ${MEASURE_MS / 1000} s per figure, throttle 100 %`);
 for (const job of JOBS) {
   console.log(`\n${job.name}`);
-  console.log('  backend   accepted/s   busy   idle   one step   what the page said');
+  console.log('  backend   accepted/s   busy   idle   one step   rejected   what the page said');
   const rates = {};
   for (const backend of ['webgpu', 'cpu']) {
     const r = await measure(job, backend);
     rates[backend] = r.perSecond;
     console.log(
-      `  ${backend.padEnd(7)} ${r.perSecond.toFixed(1).padStart(11)} ${String(r.busy).padStart(5)} % ${String(100 - r.busy).padStart(4)} % ${r.stepMs.toFixed(0).padStart(7)} ms   ${r.backend}`,
+      `  ${backend.padEnd(7)} ${r.perSecond.toFixed(1).padStart(11)} ${String(r.busy).padStart(5)} % ${String(100 - r.busy).padStart(4)} % ${r.stepMs.toPrecision(2).padStart(7)} ms ${String(r.rejected).padStart(10)}   ${r.backend}`,
     );
   }
   const native = await measureNative(job);
   console.log(
-    `  native  ${native.perSecond.toFixed(1).padStart(11)} ${String(native.busy).padStart(5)} % ${String(100 - native.busy).padStart(4)} %              onebyte join --backend cpu (10 000 contributions, start-up included)`,
+    `  native  ${native.perSecond.toFixed(1).padStart(11)} ${String(native.busy).padStart(5)} % ${String(100 - native.busy).padStart(4)} %                         onebyte join --backend cpu (${job.native} contributions, start-up included)`,
   );
   console.log(`  WebGPU / CPU in the page: ${(rates.webgpu / rates.cpu).toFixed(2)}×, the page's CPU / native: ${(rates.cpu / native.perSecond).toFixed(2)}×`);
 }

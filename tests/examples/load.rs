@@ -367,7 +367,7 @@ where
                 let msg = Message::Contribute {
                     counter: Serial::of(counter),
                     base_version: Serial::of(cursor.version().0),
-                    byte: (counter % 251) as u8,
+                    bytes: vec![(counter % 251) as u8],
                 };
                 counter += 1;
                 shared.sent.fetch_add(1, Relaxed);

@@ -185,7 +185,7 @@ impl RawPeer {
         let msg = Message::Contribute {
             counter: Serial::of(self.next_counter.0),
             base_version: Serial::of(self.cursor.version().0),
-            byte,
+            bytes: vec![byte],
         };
         self.next_counter = Counter(self.next_counter.0 + 1);
         send(&mut self.socket, &msg).await

@@ -13,11 +13,17 @@
 //! stale. Every frame already delivered is applied before a step that is due, yet a step waits
 //! at most [`MAX_DEFER_MS`] (a log that streams in as fast as it is applied would otherwise
 //! starve computing for ever). Steps run back to back for at most [`COMPUTE_SLICE_MS`]; then
-//! the turn waits on the socket or a timer, which yields to the runtime so frames that arrived
-//! meanwhile are delivered. (Yielding after every step would cost a browser's 4 ms timer clamp
-//! each time: most of a CPU step.) Log batches already delivered are merged before applying: a
-//! slow adapter pays per dispatch, so a backlog applied in a few large runs is what lets it
-//! catch up.
+//! the turn sleeps, which yields to the runtime so every frame that arrived meanwhile is
+//! delivered. (Yielding after every step would cost a browser's 4 ms timer clamp each time:
+//! most of a CPU step.) Log batches already delivered are merged before applying: a slow
+//! adapter pays per dispatch, so a backlog applied in a few large runs is what lets it catch
+//! up.
+//!
+//! Messages per contribution are few: a step's contributions wait up to [`HOLD_MS`] for the
+//! next step's and go out as one run (`Contribute` with consecutive counters), and their
+//! acceptance is read from the log batches the peer receives anyway. The window of
+//! contributions in flight adapts to the round trip measured here (send to answer), so a fast
+//! peer keeps computing while answers travel.
 
 mod io;
 pub mod scripted;
@@ -32,6 +38,7 @@ use crate::session::{PeerState, Received, Session, SessionEnd};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_lite::future;
 use protocol::{Message, RejectReason, Version, WeightHash, close, framing};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Longest run of steps between two yields to the runtime (ms).
@@ -45,6 +52,14 @@ const IDLE_WAIT_MS: f64 = 200.0;
 const MERGED_ENTRIES: usize = 4096;
 /// No answer to a contribution in flight for this long means the peer is behind the log (ms).
 const ANSWERS_OVERDUE_MS: f64 = 2_000.0;
+/// Longest a step's contributions wait for the next step's, to travel as one message (ms):
+/// the relay's default tick, within which they would be logged together anyway.
+const HOLD_MS: f64 = 5.0;
+/// An adapting window holds this many round trips' worth of this peer's contributions: one
+/// keeps it busy while answers travel, the second absorbs a round trip twice the usual.
+const WINDOW_ROUND_TRIPS: f64 = 2.0;
+/// Weight of the newest round trip in the running estimate (as TCP's smoothed RTT).
+const ROUND_TRIP_WEIGHT: f64 = 0.125;
 /// A connection that lasted this long was not a failed attempt: the backoff starts over (ms).
 const STABLE_CONNECTION_MS: f64 = 2_000.0;
 /// After the relay turns a contribution down because the job is paused, wait this long (ms).
@@ -198,6 +213,10 @@ pub struct Driver<'h, H, T, C> {
     answered_at: f64,
     /// Computing may start no earlier than this (the throttle, a paused job).
     next_compute: f64,
+    /// When each contribution in flight on this connection was sent, oldest first.
+    sent_at: VecDeque<f64>,
+    /// Smoothed time from sending a contribution to hearing its answer (ms).
+    round_trip_ms: Option<f64>,
 }
 
 impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
@@ -210,6 +229,8 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
             tally: Tally::default(),
             answered_at: 0.0,
             next_compute: 0.0,
+            sent_at: VecDeque::new(),
+            round_trip_ms: None,
         }
     }
 
@@ -316,6 +337,7 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
         };
         let mut session = Session::new(peer, &self.config.token, self.config.window);
         self.answered_at = self.clock.now_ms();
+        self.sent_at.clear();
         // Whether steps have run for a whole slice: the next turn yields first.
         let mut must_yield = false;
         // When the current run of steps without yielding began.
@@ -324,15 +346,9 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
         let mut due_since: Option<f64> = None;
         // A message read ahead while merging log batches, handled next turn.
         let mut held: Option<Result<Message, End>> = None;
+        // Since when the outbox has held contributions back for the next step's.
+        let mut holding_since: Option<f64> = None;
         loop {
-            for msg in session.take_outbox() {
-                let bytes = msg.encode();
-                self.tally.bytes_sent += framing::client_frame_len(bytes.len()) as u64;
-                if let Err(e) = conn.send(bytes).await {
-                    let failed = format!("sending {}: {e}", msg.kind());
-                    return self.why_closed(&mut conn, failed).await;
-                }
-            }
             if self.host.should_leave(peer) {
                 conn.close("the peer is leaving").await;
                 return End::Left;
@@ -349,6 +365,18 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                 IDLE_WAIT_MS
             };
             let due = wants && !must_yield && now >= self.next_compute;
+            // Contributions of steps run back to back go out as one message: held while the
+            // next turn computes again, at most HOLD_MS; anything else goes at once.
+            let hold = due
+                && held.is_none()
+                && session.only_contributions_queued()
+                && now - *holding_since.get_or_insert(now) < HOLD_MS;
+            if !hold {
+                holding_since = None;
+                if let Err(end) = self.send_outbox(&mut conn, &mut session).await {
+                    return end;
+                }
+            }
             due_since = due.then(|| due_since.unwrap_or(now));
             let incoming = if held.is_some() {
                 None
@@ -356,6 +384,16 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                 future::poll_once(conn.recv()).await
             } else if due {
                 None
+            } else if wants && must_yield && wait <= 0.0 {
+                // The yield between two slices of steps: a bare sleep, not a wait on the
+                // socket, so that every frame that arrived during the slice is delivered (a
+                // browser hands over one websocket message per task, and waking on the first
+                // would take in one frame a slice); the next turns take them all, log batches
+                // merged, before computing again.
+                must_yield = false;
+                slice_began = None;
+                self.clock.sleep_ms(0.0).await;
+                continue;
             } else {
                 must_yield = false;
                 slice_began = None;
@@ -386,6 +424,10 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                     };
                     let done = self.clock.now_ms();
                     self.tally.stepped(began, done, step.len());
+                    if let Some(round_trip) = self.round_trip_ms {
+                        let each = (done - began) / step.len().max(1) as f64;
+                        session.fit_window(each, round_trip, WINDOW_ROUND_TRIPS);
+                    }
                     must_yield = done - *slice_began.get_or_insert(began) >= COMPUTE_SLICE_MS;
                     let share = self.host.compute_share().clamp(0.01, 1.0);
                     self.next_compute = done + (done - began) * (1.0 - share) / share;
@@ -393,6 +435,30 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                 None => {}
             }
         }
+    }
+
+    /// Sends what the session queued, in order.
+    async fn send_outbox(
+        &mut self,
+        conn: &mut T::Connection,
+        session: &mut Session,
+    ) -> Result<(), End> {
+        for msg in session.take_outbox() {
+            let estimates = match &msg {
+                Message::Contribute { bytes, .. } => bytes.len(),
+                Message::Vote { .. } => 1,
+                _ => 0,
+            };
+            let now = self.clock.now_ms();
+            self.sent_at.extend(std::iter::repeat_n(now, estimates));
+            let bytes = msg.encode();
+            self.tally.bytes_sent += framing::client_frame_len(bytes.len()) as u64;
+            if let Err(e) = conn.send(bytes).await {
+                let failed = format!("sending {}: {e}", msg.kind());
+                return Err(self.why_closed(conn, failed).await);
+            }
+        }
+        Ok(())
     }
 
     /// Hands one message to the session and acts on what it changed.
@@ -412,14 +478,19 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
             }) => {
                 if accepted > 0 {
                     self.answered_at = now;
+                    self.answers_heard(accepted, now);
                 }
                 if !hashes.is_empty() {
                     self.host.event(Event::Hashes(&hashes));
                 }
             }
-            Ok(Received::Accepted) => self.answered_at = now,
+            Ok(Received::Accepted) => {
+                self.answered_at = now;
+                self.answers_heard(1, now);
+            }
             Ok(Received::Rejected { reason, detail }) => {
                 self.answered_at = now;
+                self.answers_heard(1, now);
                 if reason == RejectReason::Paused {
                     // Wait for the relay's host rather than spin.
                     self.next_compute = now + PAUSED_RETRY_MS;
@@ -435,6 +506,22 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
             Err(SessionEnd::Fatal(why)) => return Err(End::Failed(why)),
         }
         Ok(())
+    }
+
+    /// `n` contributions were answered now: the oldest in flight, as the relay answers in
+    /// order (near enough for a running estimate of the round trip).
+    fn answers_heard(&mut self, n: usize, now: f64) {
+        let mut sent = None;
+        for _ in 0..n {
+            sent = self.sent_at.pop_front().or(sent);
+        }
+        if let Some(sent) = sent {
+            let sample = now - sent;
+            self.round_trip_ms = Some(
+                self.round_trip_ms
+                    .map_or(sample, |rtt| rtt + ROUND_TRIP_WEIGHT * (sample - rtt)),
+            );
+        }
     }
 
     /// Tells the host where the peer stands.

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 /// Plays one script per connection, in order; a connection whose script has run out waits for
-/// ever. Every `Contribute` is logged at once: the next frame is a `LogBatch` with its entry
-/// (a relay's acceptance). Records what the peer sent.
+/// ever. Every `Contribute` is logged at once: the next frame is a `LogBatch` with its
+/// entries (a relay's acceptance). Records what the peer sent.
 pub struct ScriptedRelay {
     scripts: VecDeque<Vec<Incoming>>,
     snapshot: Vec<u8>,
@@ -95,16 +95,19 @@ impl ScriptedConnection {
 impl Connection for ScriptedConnection {
     async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
         let msg = Message::decode(&frame).map_err(|e| e.to_string())?;
-        if let (Message::Contribute { counter, byte, .. }, Some(peer), Some(log)) =
+        if let (Message::Contribute { counter, bytes, .. }, Some(peer), Some(log)) =
             (&msg, self.peer, &mut self.log)
         {
-            let entry = LogEntry {
-                peer,
-                counter: protocol::Counter(u64::from(counter.0)),
-                byte: *byte,
-            };
+            let entries: Vec<LogEntry> = (u64::from(counter.0)..)
+                .zip(bytes)
+                .map(|(counter, &byte)| LogEntry {
+                    peer,
+                    counter: protocol::Counter(counter),
+                    byte,
+                })
+                .collect();
             self.script
-                .push_front(Incoming::Frame(log.pack(&[entry]).encode()));
+                .push_front(Incoming::Frame(log.pack(&entries).encode()));
         }
         self.sent
             .borrow_mut()
@@ -224,9 +227,9 @@ pub struct Outcome {
 pub const SECRET: protocol::ResumeSecret = protocol::ResumeSecret([5; 16]);
 
 /// The demo job's peer 5 catches up to version 300 and the line drops; it reconnects, resumes
-/// its id from 300, catches up to 512, has two contributions accepted (each logged at once, so
-/// the second is computed at 513) and leaves. Run natively and in wasm; each suite asserts on
-/// the [`Outcome`].
+/// its id from 300, catches up to 512, has two contributions accepted (sent as one run, and
+/// logged: the replica ends at 514) and leaves. Run natively and in wasm; each suite asserts
+/// on the [`Outcome`].
 pub async fn lost_connection_scenario(token: &str) -> Outcome {
     use protocol::{Counter, LogCursor, PeerId};
     let job = std::sync::Arc::new(crate::Job::demo());

@@ -58,9 +58,9 @@ fn the_driver_resumes_its_peer_id_after_a_lost_connection() {
     assert_eq!(reports(&outcome.sent[0]), [256]);
     assert_eq!(reports(&outcome.sent[1]), [512]);
     assert_eq!(outcome.host.hashes[1].1, outcome.expected_hash);
-    // Caught up, it contributed exactly its budget, and nothing before: the first on the
-    // weights at 512, the second after applying the first's entry, its acceptance.
-    let contributed: Vec<(u16, u16)> = outcome
+    // Caught up, it contributed exactly its budget on the weights at 512, and nothing before:
+    // two steps back to back, sent as one run (counters 0 and 1), and logged.
+    let contributed: Vec<(u16, u16, usize)> = outcome
         .sent
         .iter()
         .flatten()
@@ -68,12 +68,12 @@ fn the_driver_resumes_its_peer_id_after_a_lost_connection() {
             Message::Contribute {
                 counter,
                 base_version,
-                ..
-            } => Some((counter.0, base_version.0)),
+                bytes,
+            } => Some((counter.0, base_version.0, bytes.len())),
             _ => None,
         })
         .collect();
-    assert_eq!(contributed, [(0, 512), (1, 513)]);
+    assert_eq!(contributed, [(0, 512, 2)]);
     assert_eq!(outcome.peer.accepted, 2);
     assert_eq!(outcome.peer.replica.version(), Version(514));
 }

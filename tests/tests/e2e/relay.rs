@@ -228,7 +228,7 @@ async fn bad_frames_get_close_codes_and_the_relay_keeps_serving() {
                 Message::Contribute {
                     counter: protocol::Serial(0),
                     base_version: protocol::Serial(0),
-                    byte: 1,
+                    bytes: vec![1],
                 }
                 .encode()
                 .into(),

@@ -207,11 +207,11 @@ fn falsified(adversary: Adversary, quantizer: protocol::Quantizer, frame: Vec<u8
         Ok(Message::Contribute {
             counter,
             base_version,
-            byte,
+            bytes,
         }) => Message::Contribute {
             counter,
             base_version,
-            byte: falsify(byte),
+            bytes: bytes.into_iter().map(falsify).collect(),
         }
         .encode(),
         Ok(Message::Vote {
