@@ -36,6 +36,7 @@ async fn the_session_in_wasm_follows_the_log_and_reports_hashes() {
         version: Version(REFERENCE_LEN as u64),
         next_counter: Counter(0),
         secret: protocol::ResumeSecret([1; 16]),
+        rate_limit: 0,
     };
     session.receive(&mut peer, welcome).await.unwrap();
     let mut cursor = LogCursor::new(Version(0), []);

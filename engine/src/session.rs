@@ -156,6 +156,8 @@ pub struct Session {
     committee: bool,
     /// Committee rounds the relay assigned and this peer has not voted on, oldest first.
     assigned: VecDeque<Counter>,
+    /// Most contributions a second the relay takes from this peer (its `Welcome` says).
+    rate_limit: Option<u32>,
     outbox: Vec<Message>,
 }
 
@@ -199,6 +201,7 @@ impl Session {
             quarantined: false,
             committee: peer.replica.job().committee().is_some(),
             assigned: VecDeque::new(),
+            rate_limit: None,
             outbox: vec![hello],
         }
     }
@@ -268,6 +271,11 @@ impl Session {
         self.quarantined
     }
 
+    /// Most contributions (or votes) a second the relay takes from this peer, once welcomed.
+    pub fn rate_limit(&self) -> Option<u32> {
+        self.rate_limit
+    }
+
     /// Committee rounds assigned and not yet voted on.
     pub fn assigned(&self) -> usize {
         self.assigned.len()
@@ -314,12 +322,14 @@ impl Session {
                     version,
                     next_counter,
                     secret,
+                    rate_limit,
                     ..
                 },
             ) => {
                 peer.id = Some(id);
                 peer.secret = Some(secret);
                 self.next_counter = next_counter;
+                self.rate_limit = (rate_limit > 0).then_some(rate_limit);
                 self.head = version;
                 self.phase = Phase::AwaitTable;
                 Ok(Received::Welcome {
@@ -601,6 +611,7 @@ mod tests {
             version: Version(head),
             next_counter: Counter(10),
             secret: ResumeSecret([7; 16]),
+            rate_limit: 2000,
         };
         block_on(session.receive(&mut peer, welcome)).unwrap();
         let table = LogCursor::new(Version(0), []).table_message();
@@ -769,6 +780,7 @@ mod tests {
             version: Version(0),
             next_counter: Counter(0),
             secret: ResumeSecret([7; 16]),
+            rate_limit: 2000,
         };
         assert!(matches!(
             block_on(session.receive(&mut peer, again)),

@@ -9,7 +9,7 @@
 //! | message | direction | bytes |
 //! |---|---|---|
 //! | `Hello` | peer → relay | 1 + 2 + v(job) + 1 + (v(peer) + 16)? + v(from) + v(len) + token |
-//! | `Welcome` | relay → peer | 1 + v(peer) + v(job) + v(version) + v(next_counter) + 16 |
+//! | `Welcome` | relay → peer | 1 + v(peer) + v(job) + v(version) + v(next_counter) + 16 + v(rate_limit) |
 //! | `Contribute`, one | peer → relay | 1 + 2 + 2 + 1 (16-bit serials, see [`crate::serial`]) |
 //! | `Contribute`, a run of n ≥ 2 | peer → relay | 1 + 2 + 2 + v(n) + n |
 //! | `Accepted` | relay → peer | 1 + v(counter) + v(version) |
@@ -145,6 +145,9 @@ pub enum Message {
         version: Version,
         next_counter: Counter,
         secret: ResumeSecret,
+        /// Most contributions (or votes) a second the relay takes from this peer; more are
+        /// rejected, so a peer paces itself below it. 0: no limit.
+        rate_limit: u32,
     },
     /// Gradient estimates along consecutive directions of this peer, all computed at one
     /// version: the first direction's counter and that version (low 16 bits of each), then a
@@ -274,6 +277,7 @@ impl Message {
                 version,
                 next_counter,
                 secret,
+                rate_limit,
             } => {
                 out.push(tag::WELCOME);
                 varint::put(out, u64::from(peer.0));
@@ -281,6 +285,7 @@ impl Message {
                 varint::put(out, version.0);
                 varint::put(out, next_counter.0);
                 out.extend_from_slice(&secret.0);
+                varint::put(out, u64::from(*rate_limit));
             }
             Message::Contribute {
                 counter,
@@ -414,6 +419,7 @@ impl Message {
                 version: Version(varint::get(r, "version")?),
                 next_counter: Counter(varint::get(r, "next_counter")?),
                 secret: ResumeSecret(take::<16>(r, "secret")?),
+                rate_limit: get_u32(r, "rate_limit")?,
             },
             tag::CONTRIBUTE => Message::Contribute {
                 counter: Serial(u16::from_le_bytes(take::<2>(r, "counter")?)),
@@ -539,13 +545,12 @@ fn take<const N: usize>(r: &mut &[u8], field: &'static str) -> Result<[u8; N], D
 }
 
 fn get_peer(r: &mut &[u8]) -> Result<PeerId, DecodeError> {
-    let v = varint::get(r, "peer")?;
-    u32::try_from(v)
-        .map(PeerId)
-        .map_err(|_| DecodeError::OutOfRange {
-            field: "peer",
-            value: v,
-        })
+    get_u32(r, "peer").map(PeerId)
+}
+
+fn get_u32(r: &mut &[u8], field: &'static str) -> Result<u32, DecodeError> {
+    let v = varint::get(r, field)?;
+    u32::try_from(v).map_err(|_| DecodeError::OutOfRange { field, value: v })
 }
 
 fn get_count(r: &mut &[u8], limit: u64) -> Result<usize, DecodeError> {
@@ -632,14 +637,16 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 any::<u64>(),
-                any::<[u8; 16]>()
+                any::<[u8; 16]>(),
+                any::<u32>()
             )
-                .prop_map(|(p, j, v, c, s)| Message::Welcome {
+                .prop_map(|(p, j, v, c, s, rate_limit)| Message::Welcome {
                     peer: PeerId(p),
                     job: JobId(j),
                     version: Version(v),
                     next_counter: Counter(c),
                     secret: ResumeSecret(s),
+                    rate_limit,
                 }),
             (
                 any::<u16>(),

@@ -314,6 +314,7 @@ impl PeerConnection<'_> {
             version: joined.live_from,
             next_counter: joined.next_counter,
             secret: joined.secret,
+            rate_limit: rate_limit(self.ctx).get(),
         };
         send(self.ctx, &mut self.sink, welcome.encode().into()).await?;
         self.catch_up(joined.live_from).await?;

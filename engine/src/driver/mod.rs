@@ -23,7 +23,8 @@
 //! next step's and go out as one run (`Contribute` with consecutive counters), and their
 //! acceptance is read from the log batches the peer receives anyway. The window of
 //! contributions in flight adapts to the round trip measured here (send to answer), so a fast
-//! peer keeps computing while answers travel.
+//! peer keeps computing while answers travel; and a peer faster than the relay's per-peer rate
+//! limit paces its steps below it rather than compute contributions that would be refused.
 
 mod io;
 pub mod scripted;
@@ -60,6 +61,12 @@ const HOLD_MS: f64 = 5.0;
 const WINDOW_ROUND_TRIPS: f64 = 2.0;
 /// Weight of the newest round trip in the running estimate (as TCP's smoothed RTT).
 const ROUND_TRIP_WEIGHT: f64 = 0.125;
+/// A peer paces itself to this share of the relay's rate limit (its `Welcome` says it), so
+/// that no contribution is computed only to be turned down.
+const PACE_SHARE: f64 = 0.95;
+/// How far ahead of its pace a peer may run, in time (ms): a burst the relay's limiter allows
+/// many times over (it allows a second's worth).
+const PACE_BURST_MS: f64 = 100.0;
 /// A connection that lasted this long was not a failed attempt: the backoff starts over (ms).
 const STABLE_CONNECTION_MS: f64 = 2_000.0;
 /// After the relay turns a contribution down because the job is paused, wait this long (ms).
@@ -217,6 +224,9 @@ pub struct Driver<'h, H, T, C> {
     sent_at: VecDeque<f64>,
     /// Smoothed time from sending a contribution to hearing its answer (ms).
     round_trip_ms: Option<f64>,
+    /// When this peer's contributions so far would all have been sent at the relay's pace
+    /// (a virtual clock, as a token bucket keeps it).
+    paced_until: f64,
 }
 
 impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
@@ -231,6 +241,7 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
             next_compute: 0.0,
             sent_at: VecDeque::new(),
             round_trip_ms: None,
+            paced_until: 0.0,
         }
     }
 
@@ -431,6 +442,11 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                     must_yield = done - *slice_began.get_or_insert(began) >= COMPUTE_SLICE_MS;
                     let share = self.host.compute_share().clamp(0.01, 1.0);
                     self.next_compute = done + (done - began) * (1.0 - share) / share;
+                    if let Some(limit) = session.rate_limit() {
+                        let spacing = 1_000.0 / (f64::from(limit) * PACE_SHARE);
+                        self.paced_until = self.paced_until.max(done) + step.len() as f64 * spacing;
+                        self.next_compute = self.next_compute.max(self.paced_until - PACE_BURST_MS);
+                    }
                 }
                 None => {}
             }

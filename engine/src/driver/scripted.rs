@@ -241,6 +241,7 @@ pub async fn lost_connection_scenario(token: &str) -> Outcome {
         version: Version(version),
         next_counter: Counter(0),
         secret: SECRET,
+        rate_limit: 0,
     };
     let mut first = vec![frame(&welcome(300)), frame(&cursor.table_message())];
     first.extend(log[..300].chunks(100).map(|c| frame(&cursor.pack(c))));

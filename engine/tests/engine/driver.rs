@@ -172,6 +172,7 @@ fn a_resync_reloads_the_snapshot_and_rejoins_from_its_version() {
         version: Version(100),
         next_counter: Counter(0),
         secret: ResumeSecret([2; 16]),
+        rate_limit: 0,
     };
     let mut cursor = LogCursor::new(Version(0), []);
     let log = engine::reference::synthetic_log(100, 3);
@@ -250,4 +251,43 @@ fn an_unknown_peer_id_is_dropped_and_the_peer_joins_afresh() {
         sent[1][0]
     );
     assert_eq!(peer.id, None);
+}
+
+/// Time the driver spent waiting (ms) while `budget` contributions were accepted by a relay
+/// whose `Welcome` gave `rate_limit`.
+fn waited_for(rate_limit: u32, budget: u64) -> (f64, u64) {
+    let job = Arc::new(Job::demo());
+    let (mut peer, snapshot) = peer_on(&job);
+    let welcome = Message::Welcome {
+        peer: PeerId(4),
+        job: job.id,
+        version: Version(0),
+        next_counter: Counter(0),
+        secret: ResumeSecret([4; 16]),
+        rate_limit,
+    };
+    let script = vec![
+        frame(&welcome),
+        frame(&LogCursor::new(Version(0), []).table_message()),
+    ];
+    let relay = ScriptedRelay::new(vec![script], snapshot);
+    let clock = JumpingClock::default();
+    let slept = clock.slept.clone();
+    let mut host = ScriptedHost::new(job, budget);
+    let mut driver = Driver::new(&mut host, relay, clock, DriverConfig::default());
+    assert_eq!(block_on(driver.run(&mut peer)), Ok(()));
+    let waited = slept.borrow().iter().sum();
+    (waited, peer.accepted)
+}
+
+#[test]
+fn a_peer_paces_itself_below_the_relay_rate_limit() {
+    // Steps take no time on a jumping clock: only pacing makes the driver wait.
+    let (waited, accepted) = waited_for(100, 60);
+    assert_eq!(accepted, 60);
+    // 60 at 95 % of 100 a second is 632 ms, less the 100 ms it may run ahead.
+    assert!((500.0..700.0).contains(&waited), "waited {waited} ms");
+    let (unlimited, accepted) = waited_for(0, 60);
+    assert_eq!(accepted, 60);
+    assert!(unlimited < 50.0, "waited {unlimited} ms without a limit");
 }
