@@ -29,6 +29,7 @@ fn main() {
     engine::host_memory::keep_freed_memory();
     // First, while the process holds nothing else: its peak memory is the step's.
     gpt2_small_step_figures();
+    mlp_1m_step_figures();
     let job = Arc::new(Job::demo());
     let d = job.model.layout().d();
     let batch_size = job.hyper().batch_size;
@@ -213,6 +214,63 @@ fn torch_tokens_per_s(
         .ok()
 }
 
+/// The MLP of about a million parameters (64-1024-1024-10, ReLU) and a batch of 64 for it.
+fn mlp_1m() -> (Arc<Job>, engine::Split) {
+    let job = Job::from_toml(
+        "[job]\nname = \"bench-1m\"\n[model]\nkind = \"mlp\"\nhidden = [1024, 1024]\nactivation = \"relu\"\n\
+         [task]\nfeatures = 64\nclasses = 10\n[hyper]\nbatch_size = 64\n",
+    )
+    .expect("the 1M job");
+    let batch = engine::Split {
+        features: 64,
+        x: (0..64 * 64)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect(),
+        y: (0..64).map(|i| i % 10).collect(),
+    };
+    (Arc::new(job), batch)
+}
+
+/// The 1 M MLP's forward pass, ZO step and apply on the CPU, beside PyTorch's on the same cores.
+fn mlp_1m_step_figures() {
+    let (job, batch) = mlp_1m();
+    let d = job.model.layout().d();
+    let mut replica = Replica::new(job, cpu_device());
+    let forward = time(5, 40, |_| {
+        black_box(block_on(replica.batch_loss(&batch)).unwrap());
+    });
+    let step = time(5, 40, |i| {
+        black_box(block_on(replica.propose(PeerId(0), Counter(i as u64), &batch)).unwrap());
+    });
+    let apply = time(5, 40, |i| {
+        replica.apply(&[LogEntry {
+            peer: PeerId(1),
+            counter: Counter(i as u64),
+            byte: 0x21,
+        }]);
+    });
+    let ms = |t: Duration| t.as_secs_f64() * 1e3;
+    println!("MLP 64-1024-1024-10 on the CPU, d = {d}, batch 64");
+    println!(
+        "  forward {:.2} ms, ZO step {:.2} ms, apply one entry {:.2} ms",
+        ms(forward),
+        ms(step),
+        ms(apply)
+    );
+    match torch_zo_seconds(&["--mlp", "64,1024,1024,10", "--batch", "64"]) {
+        Some((torch_forward, torch_step)) => println!(
+            "  PyTorch (same cores): forward {:.2} ms, MeZO step {:.2} ms; forward throughput \
+             ours/PyTorch {:.2} (goal ≥ 0.8), step {:.2}× PyTorch's (goal ≥ 2)",
+            torch_forward * 1e3,
+            torch_step * 1e3,
+            torch_forward / forward.as_secs_f64(),
+            torch_step / (step + apply).as_secs_f64()
+        ),
+        None => println!("  (no PyTorch figures: python3 cannot import torch here)"),
+    }
+    println!();
+}
+
 /// The models the lane figures use: the demo's spirals MLP, the char LM, the tiny transformer
 /// and an MLP of about a million parameters (64-1024-1024-10), each with a batch of its own
 /// shape.
@@ -224,18 +282,7 @@ fn lane_models() -> Vec<(&'static str, Arc<Job>, engine::Split)> {
     .expect("the LM job");
     let lm = Arc::new(lm);
     let lm_data = engine::data::for_job(&lm, &"tales".parse().unwrap(), None, 1).unwrap();
-    let big = Job::from_toml(
-        "[job]\nname = \"bench-1m\"\n[model]\nkind = \"mlp\"\nhidden = [1024, 1024]\nactivation = \"relu\"\n\
-         [task]\nfeatures = 64\nclasses = 10\n[hyper]\nbatch_size = 64\n",
-    )
-    .expect("the 1M job");
-    let big_batch = engine::Split {
-        features: 64,
-        x: (0..64 * 64)
-            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-            .collect(),
-        y: (0..64).map(|i| i % 10).collect(),
-    };
+    let (big, big_batch) = mlp_1m();
     let spirals = Builtin::Spirals.generate(4_000, 1_000, 1);
     let mut sampler = engine::BatchSampler::new(3);
     let demo = Arc::new(Job::demo());
@@ -248,7 +295,7 @@ fn lane_models() -> Vec<(&'static str, Arc<Job>, engine::Split)> {
         ("spirals MLP", demo, demo_batch),
         ("char LM", lm, lm_batch),
         ("tiny transformer", tiny, tiny_batch),
-        ("MLP 64-1024-1024-10", Arc::new(big), big_batch),
+        ("MLP 64-1024-1024-10", big, big_batch),
     ]
 }
 
@@ -397,7 +444,21 @@ fn gpt2_small_step_figures() {
         ms(apply),
         d as f64 / apply.as_secs_f64()
     );
-    match torch_zo_seconds() {
+    let gpt2 = [
+        "--layers",
+        "12",
+        "--width",
+        "768",
+        "--heads",
+        "12",
+        "--context",
+        "32",
+        "--vocab",
+        "50257",
+        "--batch",
+        "4",
+    ];
+    match torch_zo_seconds(&gpt2) {
         Some((torch_forward, torch_step)) => {
             println!(
                 "  PyTorch (same cores): forward {:.0} ms, MeZO step {:.0} ms; forward throughput \
@@ -422,14 +483,13 @@ fn gpt2_small_step_figures() {
     println!();
 }
 
-/// PyTorch's forward pass and MeZO-style step on the GPT-2-small shape, batch 4 × 32, in
-/// seconds (`tests/reference/zo_torch.py`), or `None` where python3 cannot import torch.
-fn torch_zo_seconds() -> Option<(f64, f64)> {
+/// PyTorch's forward pass and MeZO-style step on the model `args` describe
+/// (`tests/reference/zo_torch.py`), in seconds, or `None` where python3 cannot import torch.
+fn torch_zo_seconds(args: &[&str]) -> Option<(f64, f64)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/zo_torch.py");
     let out = std::process::Command::new("python3")
         .arg(script)
-        .args(["--layers", "12", "--width", "768", "--heads", "12"])
-        .args(["--context", "32", "--vocab", "50257", "--batch", "4"])
+        .args(args)
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;

@@ -1,4 +1,5 @@
-"""PyTorch's forward pass and a MeZO-style zeroth-order step for a GPT-2 configuration, the
+"""PyTorch's forward pass and a MeZO-style zeroth-order step for a GPT-2 configuration, or for
+an MLP (`--mlp 64,1024,1024,10`: ReLU between layers, cross-entropy over the last), the
 yardstick for one onebyte peer (`Replica::batch_loss`, `Replica::propose`).
 
 The model is pretrain_torch.py's (the architecture of engine/src/transformer.rs). The loss is
@@ -10,6 +11,7 @@ of a few runs on all of this machine's cores. `cargo xtask bench` runs it where 
 installed; nothing in CI needs it.
 
     python3 zo_torch.py --layers 12 --width 768 --heads 12 --context 32 --vocab 50257 --batch 4
+    python3 zo_torch.py --mlp 64,1024,1024,10 --batch 64
 """
 
 import argparse
@@ -50,39 +52,61 @@ def median_seconds(f, runs):
     return statistics.median(times)
 
 
+def gpt2_problem(a):
+    """The model's parameters and its loss on one batch of random tokens."""
+    model = Gpt2(a.layers, a.width, a.heads, a.context, a.vocab)
+    tokens = torch.randint(0, a.vocab, (a.batch, a.context))
+    targets = torch.randint(0, a.vocab, (a.batch,))
+    return list(model.parameters()), lambda: last_position_loss(model, tokens, targets)
+
+
+def mlp_problem(a):
+    """An MLP of the given widths, ReLU between layers, and its loss on one random batch."""
+    widths = [int(w) for w in a.mlp.split(",")]
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        layers.append(torch.nn.Linear(n_in, n_out))
+        if i + 2 < len(widths):
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    x = torch.rand(a.batch, widths[0]) * 2 - 1
+    y = torch.randint(0, widths[-1], (a.batch,))
+    return list(model.parameters()), lambda: F.cross_entropy(model(x), y)
+
+
 def main():
     p = argparse.ArgumentParser()
-    for name in ["layers", "width", "heads", "context", "vocab", "batch"]:
-        p.add_argument(f"--{name}", type=int, required=True)
+    for name in ["layers", "width", "heads", "context", "vocab"]:
+        p.add_argument(f"--{name}", type=int)
+    p.add_argument("--mlp", help="widths, input first: 64,1024,1024,10")
+    p.add_argument("--batch", type=int, required=True)
     p.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = Gpt2(a.layers, a.width, a.heads, a.context, a.vocab)
-    params = [q for q in model.parameters()]
-    tokens = torch.randint(0, a.vocab, (a.batch, a.context))
-    targets = torch.randint(0, a.vocab, (a.batch,))
+    params, loss = mlp_problem(a) if a.mlp else gpt2_problem(a)
     eps, lr = 1e-3, 1e-5
     seeds = iter(range(1, 1 << 30))
 
     @torch.no_grad()
     def forward():
-        last_position_loss(model, tokens, targets).item()
+        loss().item()
 
     @torch.no_grad()
     def step():
         seed = next(seeds)
         perturb(params, seed, eps)
-        plus = last_position_loss(model, tokens, targets).item()
+        plus = loss().item()
         perturb(params, seed, -2 * eps)
-        minus = last_position_loss(model, tokens, targets).item()
+        minus = loss().item()
         perturb(params, seed, eps)
         g = (plus - minus) / (2 * eps)
         perturb(params, seed, -lr * g)
 
     forward()
     step()
-    print(f"{median_seconds(forward, a.runs)} {median_seconds(step, a.runs)}")
+    runs = a.runs if not a.mlp else 20 * a.runs
+    print(f"{median_seconds(forward, runs)} {median_seconds(step, runs)}")
 
 
 if __name__ == "__main__":
