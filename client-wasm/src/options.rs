@@ -30,8 +30,8 @@ pub struct Options {
     /// Contributions per step (0: measured).
     #[serde(default)]
     pub lanes: usize,
-    /// Contributions in flight at most (0: adapts to two round trips of the tab's steps, 32 to
-    /// 256, at most half the job's staleness bound).
+    /// Contributions in flight at most (0: adapts to four round trips of the tab's steps, 32 to
+    /// 512, at most half the job's staleness bound).
     #[serde(default)]
     pub window: usize,
     #[serde(default = "default_throttle")]

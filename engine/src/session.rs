@@ -39,7 +39,7 @@ const MAX_ASSIGNED: usize = 1024;
 /// contributions stay fresh.
 pub const DEFAULT_WINDOW: u64 = 32;
 /// Most contributions in flight an adapting window grows to (or half the staleness bound).
-pub const MAX_WINDOW: u64 = 256;
+pub const MAX_WINDOW: u64 = 512;
 
 /// What a peer keeps across connections: its replica, its identity and its tallies.
 #[derive(Debug)]
@@ -698,15 +698,15 @@ mod tests {
     }
 
     #[test]
-    fn an_adapting_window_covers_two_round_trips_within_its_bounds() {
-        // The demo job's staleness bound is 1024: the window may grow to 256.
+    fn an_adapting_window_covers_its_round_trips_within_its_bounds() {
+        // The demo job's staleness bound is 1024: the window may grow to 512.
         let (_, mut session) = welcomed_with(0, 1, 0);
         assert_eq!(session.window(), 32);
         // 0.25 ms a contribution, 20 ms to an answer: 160 in flight cover two round trips.
         session.fit_window(0.25, 20.0, 2.0);
         assert_eq!(session.window(), 160);
         session.fit_window(0.01, 20.0, 2.0);
-        assert_eq!(session.window(), 256);
+        assert_eq!(session.window(), MAX_WINDOW as usize);
         // A slow peer keeps the floor: its contributions are fresh anyway.
         session.fit_window(500.0, 20.0, 2.0);
         assert_eq!(session.window(), 32);

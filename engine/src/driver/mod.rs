@@ -57,8 +57,9 @@ const ANSWERS_OVERDUE_MS: f64 = 2_000.0;
 /// the relay's default tick, within which they would be logged together anyway.
 const HOLD_MS: f64 = 5.0;
 /// An adapting window holds this many round trips' worth of this peer's contributions: one
-/// keeps it busy while answers travel, the second absorbs a round trip twice the usual.
-const WINDOW_ROUND_TRIPS: f64 = 2.0;
+/// keeps it busy while answers travel, the rest absorb round trips longer than the usual (a
+/// tab's vary several-fold: at two, a CPU tab on the demo job was idle half the time).
+const WINDOW_ROUND_TRIPS: f64 = 4.0;
 /// Weight of the newest round trip in the running estimate (as TCP's smoothed RTT).
 const ROUND_TRIP_WEIGHT: f64 = 0.125;
 /// A peer paces itself to this share of the relay's rate limit (its `Welcome` says it), so
@@ -436,8 +437,10 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                     let done = self.clock.now_ms();
                     self.tally.stepped(began, done, step.len());
                     if let Some(round_trip) = self.round_trip_ms {
+                        // A contribution's answer comes a round trip after it is sent, and
+                        // it may wait HOLD_MS for its run before that.
                         let each = (done - began) / step.len().max(1) as f64;
-                        session.fit_window(each, round_trip, WINDOW_ROUND_TRIPS);
+                        session.fit_window(each, round_trip + HOLD_MS, WINDOW_ROUND_TRIPS);
                     }
                     must_yield = done - *slice_began.get_or_insert(began) >= COMPUTE_SLICE_MS;
                     let share = self.host.compute_share().clamp(0.01, 1.0);

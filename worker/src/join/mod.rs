@@ -56,8 +56,8 @@ pub struct Args {
     /// Seed of the built-in dataset and of this peer's batch draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Contributions sent but not yet answered, at most (0: adapts to two round trips of this
-    /// worker's steps, 32 to 256, at most half the job's staleness bound).
+    /// Contributions sent but not yet answered, at most (0: adapts to four round trips of this
+    /// worker's steps, 32 to 512, at most half the job's staleness bound).
     #[arg(long, default_value_t = 0)]
     window: usize,
     /// An extra root certificate (PEM) to trust for an https/wss relay, e.g. a self-signed one.
