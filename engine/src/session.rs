@@ -292,8 +292,17 @@ impl Session {
     }
 
     /// Removes an answered contribution from the window; its base version if it was there.
+    /// A rejection names a contribution by the 16 bits it was sent with (the relay cannot
+    /// always resolve more), so those match too where no counter matches in full.
     fn answered(&mut self, counter: Counter) -> Option<Version> {
-        let at = self.in_flight.iter().position(|(c, _)| *c == counter)?;
+        let exact = self.in_flight.iter().position(|(c, _)| *c == counter);
+        let sent_as = || {
+            let low = u16::try_from(counter.0).ok().filter(|_| !self.committee)?;
+            self.in_flight
+                .iter()
+                .position(|(c, _)| Serial::of(c.0).0 == low)
+        };
+        let at = exact.or_else(sent_as)?;
         self.in_flight.remove(at).map(|(_, base)| base)
     }
 
@@ -748,6 +757,23 @@ mod tests {
         assert_eq!(runs, [(10, 0, 100), (110, 1, 1)]);
         assert_eq!(sent.len(), 3, "and one loss report: {sent:?}");
         assert!(matches!(sent[0], Message::LossReport { .. }));
+    }
+
+    #[test]
+    fn a_rejection_by_the_sixteen_bits_sent_frees_its_place_in_the_window() {
+        let (mut peer, mut session) = welcomed_with(0, 1, 4);
+        // Past 65 536 contributions: the relay names a rejected one by its low 16 bits.
+        session.next_counter = Counter(70_000);
+        let data = Builtin::Spirals.generate(64, 8, 1);
+        block_on(session.contribute(&mut peer, &data.train)).unwrap();
+        assert_eq!(session.in_flight(), 1);
+        let limited = Message::Rejected {
+            counter: Counter(70_000 & 0xffff),
+            reason: RejectReason::RateLimited,
+            detail: "too fast".into(),
+        };
+        block_on(session.receive(&mut peer, limited)).unwrap();
+        assert_eq!((session.in_flight(), peer.rejected), (0, 1));
     }
 
     #[test]

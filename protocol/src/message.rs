@@ -164,7 +164,8 @@ pub enum Message {
     /// `LogBatch`, which only ever carries durable entries) is its acceptance, so a peer reads
     /// one message per batch rather than one per contribution.
     Accepted { counter: Counter, version: Version },
-    /// The contribution `counter` was not logged.
+    /// The contribution `counter` was not logged: a contribution named by the low 16 bits it
+    /// was sent with (as [`crate::serial`] carries it), a committee round in full.
     Rejected {
         counter: Counter,
         reason: RejectReason,
