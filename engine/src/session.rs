@@ -126,6 +126,16 @@ enum Phase {
     Live,
 }
 
+/// A contribution sent and not yet answered.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    counter: Counter,
+    /// The version it was computed at.
+    base: Version,
+    /// This peer's entries seen in the log when it was proposed.
+    own_logged: u64,
+}
+
 /// One connection to the relay.
 #[derive(Debug)]
 pub struct Session {
@@ -136,13 +146,15 @@ pub struct Session {
     start: Version,
     /// The log's version when the relay welcomed us: the end of catching up.
     head: Version,
-    /// Contributions sent and not yet answered: counter and base version, oldest first.
-    in_flight: VecDeque<(Counter, Version)>,
+    /// Contributions sent and not yet answered, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// This peer's entries seen in the log on this connection.
+    own_logged: u64,
     window: usize,
     /// The most [`Session::fit_window`] may set; `None`: the window was fixed by the host.
     adapts_up_to: Option<usize>,
-    /// Smoothed staleness of this peer's accepted contributions: log entries between each
-    /// one's base version and its place.
+    /// Smoothed staleness other peers give this peer's accepted contributions: their log
+    /// entries between each one's base version and its place.
     staleness: Option<f64>,
     sent: u64,
     /// How many versions late the latest answered contribution was, when it was turned down as
@@ -196,6 +208,7 @@ impl Session {
             start: from,
             head: from,
             in_flight: VecDeque::new(),
+            own_logged: 0,
             window: window.max(lanes),
             adapts_up_to,
             staleness: None,
@@ -258,9 +271,9 @@ impl Session {
             return;
         }
         let floor = (DEFAULT_WINDOW as usize).min(most);
-        // Where the log already takes half the most entries the window may grow to (a quarter
-        // of the staleness bound, or 256) between a contribution's base and its place (a busy
-        // swarm), a larger window only makes every peer's contributions staler: ten workers on two cores learned spirals to 75–90 %
+        // Where other peers' entries already take half the most the window may grow to (a
+        // quarter of the staleness bound, or 256) between a contribution's base and its place
+        // (a busy swarm), a larger window only makes every peer's contributions staler: ten workers on two cores learned spirals to 75–90 %
         // instead of 92 % and more.
         if self.staleness.is_some_and(|s| s > most as f64 / 2.0) {
             self.window = floor;
@@ -306,16 +319,16 @@ impl Session {
     /// Removes an answered contribution from the window; its base version if it was there.
     /// A rejection names a contribution by the 16 bits it was sent with (the relay cannot
     /// always resolve more), so those match too where no counter matches in full.
-    fn answered(&mut self, counter: Counter) -> Option<Version> {
-        let exact = self.in_flight.iter().position(|(c, _)| *c == counter);
+    fn answered(&mut self, counter: Counter) -> Option<InFlight> {
+        let exact = self.in_flight.iter().position(|f| f.counter == counter);
         let sent_as = || {
             let low = u16::try_from(counter.0).ok().filter(|_| !self.committee)?;
             self.in_flight
                 .iter()
-                .position(|(c, _)| Serial::of(c.0).0 == low)
+                .position(|f| Serial::of(f.counter.0).0 == low)
         };
         let at = exact.or_else(sent_as)?;
-        self.in_flight.remove(at).map(|(_, base)| base)
+        self.in_flight.remove(at)
     }
 
     /// Handles one message from the relay.
@@ -407,7 +420,7 @@ impl Session {
                     detail,
                 },
             ) => {
-                let base = self.answered(counter);
+                let base = self.answered(counter).map(|sent| sent.base);
                 if reason == RejectReason::Stale {
                     let now = peer.replica.version().0;
                     self.behind = Some(base.map_or(0, |b| now.saturating_sub(b.0)));
@@ -478,12 +491,16 @@ impl Session {
         };
         let mut accepted = 0;
         for (at, entry) in (first.0..).zip(entries).filter(|(_, e)| e.peer == id) {
-            if let Some(base) = self.answered(entry.counter) {
+            if let Some(sent) = self.answered(entry.counter) {
                 accepted += 1;
-                // How many entries the log took between its base and its own place.
-                let late = at.saturating_sub(base.0) as f64;
-                self.staleness = Some(self.staleness.map_or(late, |s| s + (late - s) / 8.0));
+                // How many of other peers' entries the log took between its base and its own
+                // place (this peer's own in between are its window's doing).
+                let late = at.saturating_sub(sent.base.0);
+                let own = self.own_logged - sent.own_logged;
+                let others = late.saturating_sub(own) as f64;
+                self.staleness = Some(self.staleness.map_or(others, |s| s + (others - s) / 8.0));
             }
+            self.own_logged += 1;
         }
         if accepted > 0 {
             self.behind = None;
@@ -575,8 +592,11 @@ impl Session {
             } else {
                 self.queue_contribution(proposal);
             }
-            self.in_flight
-                .push_back((proposal.counter, proposal.base_version));
+            self.in_flight.push_back(InFlight {
+                counter: proposal.counter,
+                base: proposal.base_version,
+                own_logged: self.own_logged,
+            });
             self.sent += 1;
             peer.last_loss = Some(proposal.loss);
             // A private peer's loss would be one more release of its data.
@@ -750,6 +770,25 @@ mod tests {
         assert_eq!(peer.accepted, 1);
         busy.fit_window(0.01, 20.0, 2.0);
         assert_eq!(busy.window(), 32);
+        // Alone, its own entries between a contribution's base and its place are no reason
+        // to hold back: 300 in flight, logged one after another, and the window stays grown.
+        let (mut peer, mut alone) = welcomed_with(0, 1, 0);
+        alone.fit_window(0.01, 20.0, 2.0);
+        for _ in 0..300 {
+            block_on(alone.contribute(&mut peer, &data.train)).unwrap();
+        }
+        let own: Vec<LogEntry> = (10..310)
+            .map(|c| LogEntry {
+                peer: ME,
+                counter: Counter(c),
+                byte: 1,
+            })
+            .collect();
+        let mut cursor = LogCursor::new(Version(0), []);
+        block_on(alone.receive(&mut peer, cursor.pack(&own))).unwrap();
+        assert_eq!(peer.accepted, 300);
+        alone.fit_window(0.01, 20.0, 2.0);
+        assert_eq!(alone.window(), MAX_WINDOW as usize);
         // A window the host fixed stays.
         let (_, mut fixed) = welcomed_with(0, 1, 3);
         fixed.fit_window(0.25, 20.0, 2.0);
