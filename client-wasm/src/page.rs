@@ -16,8 +16,7 @@ use std::sync::Arc;
 const PROGRESS_EVERY_MS: f64 = 250.0;
 /// The playground and test metrics at most this often (ms), and never more than a twentieth
 /// of the time: on a slow adapter evaluating the model costs as much as several contributions,
-/// and at a fifth a CPU tab on the demo job spent ~10 % of its time redrawing (it contributed
-/// 3 400/s at a twentieth against ~2 500/s).
+/// and a CPU tab on the demo job contributed ~2 500/s with a fifth, ~3 400/s with a fiftieth.
 const MODEL_EVERY_MS: f64 = 1_000.0;
 const MODEL_SHARE: f64 = 0.05;
 

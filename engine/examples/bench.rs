@@ -236,38 +236,16 @@ fn mlp_1m_step_figures() {
     let (job, batch) = mlp_1m();
     let d = job.model.layout().d();
     let mut replica = Replica::new(job, cpu_device());
-    let forward = time(5, 40, |_| {
-        black_box(block_on(replica.batch_loss(&batch)).unwrap());
-    });
-    let step = time(5, 40, |i| {
-        black_box(block_on(replica.propose(PeerId(0), Counter(i as u64), &batch)).unwrap());
-    });
-    let apply = time(5, 40, |i| {
-        replica.apply(&[LogEntry {
-            peer: PeerId(1),
-            counter: Counter(i as u64),
-            byte: 0x21,
-        }]);
-    });
+    let times = step_times(&mut replica, &batch, 5, 40);
     let ms = |t: Duration| t.as_secs_f64() * 1e3;
     println!("MLP 64-1024-1024-10 on the CPU, d = {d}, batch 64");
     println!(
         "  forward {:.2} ms, ZO step {:.2} ms, apply one entry {:.2} ms",
-        ms(forward),
-        ms(step),
-        ms(apply)
+        ms(times.forward),
+        ms(times.step),
+        ms(times.apply)
     );
-    match torch_zo_seconds(&["--mlp", "64,1024,1024,10", "--batch", "64"]) {
-        Some((torch_forward, torch_step)) => println!(
-            "  PyTorch (same cores): forward {:.2} ms, MeZO step {:.2} ms; forward throughput \
-             ours/PyTorch {:.2} (goal ≥ 0.8), step {:.2}× PyTorch's (goal ≥ 2)",
-            torch_forward * 1e3,
-            torch_step * 1e3,
-            torch_forward / forward.as_secs_f64(),
-            torch_step / (step + apply).as_secs_f64()
-        ),
-        None => println!("  (no PyTorch figures: python3 cannot import torch here)"),
-    }
+    beside_torch(&["--mlp", "64,1024,1024,10", "--batch", "64"], &times, 0.8);
     println!();
 }
 
@@ -419,19 +397,12 @@ fn gpt2_small_step_figures() {
         x: (0..4 * 32).map(|i| ((i * 7919) % 50257) as f32).collect(),
         y: (0..4).map(|i| (i * 104_729) % 50257).collect(),
     };
-    let forward = time(3, 1, |_| {
-        black_box(block_on(replica.batch_loss(&batch)).unwrap());
-    });
-    let step = time(3, 1, |i| {
-        black_box(block_on(replica.propose(PeerId(0), Counter(i as u64), &batch)).unwrap());
-    });
-    let apply = time(3, 1, |i| {
-        replica.apply(&[LogEntry {
-            peer: PeerId(1),
-            counter: Counter(i as u64),
-            byte: 0x21,
-        }]);
-    });
+    let times = step_times(&mut replica, &batch, 3, 1);
+    let StepTimes {
+        forward,
+        step,
+        apply,
+    } = times;
     let ms = |t: Duration| t.as_secs_f64() * 1e3;
     println!("GPT-2-small shape on the CPU, d = {d}, batch 4 × 32 tokens");
     println!(
@@ -444,33 +415,8 @@ fn gpt2_small_step_figures() {
         ms(apply),
         d as f64 / apply.as_secs_f64()
     );
-    let gpt2 = [
-        "--layers",
-        "12",
-        "--width",
-        "768",
-        "--heads",
-        "12",
-        "--context",
-        "32",
-        "--vocab",
-        "50257",
-        "--batch",
-        "4",
-    ];
-    match torch_zo_seconds(&gpt2) {
-        Some((torch_forward, torch_step)) => {
-            println!(
-                "  PyTorch (same cores): forward {:.0} ms, MeZO step {:.0} ms; forward throughput \
-                 ours/PyTorch {:.2} (goal ≥ 0.5), step {:.2}× PyTorch's (goal ≥ 2)",
-                torch_forward * 1e3,
-                torch_step * 1e3,
-                torch_forward / forward.as_secs_f64(),
-                torch_step / (step + apply).as_secs_f64()
-            );
-        }
-        None => println!("  (no PyTorch figures: python3 cannot import torch here)"),
-    }
+    let gpt2 = "--layers 12 --width 768 --heads 12 --context 32 --vocab 50257 --batch 4";
+    beside_torch(&gpt2.split(' ').collect::<Vec<_>>(), &times, 0.5);
     if let Some((_, peak)) = resident() {
         let theta = (d * size_of::<f32>()) as f64;
         println!(
@@ -481,6 +427,59 @@ fn gpt2_small_step_figures() {
         );
     }
     println!();
+}
+
+/// One CPU replica's forward pass, ZO step and applying one log entry.
+#[derive(Clone, Copy)]
+struct StepTimes {
+    forward: Duration,
+    step: Duration,
+    apply: Duration,
+}
+
+/// Times `replica`'s forward pass, step and apply on `batch` (`reps` runs of `iters` each).
+fn step_times(
+    replica: &mut Replica,
+    batch: &engine::Split,
+    reps: usize,
+    iters: usize,
+) -> StepTimes {
+    let forward = time(reps, iters, |_| {
+        black_box(block_on(replica.batch_loss(batch)).unwrap());
+    });
+    let step = time(reps, iters, |i| {
+        black_box(block_on(replica.propose(PeerId(0), Counter(i as u64), batch)).unwrap());
+    });
+    let apply = time(reps, iters, |i| {
+        replica.apply(&[LogEntry {
+            peer: PeerId(1),
+            counter: Counter(i as u64),
+            byte: 0x21,
+        }]);
+    });
+    StepTimes {
+        forward,
+        step,
+        apply,
+    }
+}
+
+/// PyTorch's figures for the model `args` describe beside `ours`: forward throughput against
+/// `forward_goal`, and the step (ours with the apply, as MeZO's includes its update) against
+/// twice PyTorch's.
+fn beside_torch(args: &[&str], ours: &StepTimes, forward_goal: f64) {
+    let Some((torch_forward, torch_step)) = torch_zo_seconds(args) else {
+        println!("  (no PyTorch figures: python3 cannot import torch here)");
+        return;
+    };
+    println!(
+        "  PyTorch (same cores): forward {:.2} ms, MeZO step {:.2} ms; forward throughput \
+         ours/PyTorch {:.2} (goal ≥ {forward_goal}), step {:.2}× PyTorch's (goal ≥ 2)",
+        torch_forward * 1e3,
+        torch_step * 1e3,
+        torch_forward / ours.forward.as_secs_f64(),
+        torch_step / (ours.step + ours.apply).as_secs_f64()
+    );
 }
 
 /// PyTorch's forward pass and MeZO-style step on the model `args` describe
