@@ -301,6 +301,11 @@ impl Session {
         self.rate_limit
     }
 
+    /// Whether the job's steps are committee votes.
+    pub fn committee(&self) -> bool {
+        self.committee
+    }
+
     /// Committee rounds assigned and not yet voted on.
     pub fn assigned(&self) -> usize {
         self.assigned.len()

@@ -12,6 +12,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The path of a workspace binary, built by `cargo test --workspace`.
@@ -236,8 +238,13 @@ impl Drop for Relay {
 }
 
 /// A relay process that only sequences (`--role sequencer`): it listens on no port.
+///
+/// Supervised as `deploy/onebyte-relay.service` supervises it: a candidate that stops on its
+/// own with a failure (it lost its lease: on a busy machine a renewal can take longer than the
+/// lease) is started again. Only [`SequencerProcess::kill`] stops it for good.
 pub struct SequencerProcess {
-    child: Child,
+    child: Arc<Mutex<Child>>,
+    supervised: Arc<AtomicBool>,
     store: PathBuf,
     args: Vec<String>,
 }
@@ -247,10 +254,44 @@ impl SequencerProcess {
     /// and waits until it says it sequences.
     pub fn start(store: &Path, args: &[&str]) -> Result<SequencerProcess> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let child = Arc::new(Mutex::new(Self::candidate(store, &args)?));
+        let supervised = Arc::new(AtomicBool::new(true));
+        let (watched, watching) = (child.clone(), supervised.clone());
+        let (store_again, args_again) = (store.to_path_buf(), args.clone());
+        std::thread::spawn(move || {
+            while watching.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                let mut child = watched.lock().expect("no panics while holding it");
+                if !watching.load(Ordering::SeqCst) {
+                    return;
+                }
+                match child.try_wait() {
+                    Ok(Some(status)) if !status.success() => {
+                        eprintln!("the sequencer stopped ({status}): starting it again");
+                        match Self::candidate(&store_again, &args_again) {
+                            Ok(again) => *child = again,
+                            Err(e) => eprintln!("the sequencer did not start again: {e:#}"),
+                        }
+                    }
+                    Ok(Some(_)) | Err(_) => return,
+                    Ok(None) => {}
+                }
+            }
+        });
+        Ok(SequencerProcess {
+            child,
+            supervised,
+            store: store.to_path_buf(),
+            args,
+        })
+    }
+
+    /// One candidate process, once it says it is one.
+    fn candidate(store: &Path, args: &[String]) -> Result<Child> {
         let mut child = Command::new(binary("onebyte-relay"))
             .args(["--role", "sequencer", "--store"])
             .arg(store)
-            .args(&args)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -268,21 +309,20 @@ impl SequencerProcess {
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        Ok(SequencerProcess {
-            child,
-            store: store.to_path_buf(),
-            args,
-        })
+        Ok(child)
     }
 
+    /// The process id of the candidate running now.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.lock().expect("no panics while holding it").id()
     }
 
-    /// SIGKILL: no shutdown code runs.
+    /// SIGKILL: no shutdown code runs, and nothing starts it again.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.supervised.store(false, Ordering::SeqCst);
+        let mut child = self.child.lock().expect("no panics while holding it");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Starts it again on the same store, with the same arguments.
@@ -371,7 +411,7 @@ impl Worker {
             .args(["join", "--relay", relay, "--json"])
             .args(backend)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,onebyte::join=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -53,6 +53,11 @@ const IDLE_WAIT_MS: f64 = 200.0;
 const MERGED_ENTRIES: usize = 4096;
 /// No answer to a contribution in flight for this long means the peer is behind the log (ms).
 const ANSWERS_OVERDUE_MS: f64 = 2_000.0;
+/// No answer at all for this long, with contributions in flight, means they were lost on the
+/// relay's side (a relay restarting behind a socket that stayed open): the connection starts
+/// over, which frees the window (ms). A peer merely behind the log still hears answers every
+/// so often, and a relay drops a peer that falls this far behind as a slow consumer anyway.
+const ANSWERS_LOST_MS: f64 = 30_000.0;
 /// Longest a step's contributions wait for the next step's, to travel as one message (ms):
 /// the relay's default tick, within which they would be logged together anyway.
 const HOLD_MS: f64 = 5.0;
@@ -366,6 +371,9 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                 return End::Left;
             }
             self.tick(peer, &session).await;
+            if let Some(lost) = self.lost_answers(&session) {
+                return End::Retry(lost);
+            }
 
             let wants = session.ready_to_contribute(peer)
                 && !self.host.paused()
@@ -541,6 +549,22 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                     .map_or(sample, |rtt| rtt + ROUND_TRIP_WEIGHT * (sample - rtt)),
             );
         }
+    }
+
+    /// Why the connection should start over, when contributions in flight went unanswered
+    /// for [`ANSWERS_LOST_MS`]. (Not in a committee job: a vote waits for its round, for as
+    /// long as the relay's host lets rounds wait.)
+    fn lost_answers(&self, session: &Session) -> Option<String> {
+        let silent_ms = self.clock.now_ms() - self.answered_at;
+        (session.in_flight() > 0 && !session.committee() && silent_ms >= ANSWERS_LOST_MS).then(
+            || {
+                format!(
+                    "no answer to {} contributions in {:.0} s: they were lost",
+                    session.in_flight(),
+                    silent_ms / 1_000.0
+                )
+            },
+        )
     }
 
     /// Tells the host where the peer stands.

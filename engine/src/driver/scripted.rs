@@ -11,10 +11,13 @@ use std::rc::Rc;
 
 /// Plays one script per connection, in order; a connection whose script has run out waits for
 /// ever. Every `Contribute` is logged at once: the next frame is a `LogBatch` with its
-/// entries (a relay's acceptance). Records what the peer sent.
+/// entries (a relay's acceptance), except on the connections told to lose them. Records what
+/// the peer sent.
 pub struct ScriptedRelay {
     scripts: VecDeque<Vec<Incoming>>,
     snapshot: Vec<u8>,
+    /// The first this many connections never answer a contribution.
+    losing: usize,
     /// What the peer sent, one list per connection.
     pub sent: Rc<RefCell<Vec<Vec<Message>>>>,
 }
@@ -24,8 +27,16 @@ impl ScriptedRelay {
         ScriptedRelay {
             scripts: scripts.into(),
             snapshot,
+            losing: 0,
             sent: Rc::default(),
         }
+    }
+
+    /// The first `connections` connections take contributions and never answer them, as a
+    /// relay restarting behind a socket that stays open would.
+    pub fn losing_contributions(mut self, connections: usize) -> Self {
+        self.losing = connections;
+        self
     }
 }
 
@@ -44,8 +55,11 @@ impl Transport for ScriptedRelay {
     async fn connect(&mut self) -> Result<ScriptedConnection, String> {
         let script = self.scripts.pop_front().ok_or("no more connections")?;
         self.sent.borrow_mut().push(Vec::new());
+        let answers = self.losing == 0;
+        self.losing = self.losing.saturating_sub(1);
         Ok(ScriptedConnection {
             script: script.into(),
+            answers,
             sent: self.sent.clone(),
             peer: None,
             log: None,
@@ -59,6 +73,8 @@ impl Transport for ScriptedRelay {
 
 pub struct ScriptedConnection {
     script: VecDeque<Incoming>,
+    /// Whether contributions are logged (else they vanish).
+    answers: bool,
     sent: Rc<RefCell<Vec<Vec<Message>>>>,
     /// The id the script's `Welcome` gave the peer.
     peer: Option<PeerId>,
@@ -97,6 +113,7 @@ impl Connection for ScriptedConnection {
         let msg = Message::decode(&frame).map_err(|e| e.to_string())?;
         if let (Message::Contribute { counter, bytes, .. }, Some(peer), Some(log)) =
             (&msg, self.peer, &mut self.log)
+            && self.answers
         {
             let entries: Vec<LogEntry> = (u64::from(counter.0)..)
                 .zip(bytes)

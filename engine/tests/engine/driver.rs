@@ -5,7 +5,7 @@
 use engine::driver::scripted::{
     JumpingClock, SECRET, ScriptedHost, ScriptedRelay, frame, lost_connection_scenario,
 };
-use engine::driver::{Driver, DriverConfig, Incoming, Stop};
+use engine::driver::{Clock, Driver, DriverConfig, Incoming, Stop};
 use engine::{Job, PeerState, Replica, block_on, cpu_device};
 use protocol::{Counter, LogCursor, Message, PeerId, Resume, ResumeSecret, Version, close};
 use std::sync::Arc;
@@ -290,4 +290,58 @@ fn a_peer_paces_itself_below_the_relay_rate_limit() {
     let (unlimited, accepted) = waited_for(0, 60);
     assert_eq!(accepted, 60);
     assert!(unlimited < 50.0, "waited {unlimited} ms without a limit");
+}
+
+#[test]
+fn contributions_left_unanswered_for_long_start_the_connection_over() {
+    let job = Arc::new(Job::demo());
+    let (mut peer, snapshot) = peer_on(&job);
+    let welcome = Message::Welcome {
+        peer: PeerId(4),
+        job: job.id,
+        version: Version(0),
+        next_counter: Counter(0),
+        secret: ResumeSecret([4; 16]),
+        rate_limit: 0,
+    };
+    let script = || {
+        vec![
+            frame(&welcome),
+            frame(&LogCursor::new(Version(0), []).table_message()),
+        ]
+    };
+    // The first connection swallows what it is sent and stays open.
+    let relay = ScriptedRelay::new(vec![script(), script()], snapshot).losing_contributions(1);
+    let sent = relay.sent.clone();
+    let clock = JumpingClock::default();
+    let now = clock.clone();
+    let mut host = ScriptedHost::new(job, 3);
+    let config = DriverConfig {
+        window: 2,
+        ..DriverConfig::default()
+    };
+    let mut driver = Driver::new(&mut host, relay, clock, config);
+    assert_eq!(block_on(driver.run(&mut peer)), Ok(()));
+    assert_eq!(driver.tally().reconnects, 1);
+    drop(driver);
+    let sent = sent.take();
+    assert_eq!(sent.len(), 2, "a second connection");
+    let contributions = |conn: &[Message]| {
+        conn.iter()
+            .filter_map(|m| match m {
+                Message::Contribute { bytes, .. } => Some(bytes.len()),
+                _ => None,
+            })
+            .sum::<usize>()
+    };
+    // A full window on the first, never answered; the budget on the second.
+    assert_eq!(contributions(&sent[0]), 2);
+    assert_eq!(contributions(&sent[1]), 3);
+    assert_eq!(peer.accepted, 3);
+    // It waited the half minute, not much longer.
+    assert!(
+        (30_000.0..40_000.0).contains(&now.now_ms()),
+        "{}",
+        now.now_ms()
+    );
 }

@@ -180,10 +180,14 @@ impl Host for Peer {
 
     fn event(&mut self, event: Event<'_>) {
         match event {
-            Event::Reconnecting { why, after_ms } => self.bar.set_message(format!(
-                "reconnecting in {:.1} s: {why}",
-                after_ms / 1_000.0
-            )),
+            Event::Reconnecting { why, after_ms } => {
+                // Also logged: a hidden bar (`--json`) would leave no trace of it.
+                tracing::info!(%why, after_ms, "reconnecting");
+                self.bar.set_message(format!(
+                    "reconnecting in {:.1} s: {why}",
+                    after_ms / 1_000.0
+                ))
+            }
             Event::Resyncing { why } => self.bar.println(format!("resync: {why}")),
             Event::Rejected { reason, detail } => {
                 tracing::debug!(?reason, %detail, "contribution rejected");
