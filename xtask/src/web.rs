@@ -154,6 +154,15 @@ pub fn build_web() -> Result<()> {
         .arg(root().join("web").join("pkg"))
         .arg(&wasm);
     run("JavaScript bindings into web/pkg (wasm-bindgen)", generate)?;
+    let bindings = std::fs::read_to_string(root().join("web/pkg/client_wasm.js"))?;
+    if bindings.contains("command_export") {
+        // Every call from JavaScript would run the static constructors again (a quarter of a
+        // CPU tab's time): `client-wasm/src/lib.rs`'s start function must call them once.
+        bail!(
+            "the wasm module links as a command: its exports run the static constructors on \
+             every call (see `start` in client-wasm/src/lib.rs)"
+        );
+    }
     npm_install("web")?;
     let vendor = root().join("web").join("vendor");
     std::fs::create_dir_all(&vendor)?;
