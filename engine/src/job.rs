@@ -283,8 +283,12 @@ pub struct Job {
     pub config: JobConfig,
     pub id: JobId,
     pub model: Model,
-    /// The whole model's weights from `job.init`, once loaded (θ₀, or the frozen base).
+    /// θ₀ from `job.init`, once loaded, where every parameter trains.
     initial: Option<std::sync::Arc<Vec<f32>>>,
+    /// The base from `job.init`, once loaded, where part of the model is frozen: every base
+    /// tensor on the CPU, held once. A CPU replica's frozen tensors share these buffers; the
+    /// flat base is rebuilt only where asked for ([`Job::base_weights`]: export, tests).
+    base: Option<std::sync::Arc<crate::weights::Frozen>>,
     /// `task.tokenizer`, once loaded: the tokenizer and the file it was read from.
     tokenizer: Option<(
         std::sync::Arc<crate::bpe::Tokenizer>,
@@ -336,6 +340,7 @@ impl Job {
             id,
             model,
             initial: None,
+            base: None,
             tokenizer: None,
             prompt: None,
         };
@@ -446,7 +451,19 @@ impl Job {
                 path: shown.to_string(),
                 source,
             })?;
-        self.initial = Some(std::sync::Arc::new(theta));
+        if self.model.plan().freezes() {
+            // Per tensor, and the flat copy dropped: a peer's memory holds the base once.
+            let nothing_trained = crate::layout::ParamLayout::default();
+            let base = crate::weights::Frozen::new(
+                self.model.base_layout(),
+                &theta,
+                &nothing_trained,
+                &crate::cpu_device(),
+            );
+            self.base = Some(std::sync::Arc::new(base));
+        } else {
+            self.initial = Some(std::sync::Arc::new(theta));
+        }
         Ok(self)
     }
 
@@ -559,7 +576,7 @@ impl Job {
     /// Whether θ₀ comes from a checkpoint that is not loaded here (a peer learns it from the
     /// relay's snapshot instead).
     pub fn needs_checkpoint(&self) -> bool {
-        self.config.job.init.is_some() && self.initial.is_none()
+        self.config.job.init.is_some() && self.initial.is_none() && self.base.is_none()
     }
 
     /// The frozen base on `device`: nothing where every parameter trains (whose replicas may
@@ -568,14 +585,17 @@ impl Job {
     /// # Panics
     /// As [`Job::initial_weights`], where part of the model is frozen.
     pub fn frozen(&self, device: &burn::tensor::Device) -> crate::weights::Frozen {
-        match self.model.plan().freezes() {
-            true => crate::weights::Frozen::new(
+        if !self.model.plan().freezes() {
+            return crate::weights::Frozen::none();
+        }
+        match &self.base {
+            Some(base) => base.untrained_on(self.model.layout(), device),
+            None => crate::weights::Frozen::new(
                 self.model.base_layout(),
                 &self.base_weights(),
                 self.model.layout(),
                 device,
             ),
-            false => crate::weights::Frozen::none(),
         }
     }
 
@@ -677,19 +697,25 @@ impl Job {
     /// When the job names a checkpoint that was not loaded ([`Job::needs_checkpoint`]): such a
     /// job starts from a snapshot, never from here.
     pub fn initial_weights(&self) -> Vec<f32> {
-        let base = self.base_weights();
         let plan = self.model.plan();
-        if !plan.freezes() {
-            // Generated weights are this call's own: θ takes them without a copy.
-            return std::sync::Arc::try_unwrap(base).unwrap_or_else(|kept| kept.to_vec());
-        }
         let key = protocol::seed::init_key(self.id, self.config.job.init_seed);
         let adapter_key: [u8; 32] = Sha256::new()
             .chain_update(key)
             .chain_update(b"lora")
             .finalize()
             .into();
-        plan.initial(self.model.base_layout(), &base, adapter_key)
+        let layout = self.model.base_layout();
+        if let Some(base) = &self.base {
+            let values = |name: &str| base.values(name).expect("a base tensor");
+            return plan.initial(layout, values, adapter_key);
+        }
+        let base = self.base_weights();
+        if !plan.freezes() {
+            // Generated weights are this call's own: θ takes them without a copy.
+            return std::sync::Arc::try_unwrap(base).unwrap_or_else(|kept| kept.to_vec());
+        }
+        let values = |name: &str| base[layout.get(name).expect("a base tensor").range()].to_vec();
+        plan.initial(layout, values, adapter_key)
     }
 
     /// The whole model's starting weights (in [`Model::base_layout`]'s order): `job.init`'s,
@@ -700,6 +726,16 @@ impl Job {
     pub fn base_weights(&self) -> std::sync::Arc<Vec<f32>> {
         if let Some(theta) = &self.initial {
             return theta.clone();
+        }
+        if let Some(base) = &self.base {
+            let flat = self
+                .model
+                .base_layout()
+                .params()
+                .iter()
+                .flat_map(|p| base.values(&p.name).expect("every base tensor is held"))
+                .collect();
+            return std::sync::Arc::new(flat);
         }
         assert!(
             !self.needs_checkpoint(),

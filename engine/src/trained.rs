@@ -242,20 +242,22 @@ impl Plan {
         }
     }
 
-    /// θ₀ from the base weights (`base_theta`, in `base`'s order): the trained tensors' base
-    /// values; for LoRA, `A` uniform in `±1/√in` (Kaiming-uniform, as LoRA starts) from `key`
-    /// and `B` zero, so that the adapted model starts as exactly the base.
-    pub fn initial(&self, base: &ParamLayout, base_theta: &[f32], key: [u8; 32]) -> Vec<f32> {
+    /// θ₀ from the base weights (`base_values` gives a base tensor's, by name): the trained
+    /// tensors' base values; for LoRA, `A` uniform in `±1/√in` (Kaiming-uniform, as LoRA
+    /// starts) from `key` and `B` zero, so that the adapted model starts as exactly the base
+    /// (LoRA reads no base values).
+    pub fn initial(
+        &self,
+        base: &ParamLayout,
+        base_values: impl Fn(&str) -> Vec<f32>,
+        key: [u8; 32],
+    ) -> Vec<f32> {
         let trained = self.trained_layout(base);
         match self {
-            Plan::All => base_theta.to_vec(),
-            Plan::Subset(_) => trained
+            Plan::All | Plan::Subset(_) => trained
                 .params()
                 .iter()
-                .flat_map(|p| {
-                    let spec = base.get(&p.name).expect("a trained tensor is in the base");
-                    base_theta[spec.range()].iter().copied()
-                })
+                .flat_map(|p| base_values(&p.name))
                 .collect(),
             Plan::Lora { .. } => {
                 let mut rng = ChaCha8Rng::from_seed(key);
@@ -350,6 +352,7 @@ pub fn matches(pattern: &str, name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::text::{Corpus, corpus_dataset};
+    use crate::weights::Frozen;
     use crate::{Job, Replica, block_on, cpu_device};
     use protocol::{Counter, LogEntry, PeerId};
     use std::sync::Arc;
@@ -493,6 +496,47 @@ mod tests {
         assert!(wrong.contains(&sha) && wrong.contains(&other), "{wrong}");
         let pinned = job_with(&format!("base_sha256 = \"{sha}\"\n")).unwrap();
         assert_eq!(*pinned.base_weights(), full.initial_weights());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_base_from_a_checkpoint_is_held_once() {
+        let dir = std::env::temp_dir().join(format!("onebyte-once-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let full = tiny("");
+        let bytes = full.checkpoint_bytes(full.initial_weights());
+        std::fs::write(dir.join("base.safetensors"), &bytes).unwrap();
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        for train in ["lora", "bitfit"] {
+            let toml = format!(
+                "[job]\nname = \"peft\"\ninit = \"base.safetensors\"\n[model]\n\
+                 kind = \"transformer\"\npreset = \"tiny\"\n[task]\nfeatures = 32\n\
+                 classes = 256\ndataset = \"tales\"\n[train]\nparameters = \"{train}\"\n\
+                 base_sha256 = \"{sha}\"\n"
+            );
+            std::fs::write(dir.join("job.toml"), toml).unwrap();
+            let job = Arc::new(Job::from_file(&dir.join("job.toml")).unwrap());
+            assert!(!job.needs_checkpoint(), "{train}");
+            // Replicas on the CPU read the job's own base tensors: no byte of it is copied.
+            let before = Frozen::copied_so_far();
+            let replicas = [
+                Replica::new(job.clone(), cpu_device()),
+                Replica::new(job.clone(), cpu_device()),
+            ];
+            assert_eq!(Frozen::copied_so_far(), before, "{train}");
+            assert!(
+                replicas[0].frozen().len() > job.model.layout().d(),
+                "{train}"
+            );
+            // The base they read is the checkpoint's, and rebuilt whole for whoever asks.
+            assert_eq!(*job.base_weights(), full.initial_weights(), "{train}");
+            let data = corpus_dataset(Corpus::Tales, 32, 1);
+            let x = data.test.rows(0..8).x;
+            // At θ₀ the adapted (or bias-trained) model is exactly the base.
+            let read = block_on(replicas[1].predict(&x)).unwrap();
+            let base = block_on(Replica::new(Arc::new(tiny("")), cpu_device()).predict(&x));
+            assert_eq!(bits(&read), bits(&base.unwrap()), "{train}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

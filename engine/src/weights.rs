@@ -13,6 +13,8 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 thread_local! {
+    /// Bytes of base tensors [`Frozen`] copied on this thread.
+    static FROZEN_COPIED: Cell<usize> = const { Cell::new(0) };
     /// What [`Trained::Perturbed`] has made on this thread.
     static MADE: Cell<PerturbedMade> = const { Cell::new(PerturbedMade { bytes: 0, largest: 0 }) };
 }
@@ -192,11 +194,44 @@ impl Frozen {
             .iter()
             .filter(|p| trained.get(&p.name).is_none())
             .map(|p| {
+                FROZEN_COPIED.with(|c| c.set(c.get() + p.len() * size_of::<f32>()));
                 let values = TensorData::new(base[p.range()].to_vec(), [1, p.len()]);
                 (p.name.clone(), Tensor::from_data(values, device))
             })
             .collect();
         Frozen { tensors }
+    }
+
+    /// Those of these tensors that `trained` does not hold, on `device`: the same storage where
+    /// they already live there (a CPU tensor's clone shares its buffer), copies otherwise.
+    pub fn untrained_on(&self, trained: &ParamLayout, device: &Device) -> Self {
+        let tensors = self
+            .tensors
+            .iter()
+            .filter(|(name, _)| trained.get(name).is_none())
+            .map(|(name, t)| {
+                let t = if t.device() == *device {
+                    t.clone()
+                } else {
+                    FROZEN_COPIED.with(|c| c.set(c.get() + t.dims()[1] * size_of::<f32>()));
+                    t.clone().to_device(device)
+                };
+                (name.clone(), t)
+            })
+            .collect();
+        Frozen { tensors }
+    }
+
+    /// Bytes of base tensors copied into `Frozen`s on this thread so far: what the test that
+    /// a base is held once reads.
+    pub fn copied_so_far() -> usize {
+        FROZEN_COPIED.with(Cell::get)
+    }
+
+    /// The values of tensor `name`.
+    pub fn values(&self, name: &str) -> Option<Vec<f32>> {
+        let data = self.tensors.get(name)?.to_data();
+        Some(data.try_to_vec::<f32>().expect("the tensors are f32"))
     }
 
     /// The frozen tensor `name`, `[1, len]`.

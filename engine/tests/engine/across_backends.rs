@@ -5,6 +5,7 @@ use crate::common;
 
 use common::synthetic_log;
 use engine::gpu::GpuContext;
+use engine::job::JobError;
 use engine::{Builtin, Exchange, Job, Replica, Simulation, block_on, cpu_device};
 use protocol::{Counter, PeerId};
 use std::sync::{Arc, OnceLock};
@@ -231,15 +232,36 @@ fn a_prompt_classifier_perturbs_alike_on_both_backends_with_lanes() {
 
 #[test]
 fn adapter_replicas_are_bit_identical_across_backends_with_lanes() {
-    // The tiny transformer frozen, LoRA on every linear layer of its blocks; then BitFit.
-    for train in [
-        "parameters = \"lora\"\ntargets = [\"attn.c_attn\", \"attn.c_proj\", \"mlp.c_fc\", \
-         \"mlp.c_proj\"]",
-        "parameters = \"bitfit\"",
+    // The tiny transformer frozen, LoRA on every linear layer of its blocks; then BitFit; then
+    // BitFit on a base read from a checkpoint (held once on the CPU, copied to the GPU).
+    for (train, from_checkpoint) in [
+        (
+            "parameters = \"lora\"\ntargets = [\"attn.c_attn\", \"attn.c_proj\", \"mlp.c_fc\", \
+             \"mlp.c_proj\"]",
+            false,
+        ),
+        ("parameters = \"bitfit\"", false),
+        ("parameters = \"bitfit\"", true),
     ] {
         let mut config = Job::tiny_lm().config;
         config.train = Some(toml::from_str(train).unwrap());
-        let job = Arc::new(Job::new(config).unwrap());
+        let job = if from_checkpoint {
+            let base = Job::tiny_lm();
+            let bytes = base.checkpoint_bytes(base.initial_weights());
+            config.job.init = Some("base.safetensors".into());
+            let unpinned = Job::new(config.clone()).unwrap();
+            let Err(JobError::BaseUnpinned { actual, .. }) =
+                unpinned.with_checkpoint("base.safetensors", &bytes)
+            else {
+                panic!("an unpinned base is refused, naming its digest")
+            };
+            config.train.as_mut().unwrap().base_sha256 = Some(actual);
+            let job = Job::new(config).unwrap();
+            job.with_checkpoint("base.safetensors", &bytes).unwrap()
+        } else {
+            Job::new(config).unwrap()
+        };
+        let job = Arc::new(job);
         let data = engine::text::corpus_dataset(engine::Corpus::Tales, 32, 3);
         let batch = data.train.rows(0..16);
         let log = synthetic_log(400, 17);
