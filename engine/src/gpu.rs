@@ -128,15 +128,33 @@ impl GpuWeights {
             };
             let entries = client.create_from_slice(bytemuck::cast_slice(&entries));
             let params = client.create_from_slice(bytemuck::bytes_of(&params));
-            self.launch(UPDATE, 1, [self.theta.handle.clone(), entries, params]);
+            self.launch(
+                UPDATE,
+                self.d,
+                1,
+                [self.theta.handle.clone(), entries, params],
+            );
         }
     }
 
     /// `[θ + scale_l·z(seed_l)]` for each lane `l`, as a `lanes × d` tensor on the device; θ is
     /// not touched and nothing is read back.
     pub fn perturbed(&self, lanes: &[(DirectionSeed, f32)]) -> Tensor<2> {
+        self.perturbed_range(lanes, 0, self.d as usize)
+    }
+
+    /// [`GpuWeights::perturbed`] over θ's parameters `first .. first + len` alone: `lanes ×
+    /// len`, what a pass reads of one tensor (a forward pass makes each as it reads it, so it
+    /// holds one tensor's perturbed copies at a time, not `lanes` copies of θ).
+    pub fn perturbed_range(
+        &self,
+        lanes: &[(DirectionSeed, f32)],
+        first: usize,
+        len: usize,
+    ) -> Tensor<2> {
+        assert!(first + len <= self.d as usize, "a range of θ");
         let client = &self.theta.client;
-        let (d, count) = (self.d as usize, lanes.len());
+        let count = lanes.len();
         let lane_params: Vec<PerturbLane> = lanes
             .iter()
             .map(|(seed, scale)| PerturbLane {
@@ -146,29 +164,38 @@ impl GpuWeights {
             })
             .collect();
         let params = PerturbParams {
-            d: self.d,
+            first: first as u32,
+            len: len as u32,
             lanes: count as u32,
-            _pad: [0; 2],
+            _pad: 0,
         };
-        let out = client.empty(count * d * size_of::<f32>());
+        let out = client.empty(count * len * size_of::<f32>());
         let lane_params = client.create_from_slice(bytemuck::cast_slice(&lane_params));
         let params = client.create_from_slice(bytemuck::bytes_of(&params));
         let buffers = [self.theta.handle.clone(), out.clone(), lane_params, params];
-        self.launch(PERTURB, count as u32, buffers);
+        // The blocks the range touches, counted from the block its first parameter is in.
+        let touched = (first % shaders::PARAMS_PER_THREAD as usize + len) as u32;
+        self.launch(PERTURB, touched, count as u32, buffers);
         let out = CubeTensor::new_contiguous(
             client.clone(),
             self.theta.device.clone(),
-            Shape::new([count, d]),
+            Shape::new([count, len]),
             out,
             DType::F32,
         );
         Tensor::from_primitive::<Cube>(out)
     }
 
-    /// Launches `kernel` over θ's parameters (x, y) and `lanes` (z) on burn's stream, with
-    /// `buffers` as bindings 0, 1, ….
-    fn launch<const N: usize>(&self, kernel: WgslKernel, lanes: u32, buffers: [Handle; N]) {
-        let (x, y) = dispatch_size(self.d);
+    /// Launches `kernel` over `params` parameters' blocks (x, y) and `lanes` (z) on burn's
+    /// stream, with `buffers` as bindings 0, 1, ….
+    fn launch<const N: usize>(
+        &self,
+        kernel: WgslKernel,
+        params: u32,
+        lanes: u32,
+        buffers: [Handle; N],
+    ) {
+        let (x, y) = dispatch_size(params);
         let arguments = buffers.into_iter().fold(KernelArguments::new(), |args, b| {
             args.with_buffer(b.binding())
         });

@@ -260,6 +260,26 @@ impl Model {
         }
     }
 
+    /// As [`Model::weights_perturbed`], θ on a GPU: each trained tensor's lanes written by
+    /// the perturb kernel from its range of θ as the pass reads it.
+    #[cfg(feature = "wgpu")]
+    pub fn weights_on_gpu<'a>(
+        &'a self,
+        gpu: &'a crate::gpu::GpuWeights,
+        lanes: &'a [(protocol::DirectionSeed, f32)],
+        frozen: &'a Frozen,
+    ) -> Weights<'a> {
+        Weights {
+            trained: Trained::OnGpu {
+                layout: &self.layout,
+                gpu,
+                lanes,
+            },
+            frozen,
+            lora_scale: self.lora_scale(),
+        }
+    }
+
     /// The scale of a LoRA layer's adapted product (0 without adapters).
     pub fn lora_scale(&self) -> f32 {
         match self.plan {

@@ -478,13 +478,8 @@ impl Replica {
             }
             #[cfg(feature = "wgpu")]
             WeightStore::Gpu(gpu) => {
-                let thetas = if lanes.iter().all(|(_, scale)| *scale == 0.0) {
-                    let d = model.layout().d();
-                    gpu.tensor().reshape([1, d]).repeat_dim(0, lanes.len())
-                } else {
-                    gpu.perturbed(lanes)
-                };
-                model.forward_lanes(&thetas, &self.frozen, x)
+                let weights = model.weights_on_gpu(gpu, lanes, &self.frozen);
+                model.forward_weights(&weights, x)
             }
         }
     }

@@ -19,8 +19,8 @@ thread_local! {
     static MADE: Cell<PerturbedMade> = const { Cell::new(PerturbedMade { bytes: 0, largest: 0 }) };
 }
 
-/// The perturbed tensors made on the fly on one thread so far: what the tests that bound a
-/// step's memory read.
+/// The perturbed tensors made on the fly on one thread so far (on the host or a GPU): what
+/// the tests that bound a step's memory read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PerturbedMade {
     /// Bytes of every tensor made.
@@ -76,6 +76,15 @@ pub enum Trained<'a> {
         /// ([`Weights::embedding`]) are all a pass reads of it.
         inputs: &'a [f32],
     },
+    /// θ on a GPU and the lanes' perturbations: as [`Trained::Perturbed`], each tensor's
+    /// `[lanes, len]` is written by the perturb kernel from its range of θ when the pass reads
+    /// it (a lane of scale 0 is θ's own range, not a copy).
+    #[cfg(feature = "wgpu")]
+    OnGpu {
+        layout: &'a ParamLayout,
+        gpu: &'a crate::gpu::GpuWeights,
+        lanes: &'a [(DirectionSeed, f32)],
+    },
 }
 
 impl Trained<'_> {
@@ -85,6 +94,8 @@ impl Trained<'_> {
             Trained::Flat { thetas, .. } => thetas.dims()[0],
             Trained::Split { tensors, .. } => tensors[0].dims()[0],
             Trained::Perturbed { lanes, .. } => lanes.len(),
+            #[cfg(feature = "wgpu")]
+            Trained::OnGpu { lanes, .. } => lanes.len(),
         }
     }
 
@@ -93,6 +104,8 @@ impl Trained<'_> {
             Trained::Flat { thetas, .. } => thetas.device(),
             Trained::Split { tensors, .. } => tensors[0].device(),
             Trained::Perturbed { device, .. } => (*device).clone(),
+            #[cfg(feature = "wgpu")]
+            Trained::OnGpu { gpu, .. } => gpu.tensor().device(),
         }
     }
 
@@ -102,6 +115,8 @@ impl Trained<'_> {
             Trained::Flat { layout, .. }
             | Trained::Split { layout, .. }
             | Trained::Perturbed { layout, .. } => layout,
+            #[cfg(feature = "wgpu")]
+            Trained::OnGpu { layout, .. } => layout,
         };
         let (index, spec) = layout
             .params()
@@ -116,6 +131,8 @@ impl Trained<'_> {
                     .perturbed_rows(name, spec.len(), [0])
                     .map(|t| t.reshape([self.lanes(), spec.len()]));
             }
+            #[cfg(feature = "wgpu")]
+            Trained::OnGpu { gpu, lanes, .. } => gpu_range(gpu, lanes, spec.offset, spec.len()),
         })
     }
 
@@ -128,6 +145,20 @@ impl Trained<'_> {
         width: usize,
         rows: impl IntoIterator<Item = usize>,
     ) -> Option<Tensor<3>> {
+        #[cfg(feature = "wgpu")]
+        if let Trained::OnGpu { layout, gpu, lanes } = self {
+            // A run of consecutive rows is one range of θ; any other set, the whole table.
+            let spec = layout.get(name)?;
+            let rows: Vec<usize> = rows.into_iter().collect();
+            let first = *rows.first()?;
+            let consecutive = rows.iter().enumerate().all(|(i, &row)| row == first + i);
+            let held = spec.len() / width;
+            if !consecutive || first + rows.len() > held {
+                return None;
+            }
+            let made = gpu_range(gpu, lanes, spec.offset + first * width, rows.len() * width);
+            return Some(made.reshape([lanes.len(), rows.len(), width]));
+        }
         let Trained::Perturbed {
             layout,
             theta,
@@ -166,6 +197,23 @@ impl Trained<'_> {
         let shape = [lanes.len(), rows.len(), width];
         Some(Tensor::from_data(TensorData::new(copies, shape), *device))
     }
+}
+
+/// Parameters `first .. first + len` of θ on a GPU for each lane, `[lanes, len]`: θ's own
+/// range where every lane is θ itself, else the perturb kernel's copies.
+#[cfg(feature = "wgpu")]
+fn gpu_range(
+    gpu: &crate::gpu::GpuWeights,
+    lanes: &[(DirectionSeed, f32)],
+    first: usize,
+    len: usize,
+) -> Tensor<2> {
+    if lanes.iter().all(|(_, scale)| *scale == 0.0) {
+        let own = gpu.tensor().narrow(0, first, len).reshape([1, len]);
+        return own.repeat_dim(0, lanes.len());
+    }
+    PerturbedMade::add(lanes.len() * len * size_of::<f32>());
+    gpu.perturbed_range(lanes, first, len)
 }
 
 /// The frozen base's tensors on one device, by name, each `[1, len]`: made once per replica
@@ -297,7 +345,12 @@ impl<'a> Weights<'a> {
     /// Whether the trained tensors are made as the pass reads them (so that reading a table
     /// in parts holds less at once).
     pub fn made_on_the_fly(&self) -> bool {
-        matches!(self.trained, Trained::Perturbed { .. })
+        match self.trained {
+            Trained::Perturbed { .. } => true,
+            #[cfg(feature = "wgpu")]
+            Trained::OnGpu { .. } => true,
+            Trained::Flat { .. } | Trained::Split { .. } => false,
+        }
     }
 
     /// Rows `codes` of the table `name` (`[rows, width]`), `[lanes or 1, codes, width]`:

@@ -23,8 +23,9 @@ pub fn chacha_words_source() -> String {
     format!("{CHACHA_LIB}\n{}", include_str!("wgsl/chacha_words.wgsl"))
 }
 
-/// Perturb kernel: bindings `0: θ`, `1: out` (`lanes × d`), `2: array<PerturbLane>`,
-/// `3: PerturbParams`; dispatched with [`dispatch_size`] in x and y and one lane per z.
+/// Perturb kernel: bindings `0: θ`, `1: out` (`lanes × len`), `2: array<PerturbLane>`,
+/// `3: PerturbParams`; dispatched with [`dispatch_size`]`(first % 512 + len)` in x and y (the
+/// blocks the range touches) and one lane per z.
 pub fn perturb_source() -> String {
     format!("{CHACHA_LIB}\n{}", include_str!("wgsl/perturb.wgsl"))
 }
@@ -56,13 +57,15 @@ pub struct PerturbLane {
     pub _pad: [u32; 3],
 }
 
-/// Parameters of the perturb kernel.
+/// Parameters of the perturb kernel: the range of θ it perturbs (`first .. first + len`; all
+/// of θ is `0 .. d`), and the lanes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PerturbParams {
-    pub d: u32,
+    pub first: u32,
+    pub len: u32,
     pub lanes: u32,
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
 /// One log entry for the update kernel: the direction's key and its step `c = −η·D(q)`.

@@ -4,10 +4,12 @@
 use crate::common;
 
 use common::synthetic_log;
-use engine::gpu::GpuContext;
+use engine::direction::perturb_part_into;
+use engine::gpu::{GpuContext, GpuWeights};
 use engine::job::JobError;
+use engine::weights::PerturbedMade;
 use engine::{Builtin, Exchange, Job, Replica, Simulation, block_on, cpu_device};
-use protocol::{Counter, PeerId};
+use protocol::{Counter, DirectionSeed, PeerId};
 use std::sync::{Arc, OnceLock};
 
 fn gpu() -> &'static GpuContext {
@@ -317,4 +319,78 @@ fn first_order_steps_on_wgpu_follow_the_cpu() {
         );
     }
     assert!(gpu[11] < gpu[0] - 0.5, "{gpu:?}");
+}
+
+#[test]
+fn a_range_of_theta_perturbed_on_the_gpu_is_the_cpu_reference_bit_for_bit() {
+    // Ranges that start and end inside ChaCha blocks (512 parameters), across several, and
+    // the whole of θ: what a pass reads of one tensor, or of a run of a table's rows.
+    let d = 5_000;
+    let theta: Vec<f32> = (0..d)
+        .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let weights = GpuWeights::new(&gpu().device, &theta).unwrap();
+    let lanes: Vec<(DirectionSeed, f32)> = (0..3u8)
+        .map(|l| (DirectionSeed([l + 1; 32]), [1e-3, -1e-3, 0.5][l as usize]))
+        .collect();
+    for (first, len) in [
+        (0, d),
+        (1, 511),
+        (511, 2),
+        (700, 1_300),
+        (4_999, 1),
+        (1_024, 512),
+    ] {
+        let made = weights.perturbed_range(&lanes, first, len);
+        assert_eq!(made.dims(), [lanes.len(), len]);
+        let made = made.into_data().try_to_vec::<f32>().unwrap();
+        for (l, (seed, scale)) in lanes.iter().enumerate() {
+            let mut expected = vec![0.0f32; len];
+            perturb_part_into(
+                &theta[first..first + len],
+                first,
+                seed,
+                *scale,
+                &mut expected,
+            );
+            let got = &made[l * len..(l + 1) * len];
+            assert!(
+                got.iter()
+                    .zip(&expected)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "range {first}..{} lane {l}",
+                first + len
+            );
+        }
+    }
+}
+
+#[test]
+fn a_gpu_step_makes_one_tensor_at_a_time_not_a_copy_of_theta_per_lane() {
+    let job = Arc::new(Job::tiny_lm());
+    let mut replica = Replica::new_gpu(job.clone(), gpu());
+    replica.apply(&synthetic_log(10, 3));
+    let batch = engine::text::corpus_dataset(engine::Corpus::Tales, 32, 1)
+        .train
+        .rows(0..8);
+    let counters = [Counter(0), Counter(1), Counter(2)];
+    let lanes = 2 * counters.len();
+    let before = PerturbedMade::so_far();
+    block_on(replica.propose_lanes(PeerId(4), &counters, &batch)).unwrap();
+    let made = PerturbedMade::so_far();
+    let layout = job.model.layout();
+    let d = layout.d();
+    let largest_tensor = layout.params().iter().map(|p| p.len()).max().unwrap();
+    assert!(largest_tensor * 4 < d, "the bound below means something");
+    assert!(made.bytes > before.bytes, "the kernel made the lanes");
+    assert!(
+        made.largest <= lanes * largest_tensor * size_of::<f32>(),
+        "{made:?}"
+    );
+    // Each tensor once a step; the token table twice (embedding, then readout).
+    let wte = layout.get("wte.weight").unwrap().len();
+    assert!(
+        made.bytes - before.bytes <= lanes * (d + wte) * size_of::<f32>(),
+        "{made:?}"
+    );
 }
