@@ -14,7 +14,10 @@ use cubecl::ir::{UIntKind, metadata::Info, settings::Dim3};
 use cubecl::prelude::*;
 use cubecl::server::{Handle, KernelArguments};
 use protocol::DirectionSeed;
-use shaders::{PerturbLane, PerturbParams, UpdateEntry, UpdateParams, dispatch_size, key_words};
+use shaders::{
+    PerturbLane, PerturbParams, PerturbSegment, UpdateEntry, UpdateParams, dispatch_size,
+    key_words, perturb_groups,
+};
 
 /// Log entries per update dispatch: one kernel launch applies at most this many, in order.
 pub const MAX_ENTRIES_PER_DISPATCH: usize = 256;
@@ -128,10 +131,10 @@ impl GpuWeights {
             };
             let entries = client.create_from_slice(bytemuck::cast_slice(&entries));
             let params = client.create_from_slice(bytemuck::bytes_of(&params));
+            let (x, y) = dispatch_size(self.d);
             self.launch(
                 UPDATE,
-                self.d,
-                1,
+                (x, y, 1),
                 [self.theta.handle.clone(), entries, params],
             );
         }
@@ -152,9 +155,25 @@ impl GpuWeights {
         first: usize,
         len: usize,
     ) -> Tensor<2> {
-        assert!(first + len <= self.d as usize, "a range of θ");
+        self.perturbed_segments(lanes, &[(first, len)])
+    }
+
+    /// [`GpuWeights::perturbed`] over segments `(first, len)` of θ, each lane's laid end to
+    /// end: `lanes × Σ len` (the rows of a table that a pass reads, each a segment).
+    pub fn perturbed_segments(
+        &self,
+        lanes: &[(DirectionSeed, f32)],
+        segments: &[(usize, usize)],
+    ) -> Tensor<2> {
+        assert!(
+            segments
+                .iter()
+                .all(|&(first, len)| len > 0 && first + len <= self.d as usize),
+            "segments of θ"
+        );
         let client = &self.theta.client;
         let count = lanes.len();
+        let total: usize = segments.iter().map(|&(_, len)| len).sum();
         let lane_params: Vec<PerturbLane> = lanes
             .iter()
             .map(|(seed, scale)| PerturbLane {
@@ -163,45 +182,76 @@ impl GpuWeights {
                 _pad: [0; 3],
             })
             .collect();
-        let params = PerturbParams {
-            first: first as u32,
-            len: len as u32,
-            lanes: count as u32,
-            _pad: 0,
-        };
-        let out = client.empty(count * len * size_of::<f32>());
+        let out = client.empty(count * total * size_of::<f32>());
         let lane_params = client.create_from_slice(bytemuck::cast_slice(&lane_params));
-        let params = client.create_from_slice(bytemuck::bytes_of(&params));
-        let buffers = [self.theta.handle.clone(), out.clone(), lane_params, params];
-        // The blocks the range touches, counted from the block its first parameter is in.
-        let touched = (first % shaders::PARAMS_PER_THREAD as usize + len) as u32;
-        self.launch(PERTURB, touched, count as u32, buffers);
+        let mut at = 0;
+        // One segment per workgroup row: at most 65 535 a dispatch.
+        for chunk in segments.chunks(65_535) {
+            let described: Vec<PerturbSegment> = chunk
+                .iter()
+                .map(|&(first, len)| {
+                    let segment = PerturbSegment {
+                        first: first as u32,
+                        len: len as u32,
+                        out: at as u32,
+                        _pad: 0,
+                    };
+                    at += len;
+                    segment
+                })
+                .collect();
+            // The ChaCha blocks the longest segment touches, from the block it starts in.
+            let widest = chunk
+                .iter()
+                .map(|&(first, len)| first % shaders::PARAMS_PER_THREAD as usize + len)
+                .max()
+                .unwrap_or(1);
+            let params = PerturbParams {
+                segments: chunk.len() as u32,
+                lanes: count as u32,
+                total: total as u32,
+                _pad: 0,
+            };
+            let params = client.create_from_slice(bytemuck::bytes_of(&params));
+            let described = client.create_from_slice(bytemuck::cast_slice(&described));
+            let groups = (
+                perturb_groups(widest as u32),
+                chunk.len() as u32,
+                count as u32,
+            );
+            let buffers = [
+                self.theta.handle.clone(),
+                out.clone(),
+                lane_params.clone(),
+                params,
+                described,
+            ];
+            self.launch(PERTURB, groups, buffers);
+        }
         let out = CubeTensor::new_contiguous(
             client.clone(),
             self.theta.device.clone(),
-            Shape::new([count, len]),
+            Shape::new([count, total]),
             out,
             DType::F32,
         );
         Tensor::from_primitive::<Cube>(out)
     }
 
-    /// Launches `kernel` over `params` parameters' blocks (x, y) and `lanes` (z) on burn's
-    /// stream, with `buffers` as bindings 0, 1, ….
+    /// Launches `kernel` as `groups` workgroups (x, y, z) on burn's stream, with `buffers` as
+    /// bindings 0, 1, ….
     fn launch<const N: usize>(
         &self,
         kernel: WgslKernel,
-        params: u32,
-        lanes: u32,
+        (x, y, z): (u32, u32, u32),
         buffers: [Handle; N],
     ) {
-        let (x, y) = dispatch_size(params);
         let arguments = buffers.into_iter().fold(KernelArguments::new(), |args, b| {
             args.with_buffer(b.binding())
         });
         self.theta
             .client
-            .launch(Box::new(kernel), CubeCount::Static(x, y, lanes), arguments);
+            .launch(Box::new(kernel), CubeCount::Static(x, y, z), arguments);
     }
 }
 

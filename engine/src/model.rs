@@ -261,19 +261,22 @@ impl Model {
     }
 
     /// As [`Model::weights_perturbed`], θ on a GPU: each trained tensor's lanes written by
-    /// the perturb kernel from its range of θ as the pass reads it.
+    /// the perturb kernel from its range of θ as the pass reads it (a table's only for the
+    /// rows read).
     #[cfg(feature = "wgpu")]
     pub fn weights_on_gpu<'a>(
         &'a self,
         gpu: &'a crate::gpu::GpuWeights,
         lanes: &'a [(protocol::DirectionSeed, f32)],
         frozen: &'a Frozen,
+        inputs: &'a [f32],
     ) -> Weights<'a> {
         Weights {
             trained: Trained::OnGpu {
                 layout: &self.layout,
                 gpu,
                 lanes,
+                inputs,
             },
             frozen,
             lora_scale: self.lora_scale(),

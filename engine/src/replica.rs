@@ -478,7 +478,7 @@ impl Replica {
             }
             #[cfg(feature = "wgpu")]
             WeightStore::Gpu(gpu) => {
-                let weights = model.weights_on_gpu(gpu, lanes, &self.frozen);
+                let weights = model.weights_on_gpu(gpu, lanes, &self.frozen, inputs);
                 model.forward_weights(&weights, x)
             }
         }

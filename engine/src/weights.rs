@@ -84,6 +84,8 @@ pub enum Trained<'a> {
         layout: &'a ParamLayout,
         gpu: &'a crate::gpu::GpuWeights,
         lanes: &'a [(DirectionSeed, f32)],
+        /// The pass's inputs as the host holds them (as [`Trained::Perturbed`]'s).
+        inputs: &'a [f32],
     },
 }
 
@@ -132,7 +134,9 @@ impl Trained<'_> {
                     .map(|t| t.reshape([self.lanes(), spec.len()]));
             }
             #[cfg(feature = "wgpu")]
-            Trained::OnGpu { gpu, lanes, .. } => gpu_range(gpu, lanes, spec.offset, spec.len()),
+            Trained::OnGpu { gpu, lanes, .. } => {
+                gpu_segments(gpu, lanes, &[(spec.offset, spec.len())])
+            }
         })
     }
 
@@ -146,17 +150,26 @@ impl Trained<'_> {
         rows: impl IntoIterator<Item = usize>,
     ) -> Option<Tensor<3>> {
         #[cfg(feature = "wgpu")]
-        if let Trained::OnGpu { layout, gpu, lanes } = self {
-            // A run of consecutive rows is one range of θ; any other set, the whole table.
+        if let Trained::OnGpu {
+            layout, gpu, lanes, ..
+        } = self
+        {
+            // Each run of consecutive rows is one segment of θ.
             let spec = layout.get(name)?;
             let rows: Vec<usize> = rows.into_iter().collect();
-            let first = *rows.first()?;
-            let consecutive = rows.iter().enumerate().all(|(i, &row)| row == first + i);
             let held = spec.len() / width;
-            if !consecutive || first + rows.len() > held {
-                return None;
+            if let Some(row) = rows.iter().find(|&&row| row >= held) {
+                panic!("row {row} of `{name}` is outside its {held} rows");
             }
-            let made = gpu_range(gpu, lanes, spec.offset + first * width, rows.len() * width);
+            let mut segments: Vec<(usize, usize)> = Vec::new();
+            for &row in &rows {
+                let first = spec.offset + row * width;
+                match segments.last_mut() {
+                    Some((start, len)) if *start + *len == first => *len += width,
+                    _ => segments.push((first, width)),
+                }
+            }
+            let made = gpu_segments(gpu, lanes, &segments);
             return Some(made.reshape([lanes.len(), rows.len(), width]));
         }
         let Trained::Perturbed {
@@ -199,21 +212,29 @@ impl Trained<'_> {
     }
 }
 
-/// Parameters `first .. first + len` of θ on a GPU for each lane, `[lanes, len]`: θ's own
-/// range where every lane is θ itself, else the perturb kernel's copies.
+/// Segments `(first, len)` of θ on a GPU, end to end, for each lane: `[lanes, Σ len]`; θ's own
+/// values where every lane is θ itself, else the perturb kernel's copies.
 #[cfg(feature = "wgpu")]
-fn gpu_range(
+fn gpu_segments(
     gpu: &crate::gpu::GpuWeights,
     lanes: &[(DirectionSeed, f32)],
-    first: usize,
-    len: usize,
+    segments: &[(usize, usize)],
 ) -> Tensor<2> {
+    let total: usize = segments.iter().map(|&(_, len)| len).sum();
     if lanes.iter().all(|(_, scale)| *scale == 0.0) {
-        let own = gpu.tensor().narrow(0, first, len).reshape([1, len]);
-        return own.repeat_dim(0, lanes.len());
+        let theta = gpu.tensor();
+        let parts: Vec<Tensor<1>> = segments
+            .iter()
+            .map(|&(first, len)| theta.clone().narrow(0, first, len))
+            .collect();
+        let own = match parts.len() {
+            1 => parts.into_iter().next().expect("one part"),
+            _ => Tensor::cat(parts, 0),
+        };
+        return own.reshape([1, total]).repeat_dim(0, lanes.len());
     }
-    PerturbedMade::add(lanes.len() * len * size_of::<f32>());
-    gpu.perturbed_range(lanes, first, len)
+    PerturbedMade::add(lanes.len() * total * size_of::<f32>());
+    gpu.perturbed_segments(lanes, segments)
 }
 
 /// The frozen base's tensors on one device, by name, each `[1, len]`: made once per replica
@@ -366,7 +387,13 @@ impl<'a> Weights<'a> {
         // Rows alone where the batch reads few of a large table (GPT-2's 50 257 tokens); a
         // small table read all over (a byte model's 256) is made whole: one draw of each
         // direction word rather than one a row.
-        if let Trained::Perturbed { inputs, .. } = self.trained
+        let inputs = match self.trained {
+            Trained::Perturbed { inputs, .. } => Some(inputs),
+            #[cfg(feature = "wgpu")]
+            Trained::OnGpu { inputs, .. } => Some(inputs),
+            Trained::Flat { .. } | Trained::Split { .. } => None,
+        };
+        if let Some(inputs) = inputs
             && inputs.len() * 4 < rows
         {
             let ids = inputs.iter().map(|&code| code as usize);

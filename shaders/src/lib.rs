@@ -23,9 +23,9 @@ pub fn chacha_words_source() -> String {
     format!("{CHACHA_LIB}\n{}", include_str!("wgsl/chacha_words.wgsl"))
 }
 
-/// Perturb kernel: bindings `0: θ`, `1: out` (`lanes × len`), `2: array<PerturbLane>`,
-/// `3: PerturbParams`; dispatched with [`dispatch_size`]`(first % 512 + len)` in x and y (the
-/// blocks the range touches) and one lane per z.
+/// Perturb kernel: bindings `0: θ`, `1: out` (`lanes × total`), `2: array<PerturbLane>`,
+/// `3: PerturbParams`, `4: array<PerturbSegment>`; dispatched with [`perturb_groups`] in x,
+/// one segment per y (at most 65 535 a dispatch) and one lane per z.
 pub fn perturb_source() -> String {
     format!("{CHACHA_LIB}\n{}", include_str!("wgsl/perturb.wgsl"))
 }
@@ -57,15 +57,37 @@ pub struct PerturbLane {
     pub _pad: [u32; 3],
 }
 
-/// Parameters of the perturb kernel: the range of θ it perturbs (`first .. first + len`; all
-/// of θ is `0 .. d`), and the lanes.
+/// Parameters of the perturb kernel.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PerturbParams {
+    /// Segments of θ to perturb (binding 4).
+    pub segments: u32,
+    pub lanes: u32,
+    /// Parameters each lane's output holds: the segments' lengths summed.
+    pub total: u32,
+    pub _pad: u32,
+}
+
+/// A segment of θ for the perturb kernel: parameters `first .. first + len`, written at `out`
+/// in each lane's output. All of θ is one segment `(0, d, 0)`; the rows a pass reads of a table,
+/// one a row.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PerturbSegment {
     pub first: u32,
     pub len: u32,
-    pub lanes: u32,
+    pub out: u32,
     pub _pad: u32,
+}
+
+/// Workgroups in x for the perturb kernel over segments the longest of which touches
+/// `params` parameters' worth of ChaCha blocks (`first % 512 + len`).
+pub fn perturb_groups(params: u32) -> u32 {
+    params
+        .div_ceil(PARAMS_PER_THREAD)
+        .div_ceil(WORKGROUP_SIZE)
+        .max(1)
 }
 
 /// One log entry for the update kernel: the direction's key and its step `c = −η·D(q)`.

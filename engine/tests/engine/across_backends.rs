@@ -333,36 +333,77 @@ fn a_range_of_theta_perturbed_on_the_gpu_is_the_cpu_reference_bit_for_bit() {
     let lanes: Vec<(DirectionSeed, f32)> = (0..3u8)
         .map(|l| (DirectionSeed([l + 1; 32]), [1e-3, -1e-3, 0.5][l as usize]))
         .collect();
-    for (first, len) in [
+    let single = [
         (0, d),
         (1, 511),
         (511, 2),
         (700, 1_300),
         (4_999, 1),
         (1_024, 512),
-    ] {
-        let made = weights.perturbed_range(&lanes, first, len);
-        assert_eq!(made.dims(), [lanes.len(), len]);
+    ];
+    let mut cases: Vec<Vec<(usize, usize)>> = single.iter().map(|&s| vec![s]).collect();
+    // Several segments at once, as the rows of a table a pass reads (out of order, too).
+    cases.push(vec![(3, 10), (600, 700), (4_000, 5), (20, 1)]);
+    for segments in cases {
+        let total: usize = segments.iter().map(|&(_, len)| len).sum();
+        let made = match segments[..] {
+            [(first, len)] => weights.perturbed_range(&lanes, first, len),
+            _ => weights.perturbed_segments(&lanes, &segments),
+        };
+        assert_eq!(made.dims(), [lanes.len(), total]);
         let made = made.into_data().try_to_vec::<f32>().unwrap();
         for (l, (seed, scale)) in lanes.iter().enumerate() {
-            let mut expected = vec![0.0f32; len];
-            perturb_part_into(
-                &theta[first..first + len],
-                first,
-                seed,
-                *scale,
-                &mut expected,
-            );
-            let got = &made[l * len..(l + 1) * len];
+            let mut expected = Vec::new();
+            for &(first, len) in &segments {
+                let mut part = vec![0.0f32; len];
+                perturb_part_into(&theta[first..first + len], first, seed, *scale, &mut part);
+                expected.extend(part);
+            }
+            let got = &made[l * total..(l + 1) * total];
             assert!(
                 got.iter()
                     .zip(&expected)
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "range {first}..{} lane {l}",
-                first + len
+                "segments {segments:?} lane {l}"
             );
         }
     }
+}
+
+#[test]
+fn a_table_read_in_rows_on_the_gpu_gives_the_cpu_losses() {
+    // A vocabulary far larger than the batch reads: the embedding's rows (and the output's
+    // parts) are made alone on both backends.
+    let job = Arc::new(
+        Job::from_toml(
+            "[job]\nname = \"wide-vocabulary\"\n[model]\nkind = \"transformer\"\n\
+             layers = 1\nwidth = 8\nheads = 2\ncontext = 8\n[task]\nfeatures = 8\n\
+             classes = 9000\ndataset = \"tales\"\n",
+        )
+        .unwrap(),
+    );
+    let mut cpu = Replica::new(job.clone(), cpu_device());
+    let mut gpu = Replica::new_gpu(job.clone(), gpu());
+    let log = synthetic_log(20, 5);
+    cpu.apply(&log);
+    gpu.apply(&log);
+    let batch = engine::text::corpus_dataset(engine::Corpus::Tales, 8, 1)
+        .train
+        .rows(0..4);
+    let counters = [Counter(7), Counter(8)];
+    let before = PerturbedMade::so_far();
+    let a = block_on(cpu.propose_lanes(PeerId(2), &counters, &batch)).unwrap();
+    let mid = PerturbedMade::so_far();
+    let b = block_on(gpu.propose_lanes(PeerId(2), &counters, &batch)).unwrap();
+    let after = PerturbedMade::so_far();
+    for (a, b) in a.iter().zip(&b) {
+        assert_proposals_agree(a, b);
+    }
+    // The GPU made no more than the host: the embedding's rows, not its whole table.
+    assert!(
+        after.bytes - mid.bytes <= mid.bytes - before.bytes,
+        "{before:?} {mid:?} {after:?}"
+    );
 }
 
 #[test]

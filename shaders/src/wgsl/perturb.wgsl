@@ -1,7 +1,8 @@
-// Perturbed copies of a range of θ for several directions at once (lanes), θ untouched:
-//   out[l·len + i − first] = θ[i] + scale_l·z_l(i)   for first ≤ i < first + len
-// One thread per ChaCha block of one lane: 16 words, 512 parameters; the lane is the z
-// coordinate of the dispatch. Parameter i takes bit i % 32 of word i / 32; a set bit is +1.
+// Perturbed copies of segments of θ for several directions at once (lanes), θ untouched: for
+// each segment (first, len, at),
+//   out[l·total + at + i − first] = θ[i] + scale_l·z_l(i)   for first ≤ i < first + len
+// One thread per ChaCha block of one segment of one lane: 16 words, 512 parameters; the
+// segment is the y coordinate of the dispatch, the lane z. Parameter i takes bit i % 32 of word i / 32; a set bit is +1.
 // Every binding is read_write because the engine launches this through burn's compute client,
 // which binds every buffer as a read-write storage buffer.
 
@@ -14,10 +15,18 @@ struct Lane {
 }
 
 struct Perturb {
-    // The range of θ to perturb: parameters first .. first + len.
+    segments: u32,
+    lanes: u32,
+    // Parameters a lane's output holds: the segments' lengths summed.
+    total: u32,
+    _pad: u32,
+}
+
+// A segment of θ: parameters first .. first + len, written at `out` in each lane's output.
+struct Segment {
     first: u32,
     len: u32,
-    lanes: u32,
+    out: u32,
     _pad: u32,
 }
 
@@ -25,27 +34,32 @@ struct Perturb {
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read_write> lanes: array<Lane>;
 @group(0) @binding(3) var<storage, read_write> params: Perturb;
+@group(0) @binding(4) var<storage, read_write> segments: array<Segment>;
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    // Thread t takes the t-th ChaCha block that the range touches.
-    let block_index = params.first / 512u + gid.x + gid.y * groups.x * 64u;
-    let first = block_index * 512u;
-    let end = params.first + params.len;
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    // Thread x takes the x-th ChaCha block that segment y touches, for lane z.
     let lane_index = gid.z;
-    if (first >= end || lane_index >= params.lanes) {
+    if (gid.y >= params.segments || lane_index >= params.lanes) {
+        return;
+    }
+    let segment = segments[gid.y];
+    let block_index = segment.first / 512u + gid.x;
+    let first = block_index * 512u;
+    let end = segment.first + segment.len;
+    if (first >= end) {
         return;
     }
     let lane = lanes[lane_index];
-    let base = lane_index * params.len;
+    let base = lane_index * params.total + segment.out;
     let block = chacha8_block(lane.key, block_index, 0u);
     for (var w = 0u; w < 16u; w = w + 1u) {
         let word = block[w];
         for (var bit = 0u; bit < 32u; bit = bit + 1u) {
             let i = first + w * 32u + bit;
-            if (i >= params.first && i < end) {
+            if (i >= segment.first && i < end) {
                 let s = select(-lane.scale, lane.scale, ((word >> bit) & 1u) == 1u);
-                out[base + i - params.first] = theta[i] + s;
+                out[base + i - segment.first] = theta[i] + s;
             }
         }
     }
