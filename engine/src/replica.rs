@@ -200,16 +200,12 @@ impl Replica {
     }
 
     /// The most directions one forward pass evaluates for this model: two perturbed copies
-    /// each, within [`MAX_LANE_BYTES`]: copies of θ on a GPU, copies of the largest tensor where
-    /// θ is on the host (each tensor's copies are made as the pass reads it).
+    /// each of the largest tensor, within [`MAX_LANE_BYTES`] (on the host and on a GPU alike,
+    /// each tensor's copies are made as the pass reads it).
     pub fn max_lanes(&self) -> usize {
         let layout = self.job.model.layout();
-        let copied = match self.store {
-            WeightStore::Host { .. } => layout.params().iter().map(|p| p.len()).max(),
-            #[cfg(feature = "wgpu")]
-            WeightStore::Gpu(_) => None,
-        };
-        let copy = 2 * copied.unwrap_or(layout.d()).max(1) * size_of::<f32>();
+        let largest = layout.params().iter().map(|p| p.len()).max().unwrap_or(1);
+        let copy = 2 * largest.max(1) * size_of::<f32>();
         (MAX_LANE_BYTES / copy).max(1)
     }
 
