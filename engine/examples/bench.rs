@@ -27,8 +27,14 @@ fn time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> Duration {
 fn main() {
     // As the worker runs (`onebyte`): freed tensors stay in the process for reuse.
     engine::host_memory::keep_freed_memory();
+    #[cfg(feature = "wgpu")]
+    if std::env::args().any(|a| a == GPT2_ON_WGPU) {
+        return gpt2_small_on_wgpu();
+    }
     // First, while the process holds nothing else: its peak memory is the step's.
     gpt2_small_step_figures();
+    #[cfg(feature = "wgpu")]
+    gpt2_small_on_wgpu_apart();
     mlp_1m_step_figures();
     let job = Arc::new(Job::demo());
     let d = job.model.layout().d();
@@ -381,22 +387,10 @@ fn resident() -> Option<(u64, u64)> {
 /// made as the pass reads it); beside them PyTorch's forward and MeZO step where torch
 /// imports (our step is compared with the apply included, as MeZO's includes its update).
 fn gpt2_small_step_figures() {
-    let job = Arc::new(
-        Job::from_toml(
-            "[job]\nname = \"bench-gpt2-small-step\"\n[model]\nkind = \"transformer\"\n\
-             layers = 12\nwidth = 768\nheads = 12\ncontext = 32\n[task]\nfeatures = 32\n\
-             classes = 50257\ndataset = \"tales\"\n[hyper]\nbatch_size = 4\n",
-        )
-        .unwrap(),
-    );
+    let (job, batch) = gpt2_small();
     let d = job.model.layout().d();
     let before = resident().map_or(0, |(rss, _)| rss);
     let mut replica = Replica::new(job.clone(), cpu_device());
-    let batch = engine::Split {
-        features: 32,
-        x: (0..4 * 32).map(|i| ((i * 7919) % 50257) as f32).collect(),
-        y: (0..4).map(|i| (i * 104_729) % 50257).collect(),
-    };
     let times = step_times(&mut replica, &batch, 3, 1);
     let StepTimes {
         forward,
@@ -421,6 +415,91 @@ fn gpt2_small_step_figures() {
         let theta = (d * size_of::<f32>()) as f64;
         println!(
             "  peak resident memory                {:>9.0} MB   ({:.2}× θ's {:.0} MB; goal ≤ 1.3× + activations)",
+            (peak - before) as f64 / 1e6,
+            (peak - before) as f64 / theta,
+            theta / 1e6
+        );
+    }
+    println!();
+}
+
+/// The GPT-2-small shape with random weights from the seed, and a batch of 4 × 32 tokens.
+fn gpt2_small() -> (Arc<Job>, engine::Split) {
+    let job = Job::from_toml(
+        "[job]\nname = \"bench-gpt2-small-step\"\n[model]\nkind = \"transformer\"\n\
+         layers = 12\nwidth = 768\nheads = 12\ncontext = 32\n[task]\nfeatures = 32\n\
+         classes = 50257\ndataset = \"tales\"\n[hyper]\nbatch_size = 4\n",
+    )
+    .unwrap();
+    let batch = engine::Split {
+        features: 32,
+        x: (0..4 * 32).map(|i| ((i * 7919) % 50257) as f32).collect(),
+        y: (0..4).map(|i| (i * 104_729) % 50257).collect(),
+    };
+    (Arc::new(job), batch)
+}
+
+/// The argument that makes this program measure only [`gpt2_small_on_wgpu`]: in a process of
+/// its own, so that its peak memory is the GPU replica's alone.
+#[cfg(feature = "wgpu")]
+const GPT2_ON_WGPU: &str = "--gpt2-small-on-wgpu";
+
+/// [`gpt2_small_on_wgpu`] in a child process.
+#[cfg(feature = "wgpu")]
+fn gpt2_small_on_wgpu_apart() {
+    let me = std::env::current_exe().expect("the bench knows its own path");
+    match std::process::Command::new(me).arg(GPT2_ON_WGPU).status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => println!("  (the GPT-2-small shape on wgpu failed: {status})\n"),
+        Err(e) => println!("  (the GPT-2-small shape on wgpu did not start: {e})\n"),
+    }
+}
+
+/// One GPU peer on the GPT-2-small shape: forward, ZO step (each trained tensor's two
+/// perturbed copies made by the kernel as the pass reads it), applying one entry, and the
+/// process's peak resident memory (on lavapipe the GPU's buffers live there too) against θ's
+/// bytes.
+#[cfg(feature = "wgpu")]
+fn gpt2_small_on_wgpu() {
+    let (job, batch) = gpt2_small();
+    let d = job.model.layout().d();
+    let gpu = block_on(engine::gpu::GpuContext::init()).expect("a wgpu adapter");
+    let before = resident().map_or(0, |(rss, _)| rss);
+    println!(
+        "GPT-2-small shape on wgpu ({}), d = {d}, batch 4 × 32 tokens",
+        gpu.adapter
+    );
+    let mut replica = Replica::new_gpu(job.clone(), &gpu);
+    // Once, to compile the kernels, before timing; θ in one buffer may not fit the adapter.
+    if let Err(e) = block_on(replica.batch_loss(&batch)) {
+        let why = e.to_string();
+        let cause = why.rsplit("Caused by:").next().unwrap_or(&why).trim();
+        println!(
+            "  not measured: {}\n",
+            cause.lines().next().unwrap_or(cause)
+        );
+        return;
+    }
+    let StepTimes {
+        forward,
+        step,
+        apply,
+    } = step_times(&mut replica, &batch, 1, 1);
+    let ms = |t: Duration| t.as_secs_f64() * 1e3;
+    println!(
+        "  forward pass                        {:>9.0} ms",
+        ms(forward)
+    );
+    println!("  ZO step (propose: 2 perturbed fwd)  {:>9.0} ms", ms(step));
+    println!(
+        "  apply one log entry                 {:>9.0} ms   ({:.2e} params/s)",
+        ms(apply),
+        d as f64 / apply.as_secs_f64()
+    );
+    if let Some((_, peak)) = resident() {
+        let theta = (d * size_of::<f32>()) as f64;
+        println!(
+            "  peak resident memory (host and lavapipe's buffers) {:>6.0} MB   ({:.2}× θ's {:.0} MB)",
             (peak - before) as f64 / 1e6,
             (peak - before) as f64 / theta,
             theta / 1e6

@@ -149,38 +149,11 @@ impl Trained<'_> {
         width: usize,
         rows: impl IntoIterator<Item = usize>,
     ) -> Option<Tensor<3>> {
-        #[cfg(feature = "wgpu")]
-        if let Trained::OnGpu {
-            layout, gpu, lanes, ..
-        } = self
-        {
-            // Each run of consecutive rows is one segment of θ.
-            let spec = layout.get(name)?;
-            let rows: Vec<usize> = rows.into_iter().collect();
-            let held = spec.len() / width;
-            if let Some(row) = rows.iter().find(|&&row| row >= held) {
-                panic!("row {row} of `{name}` is outside its {held} rows");
-            }
-            let mut segments: Vec<(usize, usize)> = Vec::new();
-            for &row in &rows {
-                let first = spec.offset + row * width;
-                match segments.last_mut() {
-                    Some((start, len)) if *start + *len == first => *len += width,
-                    _ => segments.push((first, width)),
-                }
-            }
-            let made = gpu_segments(gpu, lanes, &segments);
-            return Some(made.reshape([lanes.len(), rows.len(), width]));
-        }
-        let Trained::Perturbed {
-            layout,
-            theta,
-            lanes,
-            device,
-            ..
-        } = self
-        else {
-            return None;
+        let (layout, lanes) = match self {
+            Trained::Perturbed { layout, lanes, .. } => (layout, lanes),
+            #[cfg(feature = "wgpu")]
+            Trained::OnGpu { layout, lanes, .. } => (layout, lanes),
+            Trained::Flat { .. } | Trained::Split { .. } => return None,
         };
         let spec = layout.get(name)?;
         let rows: Vec<usize> = rows.into_iter().collect();
@@ -189,6 +162,23 @@ impl Trained<'_> {
             // As a lookup in the whole tensor would: never a row of the tensor after it.
             panic!("row {row} of `{name}` is outside its {held} rows");
         }
+        let shape = [lanes.len(), rows.len(), width];
+        #[cfg(feature = "wgpu")]
+        if let Trained::OnGpu { gpu, .. } = self {
+            // Each run of consecutive rows is one segment of θ.
+            let mut segments: Vec<(usize, usize)> = Vec::new();
+            for &row in &rows {
+                let first = spec.offset + row * width;
+                match segments.last_mut() {
+                    Some((start, len)) if *start + *len == first => *len += width,
+                    _ => segments.push((first, width)),
+                }
+            }
+            return Some(gpu_segments(gpu, lanes, &segments).reshape(shape));
+        }
+        let Trained::Perturbed { theta, device, .. } = self else {
+            unreachable!("the host's tensors, the GPU's returned above")
+        };
         // Filled row by row: θ's rows copied as they are (a forward pass of θ itself zeroes
         // nothing first: zeroing a layer cost a sixth of a 1 M MLP's pass), perturbed ones
         // written over zeroes.
@@ -207,7 +197,6 @@ impl Trained<'_> {
             }
         }
         PerturbedMade::add(copies.len() * size_of::<f32>());
-        let shape = [lanes.len(), rows.len(), width];
         Some(Tensor::from_data(TensorData::new(copies, shape), *device))
     }
 }
