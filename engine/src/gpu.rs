@@ -87,36 +87,96 @@ impl CubeKernel for WgslKernel {
     }
 }
 
-/// θ on the GPU, as burn's own tensor.
+/// Parameters in each of θ's buffers (the last may hold fewer): 64 MiB, under WebGPU's default
+/// limit on a storage binding (128 MiB) and on a buffer (256 MiB), so that any model's θ fits
+/// any adapter (GPT-2 small's is 495 MB; lavapipe refuses a buffer that large). A multiple of
+/// the kernels' 512 parameters per thread.
+pub const CHUNK_PARAMS: usize = 1 << 24;
+
+/// θ on the GPU, as burn's own tensors: one per [`CHUNK_PARAMS`] parameters.
 #[derive(Debug, Clone)]
 pub struct GpuWeights {
-    theta: CubeTensor,
+    chunks: Vec<CubeTensor>,
+    /// Parameters per chunk.
+    chunk: usize,
     d: u32,
 }
 
 impl GpuWeights {
     /// Uploads θ to `device`, which must be burn's wgpu device.
     pub fn new(device: &Device, theta: &[f32]) -> Result<Self, GpuError> {
-        let d = theta.len();
-        let tensor = Tensor::<1>::from_data(TensorData::new(theta.to_vec(), [d]), device);
-        let theta = tensor
-            .try_into_primitive::<Cube>()
-            .map_err(|e| GpuError::NotOnGpu(format!("{e:?}")))?;
-        Ok(GpuWeights { theta, d: d as u32 })
+        Self::in_chunks(device, theta, CHUNK_PARAMS)
     }
 
-    /// θ as a tensor for burn's operations. It shares θ's buffer, and burn never writes a buffer
-    /// that another tensor still holds, so forward passes read θ without copying it.
-    pub fn tensor(&self) -> Tensor<1> {
-        Tensor::from_primitive::<Cube>(self.theta.clone())
+    /// [`GpuWeights::new`] with `chunk` parameters a buffer (a multiple of 512): tests cross
+    /// the chunks' boundaries with small models.
+    pub fn in_chunks(device: &Device, theta: &[f32], chunk: usize) -> Result<Self, GpuError> {
+        assert!(
+            chunk > 0 && chunk.is_multiple_of(shaders::PARAMS_PER_THREAD as usize),
+            "chunks hold whole ChaCha blocks"
+        );
+        let chunks = theta
+            .chunks(chunk)
+            .map(|part| {
+                let tensor =
+                    Tensor::<1>::from_data(TensorData::new(part.to_vec(), [part.len()]), device);
+                tensor
+                    .try_into_primitive::<Cube>()
+                    .map_err(|e| GpuError::NotOnGpu(format!("{e:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GpuWeights {
+            chunks,
+            chunk,
+            d: theta.len() as u32,
+        })
+    }
+
+    /// The device θ lives on.
+    pub fn device(&self) -> Device {
+        self.chunk_tensor(0).device()
+    }
+
+    /// θ's chunks as tensors for burn's operations, in order. They share θ's buffers, and burn
+    /// never writes a buffer that another tensor still holds, so passes read θ without copying.
+    pub fn chunk_tensors(&self) -> impl Iterator<Item = Tensor<1>> + '_ {
+        (0..self.chunks.len()).map(|c| self.chunk_tensor(c))
+    }
+
+    fn chunk_tensor(&self, c: usize) -> Tensor<1> {
+        Tensor::from_primitive::<Cube>(self.chunks[c].clone())
+    }
+
+    /// θ's parameters `first .. first + len` as a tensor: views of θ's buffers (joined where
+    /// the range crosses from one chunk into the next).
+    pub fn range(&self, first: usize, len: usize) -> Tensor<1> {
+        let parts: Vec<Tensor<1>> = self
+            .pieces(first, len)
+            .map(|(c, local, n)| self.chunk_tensor(c).narrow(0, local, n))
+            .collect();
+        match parts.len() {
+            1 => parts.into_iter().next().expect("one part"),
+            _ => Tensor::cat(parts, 0),
+        }
+    }
+
+    /// `(chunk, first within it, len)` for each chunk the range `first .. first + len` crosses.
+    fn pieces(&self, first: usize, len: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        let chunk = self.chunk;
+        let end = first + len;
+        let (from, to) = (first / chunk, end.div_ceil(chunk));
+        (from..to).map(move |c| {
+            let (start, stop) = (first.max(c * chunk), end.min((c + 1) * chunk));
+            (c, start - c * chunk, stop - start)
+        })
     }
 
     /// `θ += c_j·z(seed_j)` for each step in order, in dispatches of up to
-    /// [`MAX_ENTRIES_PER_DISPATCH`] entries, in place.
+    /// [`MAX_ENTRIES_PER_DISPATCH`] entries (one a chunk), in place.
     pub fn apply(&self, steps: &[(DirectionSeed, f32)]) {
-        let client = &self.theta.client;
-        for chunk in steps.chunks(MAX_ENTRIES_PER_DISPATCH) {
-            let entries: Vec<UpdateEntry> = chunk
+        let client = &self.chunks[0].client;
+        for batch in steps.chunks(MAX_ENTRIES_PER_DISPATCH) {
+            let entries: Vec<UpdateEntry> = batch
                 .iter()
                 .map(|(seed, c)| UpdateEntry {
                     key: key_words(&seed.0),
@@ -124,19 +184,20 @@ impl GpuWeights {
                     _pad: [0; 3],
                 })
                 .collect();
-            let params = UpdateParams {
-                d: self.d,
-                entries: entries.len() as u32,
-                _pad: [0; 2],
-            };
             let entries = client.create_from_slice(bytemuck::cast_slice(&entries));
-            let params = client.create_from_slice(bytemuck::bytes_of(&params));
-            let (x, y) = dispatch_size(self.d);
-            self.launch(
-                UPDATE,
-                (x, y, 1),
-                [self.theta.handle.clone(), entries, params],
-            );
+            for (c, chunk) in self.chunks.iter().enumerate() {
+                let len = self.chunk.min(self.d as usize - c * self.chunk) as u32;
+                let params = UpdateParams {
+                    d: len,
+                    entries: batch.len() as u32,
+                    offset: (c * self.chunk) as u32,
+                    _pad: 0,
+                };
+                let params = client.create_from_slice(bytemuck::bytes_of(&params));
+                let (x, y) = dispatch_size(len);
+                let buffers = [chunk.handle.clone(), entries.clone(), params];
+                self.launch(UPDATE, (x, y, 1), buffers);
+            }
         }
     }
 
@@ -171,7 +232,7 @@ impl GpuWeights {
                 .all(|&(first, len)| len > 0 && first + len <= self.d as usize),
             "segments of θ"
         );
-        let client = &self.theta.client;
+        let client = &self.chunks[0].client;
         let count = lanes.len();
         let total: usize = segments.iter().map(|&(_, len)| len).sum();
         let lane_params: Vec<PerturbLane> = lanes
@@ -184,53 +245,52 @@ impl GpuWeights {
             .collect();
         let out = client.empty(count * total * size_of::<f32>());
         let lane_params = client.create_from_slice(bytemuck::cast_slice(&lane_params));
+        // Each segment cut at the chunks' boundaries, the pieces gathered by chunk: one
+        // dispatch binds one chunk of θ.
+        let mut by_chunk: Vec<Vec<PerturbSegment>> = vec![Vec::new(); self.chunks.len()];
         let mut at = 0;
-        // One segment per workgroup row: at most 65 535 a dispatch.
-        for chunk in segments.chunks(65_535) {
-            let described: Vec<PerturbSegment> = chunk
-                .iter()
-                .map(|&(first, len)| {
-                    let segment = PerturbSegment {
-                        first: first as u32,
-                        len: len as u32,
-                        out: at as u32,
-                        _pad: 0,
-                    };
-                    at += len;
-                    segment
-                })
-                .collect();
-            // The ChaCha blocks the longest segment touches, from the block it starts in.
-            let widest = chunk
-                .iter()
-                .map(|&(first, len)| first % shaders::PARAMS_PER_THREAD as usize + len)
-                .max()
-                .unwrap_or(1);
-            let params = PerturbParams {
-                segments: chunk.len() as u32,
-                lanes: count as u32,
-                total: total as u32,
-                _pad: 0,
-            };
-            let params = client.create_from_slice(bytemuck::bytes_of(&params));
-            let described = client.create_from_slice(bytemuck::cast_slice(&described));
-            let groups = (
-                perturb_groups(widest as u32),
-                chunk.len() as u32,
-                count as u32,
-            );
-            let buffers = [
-                self.theta.handle.clone(),
-                out.clone(),
-                lane_params.clone(),
-                params,
-                described,
-            ];
-            self.launch(PERTURB, groups, buffers);
+        for &(first, len) in segments {
+            for (c, local, n) in self.pieces(first, len) {
+                by_chunk[c].push(PerturbSegment {
+                    first: (c * self.chunk + local) as u32,
+                    len: n as u32,
+                    out: at as u32,
+                    _pad: 0,
+                });
+                at += n;
+            }
+        }
+        for (c, pieces) in by_chunk.iter().enumerate() {
+            // One piece per workgroup row: at most 65 535 a dispatch.
+            for part in pieces.chunks(65_535) {
+                // The ChaCha blocks the longest piece touches, from the block it starts in.
+                let widest = part
+                    .iter()
+                    .map(|p| p.first % shaders::PARAMS_PER_THREAD + p.len)
+                    .max()
+                    .unwrap_or(1);
+                let params = PerturbParams {
+                    segments: part.len() as u32,
+                    lanes: count as u32,
+                    total: total as u32,
+                    offset: (c * self.chunk) as u32,
+                };
+                let params = client.create_from_slice(bytemuck::bytes_of(&params));
+                let described = client.create_from_slice(bytemuck::cast_slice(part));
+                let groups = (perturb_groups(widest), part.len() as u32, count as u32);
+                let buffers = [
+                    self.chunks[c].handle.clone(),
+                    out.clone(),
+                    lane_params.clone(),
+                    params,
+                    described,
+                ];
+                self.launch(PERTURB, groups, buffers);
+            }
         }
         let out = CubeTensor::new_contiguous(
             client.clone(),
-            self.theta.device.clone(),
+            self.chunks[0].device.clone(),
             Shape::new([count, total]),
             out,
             DType::F32,
@@ -249,7 +309,7 @@ impl GpuWeights {
         let arguments = buffers.into_iter().fold(KernelArguments::new(), |args, b| {
             args.with_buffer(b.binding())
         });
-        self.theta
+        self.chunks[0]
             .client
             .launch(Box::new(kernel), CubeCount::Static(x, y, z), arguments);
     }
@@ -262,6 +322,8 @@ pub struct GpuContext {
     pub device: Device,
     /// What the adapter says it is.
     pub adapter: String,
+    /// Parameters in each of a replica's θ buffers ([`CHUNK_PARAMS`]; tests make it small).
+    pub chunk_params: usize,
 }
 
 impl GpuContext {
@@ -281,6 +343,7 @@ impl GpuContext {
         let context = GpuContext {
             device,
             adapter: format!("{} ({:?}, {})", info.name, info.backend, info.driver),
+            chunk_params: CHUNK_PARAMS,
         };
         Ok(CONTEXT.get_or_init(|| context).clone())
     }

@@ -156,7 +156,7 @@ impl Replica {
         theta: &[f32],
         version: Version,
     ) -> Self {
-        let weights = crate::gpu::GpuWeights::new(&gpu.device, theta)
+        let weights = crate::gpu::GpuWeights::in_chunks(&gpu.device, theta, gpu.chunk_params)
             .expect("a GpuContext's device is burn's wgpu device");
         Replica {
             frozen: job.frozen(&gpu.device),
@@ -214,7 +214,13 @@ impl Replica {
         match &self.store {
             WeightStore::Host { theta, .. } => Ok(theta.clone()),
             #[cfg(feature = "wgpu")]
-            WeightStore::Gpu(gpu) => self.read(gpu.tensor()).await,
+            WeightStore::Gpu(gpu) => {
+                let mut theta = Vec::new();
+                for chunk in gpu.chunk_tensors() {
+                    theta.extend(self.read(chunk).await?);
+                }
+                Ok(theta)
+            }
         }
     }
 

@@ -107,7 +107,7 @@ impl Trained<'_> {
             Trained::Split { tensors, .. } => tensors[0].device(),
             Trained::Perturbed { device, .. } => (*device).clone(),
             #[cfg(feature = "wgpu")]
-            Trained::OnGpu { gpu, .. } => gpu.tensor().device(),
+            Trained::OnGpu { gpu, .. } => gpu.device(),
         }
     }
 
@@ -211,10 +211,9 @@ fn gpu_segments(
 ) -> Tensor<2> {
     let total: usize = segments.iter().map(|&(_, len)| len).sum();
     if lanes.iter().all(|(_, scale)| *scale == 0.0) {
-        let theta = gpu.tensor();
         let parts: Vec<Tensor<1>> = segments
             .iter()
-            .map(|&(first, len)| theta.clone().narrow(0, first, len))
+            .map(|&(first, len)| gpu.range(first, len))
             .collect();
         let own = match parts.len() {
             1 => parts.into_iter().next().expect("one part"),

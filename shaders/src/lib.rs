@@ -66,7 +66,9 @@ pub struct PerturbParams {
     pub lanes: u32,
     /// Parameters each lane's output holds: the segments' lengths summed.
     pub total: u32,
-    pub _pad: u32,
+    /// The index in θ of binding 0's first parameter: θ may be held in several buffers, and
+    /// every segment of a dispatch lies in the one bound.
+    pub offset: u32,
 }
 
 /// A segment of θ for the perturb kernel: parameters `first .. first + len`, written at `out`
@@ -103,9 +105,12 @@ pub struct UpdateEntry {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct UpdateParams {
+    /// Parameters in the buffer bound.
     pub d: u32,
     pub entries: u32,
-    pub _pad: [u32; 2],
+    /// The index in θ of the buffer's first parameter, a multiple of [`PARAMS_PER_THREAD`].
+    pub offset: u32,
+    pub _pad: u32,
 }
 
 /// A 32-byte ChaCha key as the eight little-endian words the kernels read.

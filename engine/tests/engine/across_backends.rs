@@ -329,7 +329,8 @@ fn a_range_of_theta_perturbed_on_the_gpu_is_the_cpu_reference_bit_for_bit() {
     let theta: Vec<f32> = (0..d)
         .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
         .collect();
-    let weights = GpuWeights::new(&gpu().device, &theta).unwrap();
+    // θ in buffers of 1 536 parameters: segments cross from one into the next.
+    let weights = GpuWeights::in_chunks(&gpu().device, &theta, 1_536).unwrap();
     let lanes: Vec<(DirectionSeed, f32)> = (0..3u8)
         .map(|l| (DirectionSeed([l + 1; 32]), [1e-3, -1e-3, 0.5][l as usize]))
         .collect();
@@ -434,4 +435,37 @@ fn a_gpu_step_makes_one_tensor_at_a_time_not_a_copy_of_theta_per_lane() {
         made.bytes - before.bytes <= lanes * (d + wte) * size_of::<f32>(),
         "{made:?}"
     );
+}
+
+#[test]
+fn a_gpu_replica_with_theta_in_several_buffers_matches_the_cpu() {
+    // θ in buffers of 4 096 parameters (a model's own would take 2^24): updates and perturbed
+    // tensors cross the buffers' boundaries.
+    let mut small = gpu().clone();
+    small.chunk_params = 4_096;
+    let job = Arc::new(Job::tiny_lm());
+    assert!(job.model.layout().d() > 20 * small.chunk_params);
+    let mut cpu = Replica::new(job.clone(), cpu_device());
+    let mut gpu = Replica::new_gpu(job.clone(), &small);
+    let log = synthetic_log(300, 9);
+    cpu.apply(&log);
+    gpu.apply(&log);
+    assert_eq!(
+        block_on(cpu.weight_hash()).unwrap(),
+        block_on(gpu.weight_hash()).unwrap()
+    );
+    let batch = engine::text::corpus_dataset(engine::Corpus::Tales, 32, 1)
+        .train
+        .rows(0..8);
+    let counters: Vec<Counter> = (0..3).map(Counter).collect();
+    let a = block_on(cpu.propose_lanes(PeerId(6), &counters, &batch)).unwrap();
+    let b = block_on(gpu.propose_lanes(PeerId(6), &counters, &batch)).unwrap();
+    for (a, b) in a.iter().zip(&b) {
+        assert_proposals_agree(a, b);
+    }
+    let (x, y) = (
+        block_on(cpu.batch_loss(&batch)).unwrap(),
+        block_on(gpu.batch_loss(&batch)).unwrap(),
+    );
+    assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
 }

@@ -19,7 +19,9 @@ struct Perturb {
     lanes: u32,
     // Parameters a lane's output holds: the segments' lengths summed.
     total: u32,
-    _pad: u32,
+    // The index in θ of binding 0's first parameter (θ may be held in several buffers; every
+    // segment of a dispatch lies in its buffer). Segments are in θ's indices.
+    offset: u32,
 }
 
 // A segment of θ: parameters first .. first + len, written at `out` in each lane's output.
@@ -59,7 +61,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             let i = first + w * 32u + bit;
             if (i >= segment.first && i < end) {
                 let s = select(-lane.scale, lane.scale, ((word >> bit) & 1u) == 1u);
-                out[base + i - segment.first] = theta[i] + s;
+                out[base + i - segment.first] = theta[i - params.offset] + s;
             }
         }
     }

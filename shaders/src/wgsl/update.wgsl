@@ -14,8 +14,12 @@ struct Entry {
 }
 
 struct Update {
+    // Parameters in this buffer, and the first one's index in θ (a multiple of 512): θ may be
+    // held in several buffers, each updated by its own dispatch.
     d: u32,
     entries: u32,
+    offset: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> theta: array<f32>;
@@ -24,11 +28,12 @@ struct Update {
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let block_index = gid.x + gid.y * groups.x * 64u;
-    let first = block_index * 512u;
+    let local_block = gid.x + gid.y * groups.x * 64u;
+    let first = local_block * 512u;
     if (first >= params.d) {
         return;
     }
+    let block_index = params.offset / 512u + local_block;
     for (var j = 0u; j < params.entries; j = j + 1u) {
         let entry = entries[j];
         let block = chacha8_block(entry.key, block_index, 0u);

@@ -40,7 +40,8 @@ fn run_update(theta: &[f32], entries: &[([u8; 32], f32)]) -> Vec<f32> {
     let params = UpdateParams {
         d: theta.len() as u32,
         entries: list.len() as u32,
-        _pad: [0; 2],
+        offset: 0,
+        _pad: 0,
     };
     let bytes = run_kernel(
         update_source(),
