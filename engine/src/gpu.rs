@@ -1,8 +1,9 @@
 //! θ on a GPU: the `shaders` kernels launched on burn's own wgpu compute client, over burn's own
 //! tensor buffers.
 //!
-//! θ is a burn tensor on the wgpu device that only the update kernel writes (in place, through
-//! its buffer handle). The perturb kernel writes `θ ± εz` for several lanes into a fresh burn
+//! θ is held as burn tensors on the wgpu device, one per [`CHUNK_PARAMS`] parameters, that only
+//! the update kernel writes (in place, through their buffer handles). The perturb kernel writes
+//! `θ ± εz` over segments of θ (a tensor, a table's rows) for several lanes into a fresh burn
 //! tensor that the forward pass consumes where it lies: nothing goes through the CPU but the
 //! losses. No buffer ever holds `z`. Launching through burn's client (rather than on the raw wgpu
 //! queue beside it) puts our kernels in burn's own stream, so burn's pending work and ours run in
@@ -201,15 +202,10 @@ impl GpuWeights {
         }
     }
 
-    /// `[θ + scale_l·z(seed_l)]` for each lane `l`, as a `lanes × d` tensor on the device; θ is
-    /// not touched and nothing is read back.
-    pub fn perturbed(&self, lanes: &[(DirectionSeed, f32)]) -> Tensor<2> {
-        self.perturbed_range(lanes, 0, self.d as usize)
-    }
-
-    /// [`GpuWeights::perturbed`] over θ's parameters `first .. first + len` alone: `lanes ×
-    /// len`, what a pass reads of one tensor (a forward pass makes each as it reads it, so it
-    /// holds one tensor's perturbed copies at a time, not `lanes` copies of θ).
+    /// `[θ + scale_l·z(seed_l)]` for each lane `l` over θ's parameters `first .. first + len`:
+    /// a `lanes × len` tensor on the device, what a pass reads of one tensor (a forward pass
+    /// makes each as it reads it, so it holds one tensor's perturbed copies at a time, not
+    /// `lanes` copies of θ). θ is not touched and nothing is read back.
     pub fn perturbed_range(
         &self,
         lanes: &[(DirectionSeed, f32)],
@@ -219,8 +215,8 @@ impl GpuWeights {
         self.perturbed_segments(lanes, &[(first, len)])
     }
 
-    /// [`GpuWeights::perturbed`] over segments `(first, len)` of θ, each lane's laid end to
-    /// end: `lanes × Σ len` (the rows of a table that a pass reads, each a segment).
+    /// [`GpuWeights::perturbed_range`] over segments `(first, len)` of θ, each lane's laid end
+    /// to end: `lanes × Σ len` (the rows of a table that a pass reads, each a segment).
     pub fn perturbed_segments(
         &self,
         lanes: &[(DirectionSeed, f32)],
