@@ -19,7 +19,7 @@ use protocol::{
     Counter, LogCursor, LogEntry, Message, PeerId, Quantizer, RejectReason, Resume, ResumeSecret,
     Serial, Version, close,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -159,6 +159,8 @@ pub struct SequencerConfig {
 /// The sequencer's handle on a joined peer's socket: where its answers go, and how to close it.
 struct PeerSocket {
     id: u64,
+    /// The digest of the secret that resumes this peer's id.
+    secret_digest: [u8; 32],
     outbox: mpsc::Sender<Outgoing>,
     kick: Option<oneshot::Sender<Refusal>>,
 }
@@ -203,6 +205,11 @@ pub struct Sequencer {
     pending: Vec<Pending>,
     /// The clipping bound and the quarantined peers.
     influence: Influence,
+    /// Peers the host dropped, with the digest of their resume secret: a resume of one is
+    /// refused with `DROPPED` (a peer that missed its close frame would otherwise come back as
+    /// itself, or, once its id went to someone else, as a new peer). Kept for this sequencer's
+    /// life.
+    dropped: HashSet<(PeerId, [u8; 32])>,
     /// A committee job's rounds.
     committees: Option<Committees>,
     config: SequencerConfig,
@@ -249,6 +256,7 @@ impl Sequencer {
             next_socket: 0,
             pending: Vec::new(),
             influence,
+            dropped: HashSet::new(),
             committees,
             config,
             stats,
@@ -318,6 +326,7 @@ impl Sequencer {
                         joined.peer,
                         PeerSocket {
                             id: joined.socket,
+                            secret_digest: crate::secret::resume_digest(&joined.secret),
                             outbox,
                             kick: Some(kick),
                         },
@@ -379,6 +388,9 @@ impl Sequencer {
                 written.map_err(SequencerError::Store)?;
             }
             Command::Drop { peer, reply } => {
+                if let Some(socket) = self.sockets.get(&peer) {
+                    self.dropped.insert((peer, socket.secret_digest));
+                }
                 let kick = self.sockets.get_mut(&peer).and_then(|s| s.kick.take());
                 let dropped = kick.is_some_and(|kick| {
                     kick.send(Refusal::new(close::DROPPED, "dropped by the relay's host"))
@@ -439,6 +451,12 @@ impl Sequencer {
             // The secret first: whether an id is connected is nobody's business but its own.
             Some(Resume { peer, secret }) => {
                 let digest = crate::secret::resume_digest(&secret);
+                if self.dropped.contains(&(peer, digest)) {
+                    return Ok(Err(Refusal::new(
+                        close::DROPPED,
+                        "dropped by the relay's host",
+                    )));
+                }
                 if !self.stores.peers.resumable(peer, digest).await? {
                     return Ok(Err(Refusal::new(
                         close::UNKNOWN_PEER,

@@ -427,6 +427,42 @@ async fn a_peer_id_resumes_only_with_its_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_peer_stays_gone_though_it_missed_its_close() {
+    // A peer the host drops reads `DROPPED` and stops; one that missed the close frame (a
+    // busy machine, a send that failed first) comes back with its id and secret: refused too.
+    let (_dir, store) = store();
+    let relay = Relay::start(&store, &["--admin-token", "root"]).unwrap();
+    let job = relay.job().await.unwrap();
+    let ws = relay.ws_url();
+    let mut peer = RawPeer::join(&ws, job.id, "").await.unwrap();
+    let (id, secret) = (peer.id, peer.secret);
+    let path = format!("/api/admin/peers/{}/drop", id.0);
+    assert_eq!(relay.admin_post(&path, "root").await.unwrap(), 200);
+    let (code, _) = raw::expect_close(&mut peer.socket).await.unwrap();
+    assert_eq!(code, close::DROPPED);
+    let mut socket = raw::connect(&ws, None).await.unwrap();
+    let hello = Message::Hello {
+        protocol: protocol::PROTOCOL_VERSION,
+        job: job.id,
+        resume: Some(Resume { peer: id, secret }),
+        from: Version(0),
+        token: String::new(),
+    };
+    raw::send(&mut socket, &hello).await.unwrap();
+    let (code, reason) = raw::expect_close(&mut socket).await.unwrap();
+    assert_eq!(code, close::DROPPED, "{reason}");
+    // Anyone may still join afresh (the id may be handed out again, with a secret of its
+    // own); the dropped secret stays refused.
+    let fresh = RawPeer::join(&ws, job.id, "").await.unwrap();
+    assert_ne!(fresh.secret, secret);
+    drop(fresh);
+    let mut socket = raw::connect(&ws, None).await.unwrap();
+    raw::send(&mut socket, &hello).await.unwrap();
+    let (code, reason) = raw::expect_close(&mut socket).await.unwrap();
+    assert_eq!(code, close::DROPPED, "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_peer_that_stops_reading_is_dropped_and_others_continue() {
     let (_dir, store) = store();
     let relay = Relay::start(
