@@ -1,7 +1,7 @@
 //! Time in a browser: `std::time::Instant` does not exist on wasm32-unknown-unknown.
 
 use gloo_timers::future::TimeoutFuture;
-use wasm_bindgen::JsCast;
+use wasm_bindgen::{JsCast, JsValue};
 
 thread_local! {
     /// The global scope's `performance` (a window's or a worker's), looked up once.
@@ -22,7 +22,22 @@ pub fn now_ms() -> f64 {
 /// Waits `ms` milliseconds (0 still yields to the event loop, so websocket and page messages
 /// get their turn).
 pub async fn sleep_ms(ms: f64) {
+    if ms <= 0.0
+        && let Some(Ok(turn)) = YIELD.with(|y| y.as_ref().map(|f| f.call0(&JsValue::UNDEFINED)))
+    {
+        let _ = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::from(turn)).await;
+        return;
+    }
     TimeoutFuture::new(ms.clamp(0.0, 60_000.0) as u32).await;
+}
+
+thread_local! {
+    /// The worker's `onebyteYield` (`web/peer-worker.js`): a turn of the event loop through a
+    /// posted message, where `setTimeout(0)` would wait its 4 ms clamp once nested.
+    static YIELD: Option<js_sys::Function> =
+        js_sys::Reflect::get(&js_sys::global(), &"onebyteYield".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
 }
 
 /// The browser's clock, for the peer driver.
