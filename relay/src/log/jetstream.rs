@@ -143,6 +143,9 @@ pub struct Pump {
 /// How long the pump tries to follow the stream again (servers restarting, a leader being
 /// elected) before it gives up.
 const FOLLOW_PATIENCE: Duration = Duration::from_secs(60);
+/// After this long without a message the pump asks the stream whether it holds more than
+/// was taken (an idle log is quiet; a stuck consumer is too).
+const QUIET_CHECK: Duration = Duration::from_secs(5);
 
 impl JetstreamLog {
     /// The job's log stream, made if it does not exist, read from its first message to its
@@ -413,13 +416,26 @@ impl Pump {
         let mut failing_since = None;
         let (message, sequence) = loop {
             let failed = match self.messages.as_mut() {
-                Some(messages) => match messages.next().await {
-                    Some(Ok(message)) => match message.info().map(|i| i.stream_sequence) {
+                Some(messages) => match tokio::time::timeout(QUIET_CHECK, messages.next()).await {
+                    Ok(Some(Ok(message))) => match message.info().map(|i| i.stream_sequence) {
                         Ok(sequence) => break (message, sequence),
                         Err(e) => e.to_string(),
                     },
-                    Some(Err(e)) => e.to_string(),
-                    None => "the consumer ended".to_string(),
+                    Ok(Some(Err(e))) => e.to_string(),
+                    Ok(None) => "the consumer ended".to_string(),
+                    // Quiet: fine while the stream holds nothing after what was taken; else
+                    // the consumer is stuck (seen after its stream's leader was killed:
+                    // neither messages nor an error came again) and is made anew.
+                    Err(_) => match self.stream.get_info().await {
+                        Ok(info) if info.state.last_sequence > log.pumped_tip().sequence => {
+                            format!(
+                                "the consumer stalled at {} of the stream's {}",
+                                log.pumped_tip().sequence,
+                                info.state.last_sequence
+                            )
+                        }
+                        _ => continue,
+                    },
                 },
                 None => match follow(&self.stream, log.pumped_tip().sequence + 1).await {
                     Ok(messages) => {
