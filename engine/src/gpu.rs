@@ -104,13 +104,9 @@ pub struct GpuWeights {
 }
 
 impl GpuWeights {
-    /// Uploads θ to `device`, which must be burn's wgpu device.
-    pub fn new(device: &Device, theta: &[f32]) -> Result<Self, GpuError> {
-        Self::in_chunks(device, theta, CHUNK_PARAMS)
-    }
-
-    /// [`GpuWeights::new`] with `chunk` parameters a buffer (a multiple of 512): tests cross
-    /// the chunks' boundaries with small models.
+    /// Uploads θ to `device`, which must be burn's wgpu device, `chunk` parameters a buffer (a
+    /// multiple of 512; [`CHUNK_PARAMS`] but where tests cross the chunks' boundaries with
+    /// small models).
     pub fn in_chunks(device: &Device, theta: &[f32], chunk: usize) -> Result<Self, GpuError> {
         assert!(
             chunk > 0 && chunk.is_multiple_of(shaders::PARAMS_PER_THREAD as usize),

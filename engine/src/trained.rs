@@ -470,23 +470,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_base_that_is_not_the_pinned_one_is_refused() {
-        let dir = std::env::temp_dir().join(format!("onebyte-base-{}", std::process::id()));
+    /// A directory `name` holding the tiny transformer's weights as `base.safetensors`: the
+    /// directory, that model's job, and the file's SHA-256.
+    fn tiny_base_in(name: &str) -> (std::path::PathBuf, Job, String) {
+        let dir = std::env::temp_dir().join(format!("onebyte-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let full = tiny("");
         let bytes = full.checkpoint_bytes(full.initial_weights());
         std::fs::write(dir.join("base.safetensors"), &bytes).unwrap();
         let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-        let job_with = |pin: &str| {
-            let toml = format!(
-                "[job]\nname = \"peft\"\ninit = \"base.safetensors\"\n[model]\n\
-                 kind = \"transformer\"\npreset = \"tiny\"\n[task]\nfeatures = 32\n\
-                 classes = 256\ndataset = \"tales\"\n[train]\nparameters = \"bitfit\"\n{pin}"
-            );
-            std::fs::write(dir.join("job.toml"), toml).unwrap();
-            Job::from_file(&dir.join("job.toml"))
-        };
+        (dir, full, sha)
+    }
+
+    /// A job file in `dir` that trains `parameters` of the tiny transformer on `dir`'s base,
+    /// `pin` added to its `[train]` section, as read back.
+    fn peft_job(
+        dir: &std::path::Path,
+        parameters: &str,
+        pin: &str,
+    ) -> Result<Job, crate::job::JobError> {
+        let toml = format!(
+            "[job]\nname = \"peft\"\ninit = \"base.safetensors\"\n[model]\n\
+             kind = \"transformer\"\npreset = \"tiny\"\n[task]\nfeatures = 32\n\
+             classes = 256\ndataset = \"tales\"\n[train]\nparameters = \"{parameters}\"\n{pin}"
+        );
+        std::fs::write(dir.join("job.toml"), toml).unwrap();
+        Job::from_file(&dir.join("job.toml"))
+    }
+
+    #[test]
+    fn a_base_that_is_not_the_pinned_one_is_refused() {
+        let (dir, full, sha) = tiny_base_in("base");
+        let job_with = |pin: &str| peft_job(&dir, "bitfit", pin);
         let unpinned = job_with("").unwrap_err().to_string();
         assert!(unpinned.contains(&sha), "{unpinned}");
         let other = "0".repeat(64);
@@ -501,21 +516,10 @@ mod tests {
 
     #[test]
     fn a_base_from_a_checkpoint_is_held_once() {
-        let dir = std::env::temp_dir().join(format!("onebyte-once-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let full = tiny("");
-        let bytes = full.checkpoint_bytes(full.initial_weights());
-        std::fs::write(dir.join("base.safetensors"), &bytes).unwrap();
-        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let (dir, full, sha) = tiny_base_in("once");
         for train in ["lora", "bitfit"] {
-            let toml = format!(
-                "[job]\nname = \"peft\"\ninit = \"base.safetensors\"\n[model]\n\
-                 kind = \"transformer\"\npreset = \"tiny\"\n[task]\nfeatures = 32\n\
-                 classes = 256\ndataset = \"tales\"\n[train]\nparameters = \"{train}\"\n\
-                 base_sha256 = \"{sha}\"\n"
-            );
-            std::fs::write(dir.join("job.toml"), toml).unwrap();
-            let job = Arc::new(Job::from_file(&dir.join("job.toml")).unwrap());
+            let pin = format!("base_sha256 = \"{sha}\"\n");
+            let job = Arc::new(peft_job(&dir, train, &pin).unwrap());
             assert!(!job.needs_checkpoint(), "{train}");
             // Replicas on the CPU read the job's own base tensors: no byte of it is copied.
             let before = Frozen::copied_so_far();
@@ -534,7 +538,7 @@ mod tests {
             let x = data.test.rows(0..8).x;
             // At θ₀ the adapted (or bias-trained) model is exactly the base.
             let read = block_on(replicas[1].predict(&x)).unwrap();
-            let base = block_on(Replica::new(Arc::new(tiny("")), cpu_device()).predict(&x));
+            let base = block_on(Replica::new(Arc::new(full.clone()), cpu_device()).predict(&x));
             assert_eq!(bits(&read), bits(&base.unwrap()), "{train}");
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -253,11 +253,8 @@ fn an_unknown_peer_id_is_dropped_and_the_peer_joins_afresh() {
     assert_eq!(peer.id, None);
 }
 
-/// Time the driver spent waiting (ms) while `budget` contributions were accepted by a relay
-/// whose `Welcome` gave `rate_limit`.
-fn waited_for(rate_limit: u32, budget: u64) -> (f64, u64) {
-    let job = Arc::new(Job::demo());
-    let (mut peer, snapshot) = peer_on(&job);
+/// A relay's opening on an empty log: peer 4 welcomed with `rate_limit`, then the table.
+fn welcome_to_an_empty_log(job: &Job, rate_limit: u32) -> Vec<Incoming> {
     let welcome = Message::Welcome {
         peer: PeerId(4),
         job: job.id,
@@ -266,10 +263,18 @@ fn waited_for(rate_limit: u32, budget: u64) -> (f64, u64) {
         secret: ResumeSecret([4; 16]),
         rate_limit,
     };
-    let script = vec![
+    vec![
         frame(&welcome),
         frame(&LogCursor::new(Version(0), []).table_message()),
-    ];
+    ]
+}
+
+/// Time the driver spent waiting (ms) while `budget` contributions were accepted by a relay
+/// whose `Welcome` gave `rate_limit`.
+fn waited_for(rate_limit: u32, budget: u64) -> (f64, u64) {
+    let job = Arc::new(Job::demo());
+    let (mut peer, snapshot) = peer_on(&job);
+    let script = welcome_to_an_empty_log(&job, rate_limit);
     let relay = ScriptedRelay::new(vec![script], snapshot);
     let clock = JumpingClock::default();
     let slept = clock.slept.clone();
@@ -296,20 +301,7 @@ fn a_peer_paces_itself_below_the_relay_rate_limit() {
 fn contributions_left_unanswered_for_long_start_the_connection_over() {
     let job = Arc::new(Job::demo());
     let (mut peer, snapshot) = peer_on(&job);
-    let welcome = Message::Welcome {
-        peer: PeerId(4),
-        job: job.id,
-        version: Version(0),
-        next_counter: Counter(0),
-        secret: ResumeSecret([4; 16]),
-        rate_limit: 0,
-    };
-    let script = || {
-        vec![
-            frame(&welcome),
-            frame(&LogCursor::new(Version(0), []).table_message()),
-        ]
-    };
+    let script = || welcome_to_an_empty_log(&job, 0);
     // The first connection swallows what it is sent and stays open.
     let relay = ScriptedRelay::new(vec![script(), script()], snapshot).losing_contributions(1);
     let sent = relay.sent.clone();
