@@ -232,6 +232,7 @@ function onProgress(p) {
   // A small model's CPU step takes a fraction of a millisecond.
   $('step-ms').textContent = p.stepMs == null ? '–' : p.stepMs < 10 ? p.stepMs.toPrecision(2) : p.stepMs.toFixed(0);
   $('busy').textContent = p.busyShare == null ? '–' : Math.round(100 * p.busyShare);
+  $('memory').textContent = formatBytes(p.wasmMemoryBytes);
   $('bytes-sent').textContent = formatBytes(p.bytesSent);
   $('bytes-received').textContent = formatBytes(p.bytesReceived);
   $('bytes-fp32').textContent = formatBytes(p.fp32Bytes);

@@ -5,7 +5,7 @@ use crate::clock::now_ms;
 use engine::calibrate;
 use engine::data::Split;
 use engine::gpu::GpuContext;
-use engine::{Job, Replica};
+use engine::{Job, Replica, Snapshot};
 use std::sync::Arc;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -38,8 +38,18 @@ impl Backend {
             Backend::Cpu => Replica::from_snapshot(job, engine::cpu_device(), snapshot),
             Backend::WebGpu(gpu) => Replica::from_snapshot_gpu(job, gpu, snapshot),
         };
-        replica.map_err(|e| format!("the relay's snapshot does not fit the job: {e}"))
+        replica.map_err(misfit)
     }
+}
+
+/// A CPU replica of `job` that takes the decoded snapshot's θ.
+fn cpu_replica(job: Arc<Job>, snapshot: Snapshot) -> Result<Replica, String> {
+    Replica::restored(job, engine::cpu_device(), snapshot).map_err(misfit)
+}
+
+/// Why a snapshot makes no replica of the job, for the page.
+fn misfit(e: engine::EngineError) -> String {
+    format!("the relay's snapshot does not fit the job: {e}")
 }
 
 /// `navigator.gpu`, if this browser (or worker) exposes WebGPU at all.
@@ -111,22 +121,23 @@ pub async fn settle(
     preference: &str,
     lanes: usize,
     job: &Arc<Job>,
-    snapshot: &[u8],
+    snapshot: Snapshot,
     batch: &Split,
 ) -> Result<Settled, String> {
-    if !matches!(choice.backend, Backend::WebGpu(_)) {
+    let Backend::WebGpu(gpu) = &choice.backend else {
         return Ok(Settled {
-            replica: choice.backend.replica(job.clone(), snapshot)?,
+            replica: cpu_replica(job.clone(), snapshot)?,
             backend: choice.backend,
             lanes: lanes.max(1),
             measured: String::new(),
             reason: choice.reason,
         });
-    }
-    let on_gpu = choice.backend.replica(job.clone(), snapshot)?;
+    };
+    let on_gpu = Replica::restored_gpu(job.clone(), gpu, &snapshot).map_err(misfit)?;
+    // The CPU's replica takes the decoded θ: the tab holds it once, whichever wins.
     let on_cpu = match preference {
         "webgpu" => None,
-        _ => Some(Backend::Cpu.replica(job.clone(), snapshot)?),
+        _ => Some(cpu_replica(job.clone(), snapshot)?),
     };
     let race = calibrate::race(on_gpu, on_cpu, lanes, batch, MEASURE_BUDGET_MS, now_ms)
         .await

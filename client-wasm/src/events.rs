@@ -86,6 +86,9 @@ pub enum Event {
         /// Share of the last 5 s of training spent proposing or applying the log (`None`
         /// while not training).
         busy_share: Option<f64>,
+        /// The tab's WebAssembly memory (θ, the data, the passes' tensors): it grows to the
+        /// most the tab has needed at once and never shrinks.
+        wasm_memory_bytes: u64,
         /// In a private job: ε spent so far by this tab's contributions, at `privacy_delta`.
         privacy_epsilon: Option<f64>,
         privacy_delta: Option<f64>,

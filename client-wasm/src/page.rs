@@ -295,6 +295,7 @@ impl Host for Page<'_> {
                 params: d,
                 step_ms: tally.step_ms,
                 busy_share: tally.busy_share_lately(now),
+                wasm_memory_bytes: wasm_memory_bytes(),
                 privacy_epsilon: peer.privacy.as_ref().map(|p| p.accountant.epsilon()),
                 privacy_delta: peer.privacy.as_ref().map(|p| p.accountant.delta()),
             });
@@ -305,4 +306,14 @@ impl Host for Page<'_> {
             self.next_model = now + MODEL_EVERY_MS.max(took / MODEL_SHARE);
         }
     }
+}
+
+/// The size of this module's linear memory.
+fn wasm_memory_bytes() -> u64 {
+    const PAGE_BYTES: u64 = 65_536;
+    #[cfg(target_arch = "wasm32")]
+    let pages = core::arch::wasm32::memory_size(0) as u64;
+    #[cfg(not(target_arch = "wasm32"))]
+    let pages = 0;
+    pages * PAGE_BYTES
 }

@@ -3,10 +3,15 @@
 
 use crate::clock::sleep_ms;
 use engine::driver::{Connection, Incoming, Transport};
+use engine::{Job, Snapshot, SnapshotReader};
 use futures_util::StreamExt;
 use gloo_net::http::Request;
 use gloo_net::websocket::{Message as WsMessage, WebSocketError, futures::WebSocket};
+use js_sys::{Reflect, Uint8Array};
 use protocol::RelayUrls;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::ReadableStreamDefaultReader;
 
 /// Where the relay lives.
 #[derive(Debug, Clone)]
@@ -59,6 +64,41 @@ impl Endpoints {
     /// The newest snapshot (safetensors).
     pub async fn snapshot(&self) -> Result<Vec<u8>, String> {
         self.bytes("/api/snapshot").await
+    }
+
+    /// The newest snapshot of `job`, decoded as its bytes arrive, so that θ is the tab's only
+    /// copy of the weights (a tab's WebAssembly memory never shrinks: the file's bytes beside θ
+    /// would stay its cost). The outer error is the network's, worth a retry; the inner one
+    /// says the snapshot does not fit the job.
+    pub async fn snapshot_of(&self, job: &Job) -> Result<Result<Snapshot, String>, String> {
+        let response = self.get("/api/snapshot").await?;
+        let body = response
+            .body()
+            .ok_or("the relay's snapshot response has no body")?;
+        let stream: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+        let mut reader = SnapshotReader::new(job.id, job.model.layout());
+        let mut piece = Vec::new();
+        loop {
+            let read = JsFuture::from(stream.read())
+                .await
+                .map_err(|e| format!("reading the snapshot: {e:?}"))?;
+            let field = |name: &str| Reflect::get(&read, &name.into()).unwrap_or_default();
+            if field("done").as_bool() == Some(true) {
+                break;
+            }
+            let chunk: Uint8Array = field("value").unchecked_into();
+            piece.resize(chunk.length() as usize, 0);
+            chunk.copy_to(&mut piece);
+            if let Err(e) = reader.feed(&piece) {
+                let _ = stream.cancel();
+                return Ok(Err(format!(
+                    "the relay's snapshot does not fit the job: {e}"
+                )));
+            }
+        }
+        Ok(reader
+            .finish()
+            .map_err(|e| format!("the relay's snapshot does not fit the job: {e}")))
     }
 
     /// `GET path`, the body as bytes.

@@ -70,11 +70,12 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
 
     emitter.state(State::Loading, "fetching the newest snapshot");
     let Some(snapshot) = fetching
-        .fetch("fetching the snapshot", || endpoints.snapshot())
+        .fetch("fetching the snapshot", || endpoints.snapshot_of(&job))
         .await
     else {
         return Ok(());
     };
+    let snapshot = snapshot?;
     if matches!(choice.backend, Backend::WebGpu(_)) {
         emitter.state(
             State::Loading,
@@ -87,7 +88,7 @@ pub async fn run(options: &Options, controls: &Controls, emitter: &Emitter) -> R
         &options.backend,
         options.lanes,
         &job,
-        &snapshot,
+        snapshot,
         &probe,
     )
     .await?;

@@ -44,7 +44,7 @@ pub use model::{Model, ModelSpec};
 pub use replica::{EngineError, Evaluation, Proposal, Replica};
 pub use session::{PeerState, Received, Session, SessionEnd};
 pub use sim::{Exchange, Simulation, Step, Traffic};
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, SnapshotReader};
 pub use text::Corpus;
 
 /// burn's pure-Rust CPU device: the reference backend.

@@ -77,6 +77,26 @@ pub(crate) fn check_batch(model: &crate::Model, batch: &Split) -> Result<(), Eng
     Ok(())
 }
 
+/// A decoded snapshot that is `job`'s, with θ of its model's length.
+fn check_restorable(job: &Job, snapshot: &Snapshot) -> Result<(), EngineError> {
+    if snapshot.job != job.id {
+        return Err(SnapshotError::WrongJob {
+            expected: job.id,
+            found: snapshot.job,
+        }
+        .into());
+    }
+    let d = job.model.layout().d();
+    if snapshot.theta.len() != d {
+        return Err(SnapshotError::Truncated {
+            got: snapshot.theta.len() * 4,
+            expected: d * 4,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Loss and accuracy of the current weights on a split.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Evaluation {
@@ -116,8 +136,18 @@ impl Replica {
 
     /// A replica restored from a snapshot.
     pub fn from_snapshot(job: Arc<Job>, device: Device, bytes: &[u8]) -> Result<Self, EngineError> {
-        let snap = Snapshot::from_bytes(bytes, job.id, job.model.layout())?;
-        Ok(Replica::at(job, device, snap.theta, snap.version))
+        let snapshot = Snapshot::from_bytes(bytes, job.id, job.model.layout())?;
+        Replica::restored(job, device, snapshot)
+    }
+
+    /// A replica from a decoded snapshot (a [`crate::SnapshotReader`]'s), which keeps its θ.
+    pub fn restored(
+        job: Arc<Job>,
+        device: Device,
+        snapshot: Snapshot,
+    ) -> Result<Self, EngineError> {
+        check_restorable(&job, &snapshot)?;
+        Ok(Replica::at(job, device, snapshot.theta, snapshot.version))
     }
 
     fn at(job: Arc<Job>, device: Device, theta: Vec<f32>, version: Version) -> Self {
@@ -145,8 +175,20 @@ impl Replica {
         gpu: &crate::gpu::GpuContext,
         bytes: &[u8],
     ) -> Result<Self, EngineError> {
-        let snap = Snapshot::from_bytes(bytes, job.id, job.model.layout())?;
-        Ok(Replica::at_gpu(job, gpu, &snap.theta, snap.version))
+        let snapshot = Snapshot::from_bytes(bytes, job.id, job.model.layout())?;
+        Replica::restored_gpu(job, gpu, &snapshot)
+    }
+
+    /// A GPU replica from a decoded snapshot, which stays the caller's (a CPU replica can
+    /// take it afterwards).
+    #[cfg(feature = "wgpu")]
+    pub fn restored_gpu(
+        job: Arc<Job>,
+        gpu: &crate::gpu::GpuContext,
+        snapshot: &Snapshot,
+    ) -> Result<Self, EngineError> {
+        check_restorable(&job, snapshot)?;
+        Ok(Replica::at_gpu(job, gpu, &snapshot.theta, snapshot.version))
     }
 
     #[cfg(feature = "wgpu")]

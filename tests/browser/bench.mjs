@@ -2,6 +2,7 @@
 // applying the log) for the demo job and a char LM job, on the page's WebGPU (SwiftShader here)
 // and on its CPU backend in wasm. Alone with the relay, so nothing but the tab sets the pace.
 // Run by `cargo xtask bench`, never by CI (the figures are what we look at, not assertions).
+// `node bench.mjs --only gpt2` measures only the GPT-2-small shape's tab (below).
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { join, launch, pageStatus, scratch, sleep, startRelay, startWorker, waitFor } from './harness.mjs';
@@ -84,8 +85,41 @@ async function measureNative(job) {
   }
 }
 
-console.log(`the page alone with a relay, ${MEASURE_MS / 1000} s per figure, throttle 100 %`);
-for (const job of JOBS) {
+// GPT-2 small's shape (12 layers, width 768, a 50 257-token vocabulary; d = 124 439 808): the
+// relay makes its random θ (495 MB); the page's CPU backend loads the snapshot and trains on
+// the tales text as bytes. What it costs the tab's memory, and one step's time.
+const GPT2_SMALL_SHAPE =
+  '[job]\nname = "bench-gpt2-small-shape"\n[model]\nkind = "transformer"\nlayers = 12\nwidth = 768\n' +
+  'heads = 12\ncontext = 32\n[task]\nfeatures = 32\nclasses = 50257\ndataset = "tales"\n' +
+  '[hyper]\nbatch_size = 4\nlearning_rate = 1e-5\nepsilon = 1e-3\n';
+const GPT2_THETA_BYTES = 4 * 124_439_808;
+
+/** The page's CPU backend on the GPT-2-small shape: its WebAssembly memory once it trains. */
+async function measureGpt2Memory() {
+  const { tmp, relay } = await relayFor({ toml: GPT2_SMALL_SHAPE });
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page } = browser;
+    const began = Date.now();
+    await join(page, relay.url, { backend: 'cpu' });
+    const status = await waitFor(
+      'a contribution accepted on the GPT-2-small shape',
+      () => pageStatus(page),
+      (s) => s.accepted > 0 && s.wasmMemoryBytes != null,
+      900_000,
+    );
+    const stepMs = await page.evaluate(() => Number(document.getElementById('step-ms').textContent));
+    return { memory: status.wasmMemoryBytes, stepMs, seconds: (Date.now() - began) / 1000 };
+  } finally {
+    await browser.close();
+    await relay.kill();
+    tmp.cleanup();
+  }
+}
+
+const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : null;
+if (only !== 'gpt2') console.log(`the page alone with a relay, ${MEASURE_MS / 1000} s per figure, throttle 100 %`);
+for (const job of only === 'gpt2' ? [] : JOBS) {
   console.log(`\n${job.name}`);
   console.log('  backend   accepted/s   busy   idle   one step   rejected   what the page said');
   const rates = {};
@@ -102,3 +136,9 @@ for (const job of JOBS) {
   );
   console.log(`  WebGPU / CPU in the page: ${(rates.webgpu / rates.cpu).toFixed(2)}×, the page's CPU / native: ${(rates.cpu / native.perSecond).toFixed(2)}×`);
 }
+
+console.log('\nGPT-2 small shape (d = 124 439 808, θ 497.8 MB), the page\'s CPU backend');
+const gpt2 = await measureGpt2Memory();
+console.log(
+  `  WebAssembly memory once training: ${(gpt2.memory / 1e6).toFixed(1)} MB = ${(gpt2.memory / GPT2_THETA_BYTES).toFixed(2)}× θ (goal ≤ 1.3× plus activations); one step ${(gpt2.stepMs / 1000).toFixed(1)} s; Join to the first accepted contribution ${gpt2.seconds.toFixed(0)} s`,
+);

@@ -197,7 +197,7 @@ export async function launch({ webgpu }) {
   // The page's peer worker says more than the page shows: count its state events and keep its
   // latest progress (contributions in flight), for `pageStatus`. It only listens.
   await context.addInitScript(() => {
-    const peer = { stateEvents: 0, inFlight: null };
+    const peer = { stateEvents: 0, inFlight: null, wasmMemoryBytes: null };
     window.__onebytePeer = peer;
     const Base = window.Worker;
     if (!Base) return;
@@ -211,6 +211,7 @@ export async function launch({ webgpu }) {
             peer.inFlight = null;
           } else if (data?.type === 'progress') {
             peer.inFlight = data.inFlight;
+            peer.wasmMemoryBytes = data.wasmMemoryBytes;
           }
         });
       }
@@ -256,8 +257,8 @@ export async function join(page, url, { backend } = {}) {
 
 /**
  * What the page shows: state, counters, backend, the latest weight hash; and from its peer
- * worker's events (see `launch`), how many state events it sent and its contributions in flight
- * as of a progress event sent in the current state (null before one).
+ * worker's events (see `launch`), how many state events it sent, its contributions in flight
+ * as of a progress event sent in the current state (null before one) and its WebAssembly memory.
  */
 export async function pageStatus(page) {
   return page.evaluate(() => {
@@ -273,6 +274,7 @@ export async function pageStatus(page) {
       hash: text('hash'),
       stateEvents: window.__onebytePeer?.stateEvents ?? 0,
       inFlight: window.__onebytePeer?.inFlight ?? null,
+      wasmMemoryBytes: window.__onebytePeer?.wasmMemoryBytes ?? null,
     };
   });
 }
