@@ -32,19 +32,14 @@ impl Backend {
         }
     }
 
-    /// A replica of `job` from snapshot bytes, on this backend.
-    pub fn replica(&self, job: Arc<Job>, snapshot: &[u8]) -> Result<Replica, String> {
+    /// A replica of `job` from a decoded snapshot, on this backend (the CPU's takes its θ).
+    pub fn restored(&self, job: Arc<Job>, snapshot: Snapshot) -> Result<Replica, String> {
         let replica = match self {
-            Backend::Cpu => Replica::from_snapshot(job, engine::cpu_device(), snapshot),
-            Backend::WebGpu(gpu) => Replica::from_snapshot_gpu(job, gpu, snapshot),
+            Backend::Cpu => Replica::restored(job, engine::cpu_device(), snapshot),
+            Backend::WebGpu(gpu) => Replica::restored_gpu(job, gpu, &snapshot),
         };
         replica.map_err(misfit)
     }
-}
-
-/// A CPU replica of `job` that takes the decoded snapshot's θ.
-fn cpu_replica(job: Arc<Job>, snapshot: Snapshot) -> Result<Replica, String> {
-    Replica::restored(job, engine::cpu_device(), snapshot).map_err(misfit)
 }
 
 /// Why a snapshot makes no replica of the job, for the page.
@@ -126,7 +121,7 @@ pub async fn settle(
 ) -> Result<Settled, String> {
     let Backend::WebGpu(gpu) = &choice.backend else {
         return Ok(Settled {
-            replica: cpu_replica(job.clone(), snapshot)?,
+            replica: Backend::Cpu.restored(job.clone(), snapshot)?,
             backend: choice.backend,
             lanes: lanes.max(1),
             measured: String::new(),
@@ -137,7 +132,7 @@ pub async fn settle(
     // The CPU's replica takes the decoded θ: the tab holds it once, whichever wins.
     let on_cpu = match preference {
         "webgpu" => None,
-        _ => Some(cpu_replica(job.clone(), snapshot)?),
+        _ => Some(Backend::Cpu.restored(job.clone(), snapshot)?),
     };
     let race = calibrate::race(on_gpu, on_cpu, lanes, batch, MEASURE_BUDGET_MS, now_ms)
         .await

@@ -9,7 +9,7 @@ use crate::events::{Classified, Emitter, Event, State};
 use crate::grid::{extent_of, grid_points};
 use crate::options::Options;
 use engine::driver::{Activity, Event as DriverEvent, Host, View};
-use engine::{BatchSampler, Dataset, Job, PeerState, Replica, Split};
+use engine::{BatchSampler, Dataset, Job, PeerState, Replica, Snapshot, Split};
 use std::sync::Arc;
 
 /// Progress events at most this often (ms).
@@ -230,8 +230,8 @@ impl Host for Page<'_> {
             .sample(&self.data.train, self.job.hyper().batch_size)
     }
 
-    fn replica(&self, snapshot: &[u8]) -> Result<Replica, String> {
-        self.backend.replica(self.job.clone(), snapshot)
+    fn replica(&self, snapshot: Snapshot) -> Result<Replica, String> {
+        self.backend.restored(self.job.clone(), snapshot)
     }
 
     fn event(&mut self, event: DriverEvent<'_>) {

@@ -61,11 +61,6 @@ impl Endpoints {
         self.bytes("/api/base").await
     }
 
-    /// The newest snapshot (safetensors).
-    pub async fn snapshot(&self) -> Result<Vec<u8>, String> {
-        self.bytes("/api/snapshot").await
-    }
-
     /// The newest snapshot of `job`, decoded as its bytes arrive, so that θ is the tab's only
     /// copy of the weights (a tab's WebAssembly memory never shrinks: the file's bytes beside θ
     /// would stay its cost). The outer error is the network's, worth a retry; the inner one
@@ -123,8 +118,8 @@ impl Transport for Endpoints {
         Ok(Socket { ws: Some(ws) })
     }
 
-    async fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-        Endpoints::snapshot(self).await
+    async fn snapshot(&mut self, job: &Job) -> Result<Snapshot, String> {
+        self.snapshot_of(job).await?
     }
 }
 

@@ -107,7 +107,7 @@ async fn from_relay(url: &str, ca_cert: Option<&Path>, retry_for: u64) -> Result
             .with_tokenizer_json(json.into_bytes())
             .context("the relay's tokenizer.json is not usable")?;
     }
-    let snapshot = relay.snapshot_within(limit).await?;
+    let snapshot = with_retries(limit, || relay.bytes("/api/snapshot")).await?;
     Ok((job, snapshot))
 }
 

@@ -37,8 +37,11 @@ pub trait Transport {
     fn address(&self) -> &str;
     /// Opens the websocket.
     async fn connect(&mut self) -> Result<Self::Connection, String>;
-    /// The relay's newest snapshot (safetensors bytes).
-    async fn snapshot(&mut self) -> Result<Vec<u8>, String>;
+    /// The relay's newest snapshot of `job`, decoded as its bytes arrive
+    /// ([`crate::SnapshotReader`]), so that the peer never holds the file beside θ. A snapshot
+    /// that does not fit the job (cut short, altered) is an error like a lost connection: the
+    /// driver fetches it again with backoff.
+    async fn snapshot(&mut self, job: &crate::Job) -> Result<crate::Snapshot, String>;
 }
 
 /// Time, in milliseconds (wasm32 in a browser has no `Instant`).

@@ -36,6 +36,7 @@ pub use tally::{Tally, fp32_allreduce_bytes};
 use crate::data::Split;
 use crate::replica::Replica;
 use crate::session::{PeerState, Received, Session, SessionEnd};
+use crate::snapshot::Snapshot;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_lite::future;
 use protocol::{Message, RejectReason, Version, WeightHash, close, framing};
@@ -168,8 +169,8 @@ pub trait Host {
     }
     /// The next training batch.
     fn next_batch(&mut self) -> Split;
-    /// A replica from the relay's snapshot, on this peer's backend.
-    fn replica(&self, snapshot: &[u8]) -> Result<Replica, String>;
+    /// A replica from the relay's decoded snapshot, on this peer's backend.
+    fn replica(&self, snapshot: Snapshot) -> Result<Replica, String>;
     /// Something happened.
     fn event(&mut self, event: Event<'_>);
     /// Called at every turn of the loop: the host rate-limits its display itself.
@@ -278,7 +279,7 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
                     let Some(snapshot) = self.snapshot(peer).await? else {
                         return Ok(());
                     };
-                    peer.replica = self.host.replica(&snapshot).map_err(Stop::Failed)?;
+                    peer.replica = self.host.replica(snapshot).map_err(Stop::Failed)?;
                     delays = backoff(self.config.seed);
                     unreachable_since = None;
                 }
@@ -314,12 +315,12 @@ impl<'h, H: Host, T: Transport, C: Clock> Driver<'h, H, T, C> {
 
     /// The relay's newest snapshot, retried with backoff; `None` when the host says to leave
     /// while waiting.
-    async fn snapshot(&mut self, peer: &PeerState) -> Result<Option<Vec<u8>>, Stop> {
+    async fn snapshot(&mut self, peer: &PeerState) -> Result<Option<Snapshot>, Stop> {
         let mut delays = backoff(self.config.seed);
         let since = self.clock.now_ms();
         loop {
-            match self.transport.snapshot().await {
-                Ok(bytes) => return Ok(Some(bytes)),
+            match self.transport.snapshot(peer.replica.job()).await {
+                Ok(snapshot) => return Ok(Some(snapshot)),
                 Err(why) => {
                     if self.host.should_leave(peer) {
                         return Ok(None);

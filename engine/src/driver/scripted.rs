@@ -3,7 +3,7 @@
 //! the driver against the real relay; this pins its turns — reconnects, resumes, close codes —
 //! where a real network could not make them happen on cue.)
 
-use super::{Clock, Connection, Host, Incoming, Transport};
+use super::{Clock, Connection, Incoming, Transport};
 use protocol::{LogCursor, LogEntry, Message, PeerId, Version};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -66,8 +66,9 @@ impl Transport for ScriptedRelay {
         })
     }
 
-    async fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-        Ok(self.snapshot.clone())
+    async fn snapshot(&mut self, job: &crate::Job) -> Result<crate::Snapshot, String> {
+        crate::Snapshot::from_bytes(&self.snapshot, job.id, job.model.layout())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -212,8 +213,8 @@ impl super::Host for ScriptedHost {
             .sample(&self.train, self.job.hyper().batch_size)
     }
 
-    fn replica(&self, snapshot: &[u8]) -> Result<crate::Replica, String> {
-        crate::Replica::from_snapshot(self.job.clone(), crate::cpu_device(), snapshot)
+    fn replica(&self, snapshot: crate::Snapshot) -> Result<crate::Replica, String> {
+        crate::Replica::restored(self.job.clone(), crate::cpu_device(), snapshot)
             .map_err(|e| e.to_string())
     }
 
@@ -280,7 +281,8 @@ pub async fn lost_connection_scenario(token: &str) -> Outcome {
     let clock = JumpingClock::default();
     let slept = clock.slept.clone();
     let mut host = ScriptedHost::new(job.clone(), 2);
-    let replica = host.replica(&snapshot).expect("the snapshot loads");
+    let replica = crate::Replica::from_snapshot(job.clone(), crate::cpu_device(), &snapshot)
+        .expect("the snapshot loads");
     let mut peer = crate::PeerState::new(replica);
     let config = super::DriverConfig {
         token: token.to_string(),

@@ -4,7 +4,7 @@ use crate::data::BackendArg;
 use anyhow::Result;
 #[cfg(not(feature = "wgpu"))]
 use anyhow::bail;
-use engine::{Job, Replica};
+use engine::{Job, Replica, Snapshot};
 use std::sync::Arc;
 #[cfg(feature = "wgpu")]
 use std::time::Instant;
@@ -16,11 +16,12 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn replica(&self, job: &Arc<Job>, snapshot: &[u8]) -> Result<Replica> {
+    /// A replica of `job` from a decoded snapshot on this backend (the CPU's takes its θ).
+    pub fn restored(&self, job: &Arc<Job>, snapshot: Snapshot) -> Result<Replica> {
         Ok(match self {
-            Backend::Cpu => Replica::from_snapshot(job.clone(), engine::cpu_device(), snapshot)?,
+            Backend::Cpu => Replica::restored(job.clone(), engine::cpu_device(), snapshot)?,
             #[cfg(feature = "wgpu")]
-            Backend::Wgpu(gpu) => Replica::from_snapshot_gpu(job.clone(), gpu, snapshot)?,
+            Backend::Wgpu(gpu) => Replica::restored_gpu(job.clone(), gpu, &snapshot)?,
         })
     }
 
@@ -44,12 +45,12 @@ pub async fn choose(
     asked: BackendArg,
     lanes: usize,
     job: &Arc<Job>,
-    snapshot: &[u8],
+    snapshot: Snapshot,
     batch: &engine::data::Split,
 ) -> Result<(Backend, Replica, usize)> {
-    let on_cpu = || Backend::Cpu.replica(job, snapshot);
+    let on_cpu = |snapshot| Backend::Cpu.restored(job, snapshot);
     if matches!(asked, BackendArg::Cpu) {
-        return Ok((Backend::Cpu, on_cpu()?, lanes.max(1)));
+        return Ok((Backend::Cpu, on_cpu(snapshot)?, lanes.max(1)));
     }
     #[cfg(feature = "wgpu")]
     {
@@ -57,26 +58,21 @@ pub async fn choose(
             Ok(gpu) => gpu,
             Err(e) if matches!(asked, BackendArg::Auto) => {
                 eprintln!("backend: cpu (no wgpu adapter: {e})");
-                return Ok((Backend::Cpu, on_cpu()?, lanes.max(1)));
+                return Ok((Backend::Cpu, on_cpu(snapshot)?, lanes.max(1)));
             }
             Err(e) => return Err(e.into()),
         };
         let backend = Backend::Wgpu(gpu.clone());
+        let on_gpu = Replica::restored_gpu(job.clone(), &gpu, &snapshot)?;
+        // The CPU's replica takes the decoded θ: the peer holds it once on the host.
         let rival = match asked {
-            BackendArg::Auto => Some(on_cpu()?),
+            BackendArg::Auto => Some(on_cpu(snapshot)?),
             _ => None,
         };
         let clock = Instant::now();
         let now = move || clock.elapsed().as_secs_f64() * 1_000.0;
-        let race = engine::calibrate::race(
-            backend.replica(job, snapshot)?,
-            rival,
-            lanes,
-            batch,
-            MEASURE_BUDGET_MS,
-            now,
-        )
-        .await?;
+        let race =
+            engine::calibrate::race(on_gpu, rival, lanes, batch, MEASURE_BUDGET_MS, now).await?;
         eprintln!("wgpu adapter: {}", gpu.adapter);
         eprintln!("measured: {}", race.figures("wgpu"));
         let chosen = if race.on_gpu { backend } else { Backend::Cpu };
@@ -94,6 +90,6 @@ pub async fn choose(
         if matches!(asked, BackendArg::Wgpu) {
             bail!("this onebyte was built without wgpu");
         }
-        Ok((Backend::Cpu, on_cpu()?, lanes.max(1)))
+        Ok((Backend::Cpu, on_cpu(snapshot)?, lanes.max(1)))
     }
 }

@@ -3,6 +3,8 @@
 
 use anyhow::{Context as _, Result};
 use engine::driver::{Clock, Connection, Incoming, Transport};
+use engine::snapshot::SnapshotError;
+use engine::{Job, Snapshot, SnapshotReader};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use protocol::RelayUrls;
@@ -85,9 +87,31 @@ impl Relay {
         Ok(resp.bytes().await?.to_vec())
     }
 
-    /// The newest snapshot, retried with the driver's backoff until `limit` has passed.
-    pub async fn snapshot_within(&self, limit: Duration) -> Result<Vec<u8>> {
-        with_retries(limit, || self.bytes("/api/snapshot")).await
+    /// The newest snapshot of `job`, decoded as its bytes arrive (`engine::SnapshotReader`),
+    /// so that the file is never held beside θ. `Err` is the network's (worth a retry);
+    /// `Ok(Err)` says the snapshot does not fit the job.
+    pub async fn snapshot_of(&self, job: &Job) -> Result<Result<Snapshot, SnapshotError>> {
+        let mut response = self
+            .client
+            .get(format!("{}/api/snapshot", self.http))
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut reader = SnapshotReader::new(job.id, job.model.layout());
+        while let Some(piece) = response.chunk().await? {
+            if let Err(e) = reader.feed(&piece) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(reader.finish())
+    }
+
+    /// The newest snapshot of `job`, retried with the driver's backoff until `limit` has
+    /// passed while the relay does not answer.
+    pub async fn snapshot_within(&self, limit: Duration, job: &Job) -> Result<Snapshot> {
+        with_retries(limit, || self.snapshot_of(job))
+            .await?
+            .context("the relay's snapshot does not fit the job")
     }
 }
 
@@ -114,10 +138,11 @@ impl Transport for Relay {
         })
     }
 
-    async fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-        self.bytes("/api/snapshot")
+    async fn snapshot(&mut self, job: &Job) -> Result<Snapshot, String> {
+        self.snapshot_of(job)
             .await
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| format!("{e:#}"))?
+            .map_err(|e| format!("the relay's snapshot does not fit the job: {e}"))
     }
 }
 

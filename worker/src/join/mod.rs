@@ -15,7 +15,7 @@ use crate::data::{BackendArg, load_data};
 use anyhow::{Context as _, Result};
 use backend::Backend;
 use engine::driver::{Activity, Driver, DriverConfig, Event, Host, View};
-use engine::{BatchSampler, Dataset, Job, PeerState, Replica};
+use engine::{BatchSampler, Dataset, Job, PeerState, Replica, Snapshot};
 use indicatif::{ProgressBar, ProgressStyle};
 use link::{Relay, TokioClock};
 use serde::Serialize;
@@ -172,9 +172,9 @@ impl Host for Peer {
             .sample(&self.data.train, self.job.hyper().batch_size)
     }
 
-    fn replica(&self, snapshot: &[u8]) -> Result<Replica, String> {
+    fn replica(&self, snapshot: Snapshot) -> Result<Replica, String> {
         self.backend
-            .replica(&self.job, snapshot)
+            .restored(&self.job, snapshot)
             .map_err(|e| format!("the relay's snapshot does not fit the job: {e:#}"))
     }
 
@@ -290,10 +290,10 @@ async fn run_async(mut args: Args) -> Result<()> {
     }
     let spec = args.data.as_deref().unwrap_or(&job.config.task.dataset);
     let data = load_data(spec, &job, args.seed)?;
-    let snapshot = relay.snapshot_within(limit).await?;
+    let snapshot = relay.snapshot_within(limit, &job).await?;
     let probe = BatchSampler::new(args.seed).sample(&data.train, job.hyper().batch_size);
     let (backend, replica, lanes) =
-        backend::choose(args.backend, args.lanes, &job, &snapshot, &probe).await?;
+        backend::choose(args.backend, args.lanes, &job, snapshot, &probe).await?;
     // The relay's host sees what this peer computes on.
     relay.ws = protocol::websocket_with_backend(&relay.ws, &backend.describe(lanes));
     let mut state = PeerState::new(replica);
