@@ -2,6 +2,7 @@
 //! wasm otherwise.
 
 use crate::clock::now_ms;
+use crate::relay::misfit;
 use engine::calibrate;
 use engine::data::Split;
 use engine::gpu::GpuContext;
@@ -40,11 +41,6 @@ impl Backend {
         };
         replica.map_err(misfit)
     }
-}
-
-/// Why a snapshot makes no replica of the job, for the page.
-fn misfit(e: engine::EngineError) -> String {
-    format!("the relay's snapshot does not fit the job: {e}")
 }
 
 /// `navigator.gpu`, if this browser (or worker) exposes WebGPU at all.

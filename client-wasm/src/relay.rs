@@ -86,14 +86,10 @@ impl Endpoints {
             chunk.copy_to(&mut piece);
             if let Err(e) = reader.feed(&piece) {
                 let _ = stream.cancel();
-                return Ok(Err(format!(
-                    "the relay's snapshot does not fit the job: {e}"
-                )));
+                return Ok(Err(misfit(e)));
             }
         }
-        Ok(reader
-            .finish()
-            .map_err(|e| format!("the relay's snapshot does not fit the job: {e}")))
+        Ok(reader.finish().map_err(misfit))
     }
 
     /// `GET path`, the body as bytes.
@@ -164,6 +160,11 @@ impl Connection for Socket {
             let _ = ws.close(Some(1000), Some(reason));
         }
     }
+}
+
+/// Why the relay's snapshot makes no replica of the job, for the page.
+pub fn misfit(e: impl std::fmt::Display) -> String {
+    format!("the relay's snapshot does not fit the job: {e}")
 }
 
 /// Retries `f` with the peer driver's backoff, reporting each failure, until it succeeds or
