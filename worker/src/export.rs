@@ -4,6 +4,7 @@
 
 use crate::join::link::{Relay, with_retries};
 use anyhow::{Context as _, Result, bail};
+use engine::snapshot::SnapshotError;
 use engine::{Job, Snapshot};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,13 +39,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let misfit = |from: &str, job: &Job| {
+        format!(
+            "the snapshot from {from} is not of the job `{}`",
+            job.config.job.name
+        )
+    };
     let (job, snapshot, from) = match (&args.relay, &args.job, &args.snapshot) {
         (Some(url), _, _) => {
+            let from = format!("the relay {url}");
             let (job, snapshot) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
                 .block_on(from_relay(url, args.ca_cert.as_deref(), args.retry_for))?;
-            (job, snapshot, format!("the relay {url}"))
+            let snapshot = snapshot.with_context(|| misfit(&from, &job))?;
+            (job, snapshot, from)
         }
         (None, Some(job_path), Some(snapshot_path)) => {
             let job = Job::from_file(job_path)
@@ -52,17 +61,13 @@ pub fn run(args: Args) -> Result<()> {
             let bytes = std::fs::read(snapshot_path).with_context(|| {
                 format!("could not read --snapshot {}", snapshot_path.display())
             })?;
-            (job, bytes, snapshot_path.display().to_string())
+            let from = snapshot_path.display().to_string();
+            let snapshot = Snapshot::from_bytes(&bytes, job.id, job.model.layout())
+                .with_context(|| misfit(&from, &job))?;
+            (job, snapshot, from)
         }
         _ => bail!("name a --relay, or a --job with its --snapshot"),
     };
-    let snapshot =
-        Snapshot::from_bytes(&snapshot, job.id, job.model.layout()).with_context(|| {
-            format!(
-                "the snapshot from {from} is not of the job `{}`",
-                job.config.job.name
-            )
-        })?;
     if args.merge && !job.model.plan().freezes() {
         eprintln!("--merge: the job trains its whole model; writing it as it is");
     }
@@ -88,8 +93,13 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The job, with its base and tokenizer, and the newest snapshot, from the relay at `url`.
-async fn from_relay(url: &str, ca_cert: Option<&Path>, retry_for: u64) -> Result<(Job, Vec<u8>)> {
+/// The job, with its base and tokenizer, and the newest snapshot (decoded as it arrives, or why
+/// it does not fit the job), from the relay at `url`.
+async fn from_relay(
+    url: &str,
+    ca_cert: Option<&Path>,
+    retry_for: u64,
+) -> Result<(Job, Result<Snapshot, SnapshotError>)> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (relay, _) = Relay::new(url, ca_cert)?;
     let limit = Duration::from_secs(retry_for);
@@ -107,7 +117,7 @@ async fn from_relay(url: &str, ca_cert: Option<&Path>, retry_for: u64) -> Result
             .with_tokenizer_json(json.into_bytes())
             .context("the relay's tokenizer.json is not usable")?;
     }
-    let snapshot = with_retries(limit, || relay.bytes("/api/snapshot")).await?;
+    let snapshot = with_retries(limit, || relay.snapshot_of(&job)).await?;
     Ok((job, snapshot))
 }
 
