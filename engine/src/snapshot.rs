@@ -5,7 +5,7 @@
 //! restored replica holds exactly the bits that were saved.
 
 use crate::hash::weight_hash;
-use crate::layout::ParamLayout;
+use crate::layout::{ParamLayout, ParamSpec};
 use protocol::{JobId, Version, WeightHash};
 use safetensors::tensor::{Metadata, TensorView};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
@@ -217,25 +217,13 @@ impl Body {
         let version = Version(num("onebyte.version")?);
         let hash = get("onebyte.hash")?;
         let tensors = header.tensors();
-        if tensors.len() != layout.params().len() {
-            return Err(SnapshotError::ExtraParams(
-                tensors.len(),
-                layout.params().len(),
-            ));
-        }
+        check_count(tensors.len(), layout)?;
         let mut runs = Vec::with_capacity(tensors.len());
         for p in layout.params() {
             let info = tensors
                 .get(&p.name)
                 .ok_or_else(|| SnapshotError::MissingParam(p.name.clone()))?;
-            if info.dtype != Dtype::F32 || info.shape != p.shape {
-                return Err(SnapshotError::WrongParam {
-                    name: p.name.clone(),
-                    expected: p.shape.clone(),
-                    found: info.shape.clone(),
-                    dtype: format!("{:?}", info.dtype),
-                });
-            }
+            check_param(p, info.dtype, &info.shape)?;
             let (start, end) = info.data_offsets;
             runs.push((start..end, p.offset));
         }
@@ -323,29 +311,39 @@ pub fn check_hash_if_present(bytes: &[u8], theta: &[f32]) -> Result<(), Snapshot
     Ok(())
 }
 
+/// A file holds as many tensors as the layout has parameters.
+fn check_count(found: usize, layout: &ParamLayout) -> Result<(), SnapshotError> {
+    let expected = layout.params().len();
+    if found != expected {
+        return Err(SnapshotError::ExtraParams(found, expected));
+    }
+    Ok(())
+}
+
+/// The file's tensor for `p` is F32 of `p`'s shape.
+fn check_param(p: &ParamSpec, dtype: Dtype, shape: &[usize]) -> Result<(), SnapshotError> {
+    if dtype != Dtype::F32 || shape != p.shape.as_slice() {
+        return Err(SnapshotError::WrongParam {
+            name: p.name.clone(),
+            expected: p.shape.clone(),
+            found: shape.to_vec(),
+            dtype: format!("{dtype:?}"),
+        });
+    }
+    Ok(())
+}
+
 /// Reads the model's parameters, in layout order, from any safetensors file (a snapshot or a
 /// checkpoint), checking names, shapes and dtype.
 pub fn read_params(bytes: &[u8], layout: &ParamLayout) -> Result<Vec<f32>, SnapshotError> {
     let tensors = SafeTensors::deserialize(bytes)?;
-    if tensors.len() != layout.params().len() {
-        return Err(SnapshotError::ExtraParams(
-            tensors.len(),
-            layout.params().len(),
-        ));
-    }
+    check_count(tensors.len(), layout)?;
     let mut theta = Vec::with_capacity(layout.d());
     for p in layout.params() {
         let view = tensors
             .tensor(&p.name)
             .map_err(|_| SnapshotError::MissingParam(p.name.clone()))?;
-        if view.dtype() != Dtype::F32 || view.shape() != p.shape.as_slice() {
-            return Err(SnapshotError::WrongParam {
-                name: p.name.clone(),
-                expected: p.shape.clone(),
-                found: view.shape().to_vec(),
-                dtype: format!("{:?}", view.dtype()),
-            });
-        }
+        check_param(p, view.dtype(), view.shape())?;
         theta.extend(
             view.data()
                 .chunks_exact(4)
